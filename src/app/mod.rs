@@ -1,0 +1,42 @@
+//! The reference app: register, log in, and keep notes, per tenant. It is written the way a
+//! user of the library would write theirs: plain axum handlers that take [`CurrentTenant`]
+//! (or [`auth::AuthUser`]) and never name a tenant themselves.
+//!
+//! [`CurrentTenant`]: crate::middleware::CurrentTenant
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+pub mod auth;
+mod notes;
+mod users;
+
+/// Settings of the reference app.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// How long a login token stays valid.
+    pub session_ttl: Duration,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        Self {
+            session_ttl: Duration::from_secs(86_400),
+        }
+    }
+}
+
+/// The tenant-scoped routes. Mount them behind a [`crate::middleware::TenantLayer`].
+pub fn router(config: AppConfig) -> Router {
+    Router::new()
+        .route("/api/register", post(users::register))
+        .route("/api/login", post(users::login))
+        .route("/api/notes", get(notes::list).post(notes::create))
+        .route(
+            "/api/notes/{id}",
+            get(notes::show).put(notes::update).delete(notes::remove),
+        )
+        .with_state(config)
+}

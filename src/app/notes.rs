@@ -1,0 +1,170 @@
+//! `/api/notes`: a user's notes, newest first, paginated by an id cursor.
+
+use axum::Json;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::auth::AuthUser;
+use crate::middleware::CurrentTenant;
+use crate::problem::{ApiError, ApiJson, ApiPath, ApiQuery};
+
+const MAX_CONTENT_CHARS: usize = 10_000;
+
+#[derive(Serialize, sqlx::FromRow)]
+pub(super) struct Note {
+    id: i64,
+    content: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(super) struct NotePage {
+    notes: Vec<Note>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct NoteBody {
+    content: String,
+}
+
+impl NoteBody {
+    fn validate(&self) -> Result<(), ApiError> {
+        let n = self.content.chars().count();
+        if n == 0 || n > MAX_CONTENT_CHARS || self.content.trim().is_empty() {
+            return Err(ApiError::invalid(
+                "content",
+                format!("must be 1 to {MAX_CONTENT_CHARS} characters, not only spaces"),
+            ));
+        }
+        if self.content.contains('\0') {
+            return Err(ApiError::invalid("content", "must not contain NUL"));
+        }
+        Ok(())
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::NotFound("no such note".into())
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(tenant.id = %tenant.id(), user.id = user.user_id))]
+pub(super) async fn list(
+    tenant: CurrentTenant,
+    user: AuthUser,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<NotePage>, ApiError> {
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::invalid("limit", "must be between 1 and 100"));
+    }
+    let before = match q.cursor.as_deref() {
+        None | Some("") => i64::MAX,
+        Some(c) => c
+            .parse::<i64>()
+            .ok()
+            .filter(|c| *c > 0)
+            .ok_or_else(|| ApiError::invalid("cursor", "is not a cursor this API returned"))?,
+    };
+    let mut notes: Vec<Note> = sqlx::query_as(
+        "SELECT id, content, created_at, updated_at FROM notes
+         WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+    )
+    .bind(user.user_id)
+    .bind(before)
+    .bind(limit + 1)
+    .fetch_all(tenant.pool())
+    .await?;
+    let next_cursor = if notes.len() as i64 > limit {
+        notes.truncate(limit as usize);
+        notes.last().map(|n| n.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(NotePage { notes, next_cursor }))
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(tenant.id = %tenant.id(), user.id = user.user_id))]
+pub(super) async fn create(
+    tenant: CurrentTenant,
+    user: AuthUser,
+    ApiJson(body): ApiJson<NoteBody>,
+) -> Result<(StatusCode, Json<Note>), ApiError> {
+    body.validate()?;
+    let note: Note = sqlx::query_as(
+        "INSERT INTO notes (user_id, content) VALUES ($1, $2)
+         RETURNING id, content, created_at, updated_at",
+    )
+    .bind(user.user_id)
+    .bind(&body.content)
+    .fetch_one(tenant.pool())
+    .await?;
+    Ok((StatusCode::CREATED, Json(note)))
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(tenant.id = %tenant.id(), user.id = user.user_id))]
+pub(super) async fn show(
+    tenant: CurrentTenant,
+    user: AuthUser,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<Note>, ApiError> {
+    sqlx::query_as(
+        "SELECT id, content, created_at, updated_at FROM notes WHERE id = $1 AND user_id = $2",
+    )
+    .bind(id)
+    .bind(user.user_id)
+    .fetch_optional(tenant.pool())
+    .await?
+    .map(Json)
+    .ok_or_else(not_found)
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(tenant.id = %tenant.id(), user.id = user.user_id))]
+pub(super) async fn update(
+    tenant: CurrentTenant,
+    user: AuthUser,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<NoteBody>,
+) -> Result<Json<Note>, ApiError> {
+    body.validate()?;
+    sqlx::query_as(
+        "UPDATE notes SET content = $3, updated_at = now() WHERE id = $1 AND user_id = $2
+         RETURNING id, content, created_at, updated_at",
+    )
+    .bind(id)
+    .bind(user.user_id)
+    .bind(&body.content)
+    .fetch_optional(tenant.pool())
+    .await?
+    .map(Json)
+    .ok_or_else(not_found)
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(tenant.id = %tenant.id(), user.id = user.user_id))]
+pub(super) async fn remove(
+    tenant: CurrentTenant,
+    user: AuthUser,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<StatusCode, ApiError> {
+    let deleted = sqlx::query("DELETE FROM notes WHERE id = $1 AND user_id = $2")
+        .bind(id)
+        .bind(user.user_id)
+        .execute(tenant.pool())
+        .await?
+        .rows_affected();
+    if deleted == 0 {
+        Err(not_found())
+    } else {
+        Ok(StatusCode::NO_CONTENT)
+    }
+}

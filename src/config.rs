@@ -1,0 +1,252 @@
+//! Settings: `tenant-config/router.toml`, each value overridable by a `TENANT_ROUTER_*`
+//! environment variable or a command-line flag (flag beats environment beats file).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+use crate::tenant::DatabaseUrl;
+
+/// Where the settings file is looked for when none is named.
+pub const DEFAULT_CONFIG_PATH: &str = "tenant-config/router.toml";
+
+/// Settings given on the command line or in the environment. Every field is optional: what is
+/// not given here comes from the file, then from the defaults.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SettingsArgs {
+    /// Settings file [default: tenant-config/router.toml when it exists].
+    #[arg(long, env = "TENANT_ROUTER_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Address of the tenant-facing HTTP listener [default: 127.0.0.1:9500].
+    #[arg(long, env = "TENANT_ROUTER_LISTEN", global = true)]
+    pub listen: Option<SocketAddr>,
+    /// Address of the admin listener [default: 127.0.0.1:9501].
+    #[arg(long, env = "TENANT_ROUTER_ADMIN_LISTEN", global = true)]
+    pub admin_listen: Option<SocketAddr>,
+    /// URL of the control database, the source of truth for tenants.
+    #[arg(
+        long,
+        env = "TENANT_ROUTER_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+    /// URL of Redis, for the configuration bus.
+    #[arg(
+        long,
+        env = "TENANT_ROUTER_REDIS_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub redis_url: Option<String>,
+    /// Server where tenant databases are created [default: the control database's server].
+    #[arg(
+        long,
+        env = "TENANT_ROUTER_PROVISION_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub provision_url: Option<String>,
+    /// Argon2 PHC hash of the admin API token.
+    #[arg(
+        long,
+        env = "TENANT_ROUTER_ADMIN_TOKEN_HASH",
+        global = true,
+        hide_env_values = true
+    )]
+    pub admin_token_hash: Option<String>,
+    /// Directory for the demo's own PostgreSQL and Redis [default: .tenant-router].
+    #[arg(long, env = "TENANT_ROUTER_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Base domain for wildcard hosts: `<id>.<base domain>` resolves to tenant `<id>`.
+    #[arg(long, env = "TENANT_ROUTER_BASE_DOMAIN", global = true)]
+    pub base_domain: Option<String>,
+    /// Declarative tenants file, imported by `demo` and `tenants import`
+    /// [default: tenant-config/tenants.toml].
+    #[arg(long, env = "TENANT_ROUTER_TENANTS_FILE", global = true)]
+    pub tenants_file: Option<PathBuf>,
+    /// Milliseconds a request waits for a connection of its tenant's pool [default: 5000].
+    #[arg(long, env = "TENANT_ROUTER_ACQUIRE_TIMEOUT_MS", global = true)]
+    pub acquire_timeout_ms: Option<u64>,
+}
+
+/// The settings file's shape; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    database_url: Option<String>,
+    redis_url: Option<String>,
+    provision_url: Option<String>,
+    admin_token_hash: Option<String>,
+    data_dir: Option<PathBuf>,
+    base_domain: Option<String>,
+    tenants_file: Option<PathBuf>,
+    acquire_timeout_ms: Option<u64>,
+    session_ttl_secs: Option<u64>,
+    max_body_bytes: Option<usize>,
+}
+
+/// The resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Tenant-facing listener.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Control database.
+    pub database_url: Option<DatabaseUrl>,
+    /// Redis, for the configuration bus.
+    pub redis_url: Option<String>,
+    /// Provisioning server; `None` means the control database's server.
+    pub provision_url: Option<DatabaseUrl>,
+    /// Argon2 hash of the admin token.
+    pub admin_token_hash: Option<String>,
+    /// The demo's data directory.
+    pub data_dir: PathBuf,
+    /// Wildcard base domain.
+    pub base_domain: Option<String>,
+    /// Declarative tenants file.
+    pub tenants_file: PathBuf,
+    /// How long a request waits for a tenant connection.
+    pub acquire_timeout: Duration,
+    /// How long a login token is valid.
+    pub session_ttl: Duration,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+impl Settings {
+    /// Reads the file (the one named, or the default path if it exists) and applies the
+    /// overrides.
+    pub fn load(args: &SettingsArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                read_file(Path::new(DEFAULT_CONFIG_PATH))?
+            }
+            None => FileSettings::default(),
+        };
+        let url = |name: &str, value: Option<String>| -> anyhow::Result<Option<DatabaseUrl>> {
+            value
+                .map(|v| DatabaseUrl::parse(&v).with_context(|| format!("{name}")))
+                .transpose()
+        };
+        let base_domain = args.base_domain.clone().or(file.base_domain);
+        if let Some(d) = &base_domain {
+            crate::tenant::TenantHost::parse(d).context("base_domain")?;
+        }
+        Ok(Self {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| "127.0.0.1:9500".parse().expect("literal")),
+            admin_listen: args
+                .admin_listen
+                .or(file.admin_listen)
+                .unwrap_or_else(|| "127.0.0.1:9501".parse().expect("literal")),
+            database_url: url(
+                "database_url (TENANT_ROUTER_DATABASE_URL)",
+                args.database_url.clone().or(file.database_url),
+            )?,
+            redis_url: args.redis_url.clone().or(file.redis_url),
+            provision_url: url(
+                "provision_url (TENANT_ROUTER_PROVISION_URL)",
+                args.provision_url.clone().or(file.provision_url),
+            )?,
+            admin_token_hash: args.admin_token_hash.clone().or(file.admin_token_hash),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(".tenant-router")),
+            base_domain,
+            tenants_file: args
+                .tenants_file
+                .clone()
+                .or(file.tenants_file)
+                .unwrap_or_else(|| PathBuf::from("tenant-config/tenants.toml")),
+            acquire_timeout: Duration::from_millis(
+                args.acquire_timeout_ms
+                    .or(file.acquire_timeout_ms)
+                    .unwrap_or(5000),
+            ),
+            session_ttl: Duration::from_secs(file.session_ttl_secs.unwrap_or(86_400)),
+            max_body_bytes: file.max_body_bytes.unwrap_or(64 * 1024),
+        })
+    }
+
+    /// The control database URL, or an error naming the setting.
+    pub fn require_database_url(&self) -> anyhow::Result<&DatabaseUrl> {
+        self.database_url.as_ref().context(
+            "no control database configured: set TENANT_ROUTER_DATABASE_URL, \
+             database_url in the settings file, or pass --database-url",
+        )
+    }
+
+    /// Where tenant databases are created: the provisioning URL, else the control database's
+    /// server (its maintenance database `postgres`).
+    pub fn provision_server(&self) -> anyhow::Result<DatabaseUrl> {
+        match &self.provision_url {
+            Some(url) => Ok(url.clone()),
+            None => Ok(self.require_database_url()?.with_database("postgres")),
+        }
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileSettings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading settings file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing settings file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_beat_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("router.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:1000\"\nbase_domain = \"example.org\"\n",
+        )
+        .unwrap();
+        let args = SettingsArgs {
+            config: Some(path.clone()),
+            listen: Some("127.0.0.1:2000".parse().unwrap()),
+            ..Default::default()
+        };
+        let s = Settings::load(&args).unwrap();
+        assert_eq!(s.listen.port(), 2000);
+        assert_eq!(s.base_domain.as_deref(), Some("example.org"));
+        assert_eq!(s.admin_listen.port(), 9501);
+
+        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
+        let err = Settings::load(&args).unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+    }
+
+    #[test]
+    fn provision_server_defaults_to_control_server() {
+        let args = SettingsArgs {
+            config: Some(PathBuf::from("/nonexistent/ignored")),
+            ..Default::default()
+        };
+        assert!(Settings::load(&args).is_err(), "a named file must exist");
+        let args = SettingsArgs {
+            database_url: Some("postgres://u:p@h:5/control".into()),
+            ..Default::default()
+        };
+        let s = Settings::load(&args).unwrap();
+        assert_eq!(
+            s.provision_server().unwrap().expose(),
+            "postgres://u:p@h:5/postgres"
+        );
+    }
+}

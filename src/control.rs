@@ -1,0 +1,241 @@
+//! The control database: where tenants are stored, and the only writer of their versions.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{Row, migrate::Migrator};
+
+use crate::tenant::{DatabaseUrl, PoolSettings, Tenant, TenantHost, TenantId, TenantState};
+
+/// Migrations of the control database (`migrations/control/`).
+pub static CONTROL_MIGRATOR: Migrator = sqlx::migrate!("./migrations/control");
+
+/// A handle on the control database.
+#[derive(Clone)]
+pub struct ControlDb {
+    pool: PgPool,
+}
+
+/// What an import or update asks a tenant to look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantSpec {
+    /// The tenant's id.
+    pub id: TenantId,
+    /// Its hosts; at least one.
+    pub hosts: Vec<TenantHost>,
+    /// Its database.
+    pub database: DatabaseUrl,
+    /// Whether the router created that database.
+    pub provisioned: bool,
+    /// Pool settings.
+    pub pool: PoolSettings,
+    /// State.
+    pub state: TenantState,
+}
+
+/// Why a write was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// A host is already claimed by another tenant.
+    #[error("host '{host}' already belongs to tenant '{owner}'")]
+    HostTaken {
+        /// The host.
+        host: String,
+        /// The tenant holding it.
+        owner: String,
+    },
+    /// Anything else.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// What [`ControlDb::upsert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpsertOutcome {
+    /// A new tenant was stored.
+    Created,
+    /// An existing tenant was changed; its version was bumped.
+    Updated,
+    /// The tenant already looked exactly like this; nothing was written.
+    Unchanged,
+}
+
+const SELECT_TENANTS: &str = "
+    SELECT t.id, t.database_url, t.max_connections, t.idle_timeout_secs, t.state, t.version,
+           coalesce(array_agg(h.host ORDER BY h.host) FILTER (WHERE h.host IS NOT NULL), '{}')
+               AS hosts
+    FROM tenants t LEFT JOIN tenant_hosts h ON h.tenant_id = t.id";
+
+impl ControlDb {
+    /// Connects (lazily) to the control database.
+    pub fn connect_lazy(url: &DatabaseUrl) -> Self {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(url.connect_options().application_name("tenant-router"));
+        Self { pool }
+    }
+
+    /// The underlying pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies the control database's migrations.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        CONTROL_MIGRATOR
+            .run(&self.pool)
+            .await
+            .context("migrating the control database")
+    }
+
+    /// True when a trivial query succeeds.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// Every tenant. A row that does not parse is logged and skipped, so one bad row cannot
+    /// take every other tenant down with it.
+    pub async fn load_tenants(&self) -> anyhow::Result<Vec<Tenant>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{SELECT_TENANTS} GROUP BY t.id ORDER BY t.id"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .context("loading tenants from the control database")?;
+        Ok(rows.iter().filter_map(parse_logged).collect())
+    }
+
+    /// One tenant.
+    pub async fn get_tenant(&self, id: &TenantId) -> anyhow::Result<Option<Tenant>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{SELECT_TENANTS} WHERE t.id = $1 GROUP BY t.id"
+        )))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().and_then(parse_logged))
+    }
+
+    /// Makes the stored tenant look like `spec`, in one transaction. The version is bumped
+    /// only when something changed, so applying the same spec twice is a no-op.
+    pub async fn upsert(&self, spec: &TenantSpec) -> Result<UpsertOutcome, WriteError> {
+        let mut tx = self.pool.begin().await.context("beginning a transaction")?;
+        let existing = sqlx::query(
+            "SELECT database_url, max_connections, idle_timeout_secs, state, provisioned,
+                    array(SELECT host FROM tenant_hosts WHERE tenant_id = $1 ORDER BY host) AS hosts
+             FROM tenants WHERE id = $1 FOR UPDATE",
+        )
+        .bind(spec.id.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .context("reading the tenant")?;
+
+        let mut hosts: Vec<String> = spec.hosts.iter().map(|h| h.to_string()).collect();
+        hosts.sort();
+        hosts.dedup();
+
+        let outcome = match &existing {
+            None => UpsertOutcome::Created,
+            Some(row) => {
+                let same = row.try_get::<String, _>("database_url").ok().as_deref()
+                    == Some(spec.database.expose())
+                    && row.try_get::<i32, _>("max_connections").ok()
+                        == Some(spec.pool.max_connections as i32)
+                    && row.try_get::<i32, _>("idle_timeout_secs").ok()
+                        == Some(spec.pool.idle_timeout_secs as i32)
+                    && row.try_get::<String, _>("state").ok().as_deref()
+                        == Some(spec.state.as_str())
+                    && row.try_get::<bool, _>("provisioned").ok() == Some(spec.provisioned)
+                    && row.try_get::<Vec<String>, _>("hosts").ok().as_ref() == Some(&hosts);
+                if same {
+                    return Ok(UpsertOutcome::Unchanged);
+                }
+                UpsertOutcome::Updated
+            }
+        };
+
+        sqlx::query(
+            "INSERT INTO tenants (id, database_url, max_connections, idle_timeout_secs, state, provisioned)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (id) DO UPDATE SET
+                 database_url = EXCLUDED.database_url,
+                 max_connections = EXCLUDED.max_connections,
+                 idle_timeout_secs = EXCLUDED.idle_timeout_secs,
+                 state = EXCLUDED.state,
+                 provisioned = EXCLUDED.provisioned,
+                 version = nextval('tenant_version_seq'),
+                 updated_at = now()",
+        )
+        .bind(spec.id.as_str())
+        .bind(spec.database.expose())
+        .bind(spec.pool.max_connections as i32)
+        .bind(spec.pool.idle_timeout_secs as i32)
+        .bind(spec.state.as_str())
+        .bind(spec.provisioned)
+        .execute(&mut *tx)
+        .await
+        .context("writing the tenant")?;
+
+        sqlx::query("DELETE FROM tenant_hosts WHERE tenant_id = $1 AND NOT (host = ANY($2))")
+            .bind(spec.id.as_str())
+            .bind(&hosts)
+            .execute(&mut *tx)
+            .await
+            .context("removing old hosts")?;
+        for host in &hosts {
+            let owner: String = sqlx::query_scalar(
+                "INSERT INTO tenant_hosts (host, tenant_id) VALUES ($1, $2)
+                 ON CONFLICT (host) DO UPDATE SET host = EXCLUDED.host
+                 RETURNING tenant_id",
+            )
+            .bind(host)
+            .bind(spec.id.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .context("claiming a host")?;
+            if owner != spec.id.as_str() {
+                return Err(WriteError::HostTaken {
+                    host: host.clone(),
+                    owner,
+                });
+            }
+        }
+        tx.commit().await.context("committing the tenant")?;
+        Ok(outcome)
+    }
+}
+
+fn parse_logged(row: &PgRow) -> Option<Tenant> {
+    match parse_tenant(row) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let id: Option<String> = row.try_get("id").ok();
+            tracing::error!(tenant.id = ?id, error = %e, "skipping a tenant row that does not parse");
+            None
+        }
+    }
+}
+
+fn parse_tenant(row: &PgRow) -> anyhow::Result<Tenant> {
+    let id = TenantId::parse(row.try_get("id")?)?;
+    let hosts = row
+        .try_get::<Vec<String>, _>("hosts")?
+        .iter()
+        .map(|h| TenantHost::parse(h))
+        .collect::<Result<Vec<_>, _>>()?;
+    anyhow::ensure!(!hosts.is_empty(), "tenant has no host");
+    let pool = PoolSettings {
+        max_connections: u32::try_from(row.try_get::<i32, _>("max_connections")?)?,
+        idle_timeout_secs: u64::try_from(row.try_get::<i32, _>("idle_timeout_secs")?)?,
+    };
+    Ok(Tenant {
+        id,
+        hosts,
+        database: DatabaseUrl::parse(row.try_get("database_url")?)?,
+        pool,
+        state: row.try_get::<String, _>("state")?.parse()?,
+        version: row.try_get("version")?,
+    })
+}

@@ -1,0 +1,38 @@
+//! # tenant-router
+//!
+//! Database-per-tenant routing for axum. A request's `Host` resolves to a tenant in an
+//! `arc-swap`ped [`registry::Registry`]; [`middleware::TenantLayer`] hands the handler a
+//! [`middleware::CurrentTenant`] carrying that tenant's own `sqlx` pool, and nothing else.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use axum::{Router, routing::get};
+//! use tenant_router::middleware::{CurrentTenant, TenantLayer};
+//! use tenant_router::registry::{Registry, RegistryOptions};
+//!
+//! async fn count(tenant: CurrentTenant) -> String {
+//!     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
+//!         .fetch_one(tenant.pool())
+//!         .await
+//!         .unwrap_or(-1);
+//!     format!("{}: {n}", tenant.id())
+//! }
+//!
+//! let registry = Arc::new(Registry::new(RegistryOptions::default()));
+//! let app: Router = Router::new()
+//!     .route("/count", get(count))
+//!     .layer(TenantLayer::new(registry));
+//! ```
+
+pub mod app;
+pub mod config;
+pub mod control;
+pub mod host;
+pub mod local;
+pub mod middleware;
+pub mod problem;
+pub mod provision;
+pub mod registry;
+pub mod server;
+pub mod tenant;
+pub mod tenants_file;

@@ -1,0 +1,147 @@
+//! The tower layer that turns a request's `Host` into its tenant, and the extractor handlers
+//! use to get that tenant and its pool.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::extract::{FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::future::{Either, Ready, ready};
+use sqlx::PgPool;
+use tower::{Layer, Service};
+
+use crate::host::{self, HostError};
+use crate::problem::{ApiError, problem_response};
+use crate::registry::{Registry, TenantEntry};
+use crate::tenant::{Tenant, TenantId, TenantState};
+
+/// Resolves every request to a tenant from its `Host` (the URI's authority for HTTP/2) and
+/// hands the inner service a [`CurrentTenant`] extension. No header a client picks, such as
+/// `X-Tenant`, is ever read.
+///
+/// Answers without calling the inner service: 400 for a missing or malformed host, 404 for an
+/// unknown one, 503 with `Retry-After` for a suspended tenant.
+#[derive(Clone)]
+pub struct TenantLayer {
+    registry: Arc<Registry>,
+}
+
+impl TenantLayer {
+    /// A layer resolving against `registry`.
+    pub fn new(registry: Arc<Registry>) -> Self {
+        Self { registry }
+    }
+}
+
+impl<S> Layer<S> for TenantLayer {
+    type Service = TenantService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TenantService {
+            inner,
+            registry: Arc::clone(&self.registry),
+        }
+    }
+}
+
+/// The service [`TenantLayer`] wraps around an inner service.
+#[derive(Clone)]
+pub struct TenantService<S> {
+    inner: S,
+    registry: Arc<Registry>,
+}
+
+impl<S, B> Service<Request<B>> for TenantService<S>
+where
+    S: Service<Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        match resolve(&self.registry, &req) {
+            Ok(entry) => {
+                tracing::Span::current().record("tenant.id", entry.tenant().id.as_str());
+                req.extensions_mut().insert(CurrentTenant(entry));
+                Either::Right(self.inner.call(req))
+            }
+            Err(response) => Either::Left(ready(Ok(response))),
+        }
+    }
+}
+
+fn resolve<B>(registry: &Registry, req: &Request<B>) -> Result<Arc<TenantEntry>, Response> {
+    let raw = match req.headers().get(header::HOST) {
+        Some(value) => value.as_bytes(),
+        None => req
+            .uri()
+            .authority()
+            .map_or(&b""[..], |a| a.as_str().as_bytes()),
+    };
+    let host = host::normalize(raw).map_err(|e| match e {
+        HostError::Missing => problem_response(StatusCode::BAD_REQUEST, "the request has no Host"),
+        HostError::Malformed => {
+            problem_response(StatusCode::BAD_REQUEST, "the request's Host is malformed")
+        }
+    })?;
+    let entry = registry.resolve(&host).ok_or_else(|| {
+        problem_response(
+            StatusCode::NOT_FOUND,
+            format!("no tenant is served at host '{host}'"),
+        )
+    })?;
+    match entry.tenant().state {
+        TenantState::Active => Ok(entry),
+        TenantState::Suspended => Err(ApiError::Suspended.into_response()),
+    }
+}
+
+/// The tenant a request was resolved to, with its pool. Extract it in any handler mounted
+/// behind [`TenantLayer`]; elsewhere extraction fails with a 500, since that is a wiring bug.
+#[derive(Clone)]
+pub struct CurrentTenant(Arc<TenantEntry>);
+
+impl CurrentTenant {
+    /// Wraps a registry entry, for code that resolved the tenant itself (jobs, tests).
+    pub fn new(entry: Arc<TenantEntry>) -> Self {
+        Self(entry)
+    }
+
+    /// The tenant's id.
+    pub fn id(&self) -> &TenantId {
+        &self.0.tenant().id
+    }
+
+    /// The tenant's configuration as of this request.
+    pub fn tenant(&self) -> &Tenant {
+        self.0.tenant()
+    }
+
+    /// The tenant's own pool; never another tenant's.
+    pub fn pool(&self) -> &PgPool {
+        self.0.pool()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for CurrentTenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<CurrentTenant>()
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!(
+                    "CurrentTenant extracted on a route that is not behind TenantLayer"
+                ))
+            })
+    }
+}

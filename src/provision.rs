@@ -1,0 +1,168 @@
+//! Creating tenant databases on the provisioning server, and migrating them.
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::tenant::{DatabaseUrl, Tenant, TenantId};
+
+/// Migrations of every dedicated tenant database (`migrations/tenant/`).
+pub static TENANT_MIGRATOR: Migrator = sqlx::migrate!("./migrations/tenant");
+
+/// The database name a provisioned tenant gets: `tenant_` and the id with `-` as `_`. Ids are
+/// `[a-z0-9-]`, so this is injective; ids too long for PostgreSQL's 63-byte limit keep a
+/// prefix and a hash of the whole id.
+pub fn database_name(id: &TenantId) -> String {
+    let name = format!("tenant_{}", id.as_str().replace('-', "_"));
+    if name.len() <= 63 {
+        return name;
+    }
+    let hash = Sha256::digest(id.as_str().as_bytes());
+    let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}_{hex}", &name[..46])
+}
+
+/// Quotes an SQL identifier. Callers pass validated names; quoting is the second guard.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Creates `name` on the server of `server` unless it exists. Returns whether it created it.
+pub async fn create_database_if_missing(server: &DatabaseUrl, name: &str) -> anyhow::Result<bool> {
+    let mut conn = PgConnection::connect_with(&server.connect_options())
+        .await
+        .with_context(|| format!("connecting to the provisioning server {server}"))?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?;
+    if exists {
+        return Ok(false);
+    }
+    let sql = format!("CREATE DATABASE {}", quote_ident(name));
+    match sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await
+    {
+        Ok(_) => Ok(true),
+        // 42P04 duplicate_database: another process created it between our check and now.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("creating database {name}")),
+    }
+}
+
+/// How a tenant's migration went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MigrationOutcome {
+    /// Migrations were applied (how many).
+    Migrated(usize),
+    /// Nothing was pending.
+    Current,
+    /// It failed; the message says why (credentials redacted).
+    Failed(String),
+}
+
+/// Applies pending tenant migrations to one database.
+pub async fn migrate_tenant(database: &DatabaseUrl) -> MigrationOutcome {
+    match try_migrate(database).await {
+        Ok(0) => MigrationOutcome::Current,
+        Ok(n) => MigrationOutcome::Migrated(n),
+        Err(e) => MigrationOutcome::Failed(format!("{e:#}")),
+    }
+}
+
+/// Migrates every tenant, `jobs` at a time. One failure does not stop the others; the result
+/// has one line per tenant, in the order given.
+pub async fn migrate_all(tenants: &[Tenant], jobs: usize) -> Vec<(TenantId, MigrationOutcome)> {
+    let limit = Arc::new(Semaphore::new(jobs.max(1)));
+    let mut set = JoinSet::new();
+    for (i, tenant) in tenants.iter().enumerate() {
+        let limit = Arc::clone(&limit);
+        let database = tenant.database.clone();
+        set.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            (i, migrate_tenant(&database).await)
+        });
+    }
+    let mut outcomes: Vec<Option<MigrationOutcome>> = vec![None; tenants.len()];
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((i, outcome)) => outcomes[i] = Some(outcome),
+            Err(e) => tracing::error!(error = %e, "a migration task panicked"),
+        }
+    }
+    tenants
+        .iter()
+        .zip(outcomes)
+        .map(|(t, o)| {
+            let o =
+                o.unwrap_or_else(|| MigrationOutcome::Failed("the migration task panicked".into()));
+            (t.id.clone(), o)
+        })
+        .collect()
+}
+
+async fn try_migrate(database: &DatabaseUrl) -> anyhow::Result<usize> {
+    // A one-connection pool rather than a bare connection: `Migrator::run` on `&mut
+    // PgConnection` produces a future that cannot be spawned (sqlx's `Acquire` lifetimes).
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(database.connect_options())
+        .await
+        .with_context(|| format!("connecting to {database}"))?;
+    let result = async {
+        let before = applied_count(&pool).await?;
+        TENANT_MIGRATOR
+            .run(&pool)
+            .await
+            .context("applying migrations")?;
+        let after = applied_count(&pool).await?;
+        anyhow::Ok(after.saturating_sub(before))
+    }
+    .await;
+    pool.close().await;
+    result
+}
+
+async fn applied_count(pool: &PgPool) -> anyhow::Result<usize> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(0);
+    }
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await?;
+    Ok(n as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_and_differ() {
+        let a = TenantId::parse("tenant-1").unwrap();
+        assert_eq!(database_name(&a), "tenant_tenant_1");
+        let long1 = TenantId::parse(&format!("{}a", "x".repeat(62))).unwrap();
+        let long2 = TenantId::parse(&format!("{}b", "x".repeat(62))).unwrap();
+        assert!(database_name(&long1).len() <= 63);
+        assert_ne!(database_name(&long1), database_name(&long2));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}

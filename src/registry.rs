@@ -1,0 +1,364 @@
+//! The tenant registry: an immutable snapshot behind an `ArcSwap`, so a lookup is a pointer
+//! load and a hash probe, and a change is a new snapshot swapped in by one writer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::tenant::{DatabaseUrl, PoolSettings, Tenant, TenantId};
+
+/// How tenant pools are built, for every tenant of one registry.
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    /// With `Some("test.com")`, `acme.test.com` resolves to tenant `acme` when no tenant
+    /// claims that host exactly.
+    pub base_domain: Option<String>,
+    /// How long a request waits for a connection of its tenant's pool before it is refused.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        Self {
+            base_domain: None,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The tenants an instance serves. Lives in application state; clone the `Arc`.
+pub struct Registry {
+    current: ArcSwap<Snapshot>,
+    /// Serialises writers, so two changes never race to build a snapshot from the same base.
+    writer: Mutex<()>,
+    /// `.test.com` for base domain `test.com`: the suffix a wildcard host ends with.
+    wildcard_suffix: Option<String>,
+    acquire_timeout: Duration,
+}
+
+/// One immutable view of all tenants.
+#[derive(Default)]
+pub struct Snapshot {
+    version: i64,
+    by_id: HashMap<TenantId, Arc<TenantEntry>>,
+    by_host: HashMap<Box<str>, Arc<TenantEntry>>,
+}
+
+impl Snapshot {
+    /// Highest tenant version applied.
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+
+    /// Number of tenants.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// True when no tenant is registered.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// The tenant with this id.
+    pub fn get(&self, id: &TenantId) -> Option<&Arc<TenantEntry>> {
+        self.by_id.get(id)
+    }
+
+    /// All tenants, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<TenantEntry>> {
+        self.by_id.values()
+    }
+}
+
+/// A registered tenant and its (lazily opened) pool.
+pub struct TenantEntry {
+    tenant: Tenant,
+    pool: Arc<LazyPool>,
+}
+
+impl TenantEntry {
+    /// The tenant's configuration.
+    pub fn tenant(&self) -> &Tenant {
+        &self.tenant
+    }
+
+    /// The tenant's pool, created on first use. Creating it opens no connection: the first
+    /// query does.
+    pub fn pool(&self) -> &PgPool {
+        self.pool.get()
+    }
+
+    /// True once the pool has been created.
+    pub fn pool_is_open(&self) -> bool {
+        self.pool.cell.get().is_some()
+    }
+}
+
+/// A pool that does not exist until first asked for, so an idle tenant costs no connection and
+/// no background task.
+struct LazyPool {
+    database: DatabaseUrl,
+    settings: PoolSettings,
+    acquire_timeout: Duration,
+    cell: OnceLock<PgPool>,
+}
+
+impl LazyPool {
+    fn get(&self) -> &PgPool {
+        self.cell.get_or_init(|| {
+            PgPoolOptions::new()
+                .max_connections(self.settings.max_connections)
+                .min_connections(0)
+                .idle_timeout(self.settings.idle_timeout())
+                .acquire_timeout(self.acquire_timeout)
+                // A ping on every acquire costs a round trip per request; a connection that
+                // died with its server fails one query instead and is then discarded.
+                .test_before_acquire(false)
+                .connect_lazy_with(
+                    self.database
+                        .connect_options()
+                        .application_name("tenant-router"),
+                )
+        })
+    }
+
+    fn same_database(&self, tenant: &Tenant) -> bool {
+        self.database == tenant.database && self.settings == tenant.pool
+    }
+
+    /// Closes the pool, if it was ever opened, once its in-flight queries are done.
+    fn retire(self: Arc<Self>) {
+        if let Some(pool) = self.cell.get().cloned() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn(async move { pool.close().await });
+                }
+                Err(_) => drop(pool),
+            }
+        }
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(options: RegistryOptions) -> Self {
+        let wildcard_suffix = options
+            .base_domain
+            .map(|d| format!(".{}", d.trim_start_matches('.').to_ascii_lowercase()));
+        Self {
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            writer: Mutex::new(()),
+            wildcard_suffix,
+            acquire_timeout: options.acquire_timeout,
+        }
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// The tenant for a canonical host name (see [`crate::host::normalize`]): an exact host
+    /// match first, then `<id>.<base domain>`. Wait-free for readers.
+    pub fn resolve(&self, host: &str) -> Option<Arc<TenantEntry>> {
+        let snapshot = self.current.load();
+        if let Some(entry) = snapshot.by_host.get(host) {
+            return Some(Arc::clone(entry));
+        }
+        let suffix = self.wildcard_suffix.as_deref()?;
+        let label = host.strip_suffix(suffix)?;
+        if label.contains('.') {
+            return None;
+        }
+        let id = TenantId::parse(label).ok()?;
+        snapshot.by_id.get(&id).cloned()
+    }
+
+    /// Replaces every tenant, keeping the pools of tenants whose database settings did not
+    /// change. Used at start-up and after a full re-sync.
+    pub fn replace_all(&self, tenants: Vec<Tenant>) {
+        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.current.load_full();
+        let mut next = Snapshot::default();
+        for tenant in tenants {
+            let pool = self.pool_for(&tenant, old.by_id.get(&tenant.id));
+            next.insert(Arc::new(TenantEntry { tenant, pool }));
+        }
+        self.current.store(Arc::new(next));
+        retire_unused(&old, &self.current.load());
+    }
+
+    /// Adds or replaces one tenant. A version not newer than the one held is ignored, so a
+    /// late or repeated change cannot undo a newer one. Returns whether it was applied.
+    pub fn upsert(&self, tenant: Tenant) -> bool {
+        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.current.load_full();
+        let previous = old.by_id.get(&tenant.id);
+        if previous.is_some_and(|p| p.tenant.version >= tenant.version) {
+            return false;
+        }
+        let pool = self.pool_for(&tenant, previous);
+        let mut next = old.clone_without(&tenant.id);
+        next.version = next.version.max(tenant.version);
+        next.insert(Arc::new(TenantEntry { tenant, pool }));
+        self.current.store(Arc::new(next));
+        retire_unused(&old, &self.current.load());
+        true
+    }
+
+    /// Removes a tenant as of `version`; its pool is closed once in-flight queries finish.
+    /// Returns whether a tenant was removed.
+    pub fn remove(&self, id: &TenantId, version: i64) -> bool {
+        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.current.load_full();
+        if old
+            .by_id
+            .get(id)
+            .is_none_or(|p| p.tenant.version >= version)
+        {
+            return false;
+        }
+        let mut next = old.clone_without(id);
+        next.version = next.version.max(version);
+        self.current.store(Arc::new(next));
+        retire_unused(&old, &self.current.load());
+        true
+    }
+
+    fn pool_for(&self, tenant: &Tenant, previous: Option<&Arc<TenantEntry>>) -> Arc<LazyPool> {
+        match previous {
+            Some(p) if p.pool.same_database(tenant) => Arc::clone(&p.pool),
+            _ => Arc::new(LazyPool {
+                database: tenant.database.clone(),
+                settings: tenant.pool,
+                acquire_timeout: self.acquire_timeout,
+                cell: OnceLock::new(),
+            }),
+        }
+    }
+}
+
+impl Snapshot {
+    fn insert(&mut self, entry: Arc<TenantEntry>) {
+        self.version = self.version.max(entry.tenant.version);
+        for host in &entry.tenant.hosts {
+            self.by_host
+                .insert(host.as_str().into(), Arc::clone(&entry));
+        }
+        self.by_id.insert(entry.tenant.id.clone(), entry);
+    }
+
+    fn clone_without(&self, id: &TenantId) -> Snapshot {
+        let mut by_id = self.by_id.clone();
+        let mut by_host = self.by_host.clone();
+        if let Some(entry) = by_id.remove(id) {
+            for host in &entry.tenant.hosts {
+                by_host.remove(host.as_str());
+            }
+        }
+        Snapshot {
+            version: self.version,
+            by_id,
+            by_host,
+        }
+    }
+}
+
+/// Closes the pools `old` held that `new` no longer does.
+fn retire_unused(old: &Snapshot, new: &Snapshot) {
+    for (id, entry) in &old.by_id {
+        let kept = new
+            .by_id
+            .get(id)
+            .is_some_and(|n| Arc::ptr_eq(&n.pool, &entry.pool));
+        if !kept {
+            Arc::clone(&entry.pool).retire();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenant::{TenantHost, TenantState};
+
+    fn tenant(id: &str, hosts: &[&str], db: &str, version: i64) -> Tenant {
+        Tenant {
+            id: TenantId::parse(id).unwrap(),
+            hosts: hosts
+                .iter()
+                .map(|h| TenantHost::parse(h).unwrap())
+                .collect(),
+            database: DatabaseUrl::parse(db).unwrap(),
+            pool: PoolSettings::default(),
+            state: TenantState::Active,
+            version,
+        }
+    }
+
+    fn registry() -> Registry {
+        Registry::new(RegistryOptions {
+            base_domain: Some("test.com".into()),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn exact_host_then_wildcard() {
+        let r = registry();
+        r.replace_all(vec![
+            tenant("t1", &["tenant-1.test.com"], "postgres://h/t1", 1),
+            tenant("acme", &["acme.example.org"], "postgres://h/acme", 2),
+        ]);
+        let id = |h: &str| r.resolve(h).map(|e| e.tenant().id.to_string());
+        assert_eq!(id("tenant-1.test.com").as_deref(), Some("t1"));
+        assert_eq!(id("acme.example.org").as_deref(), Some("acme"));
+        assert_eq!(id("acme.test.com").as_deref(), Some("acme"));
+        assert_eq!(id("t1.test.com").as_deref(), Some("t1"));
+        assert_eq!(id("x.acme.test.com"), None);
+        assert_eq!(id("nobody.test.com"), None);
+        assert_eq!(id("test.com"), None);
+        assert_eq!(r.snapshot().version(), 2);
+    }
+
+    #[test]
+    fn stale_versions_are_ignored() {
+        let r = registry();
+        assert!(r.upsert(tenant("t1", &["a.test.com"], "postgres://h/t1", 5)));
+        assert!(!r.upsert(tenant("t1", &["b.test.com"], "postgres://h/t1", 4)));
+        assert!(r.resolve("a.test.com").is_some());
+        assert!(!r.remove(&TenantId::parse("t1").unwrap(), 5));
+        assert!(r.remove(&TenantId::parse("t1").unwrap(), 6));
+        assert!(r.resolve("a.test.com").is_none());
+        assert_eq!(r.snapshot().version(), 6);
+    }
+
+    #[test]
+    fn moving_a_host_drops_the_old_mapping() {
+        let r = registry();
+        r.upsert(tenant("t1", &["a.x.org"], "postgres://h/t1", 1));
+        r.upsert(tenant("t1", &["b.x.org"], "postgres://h/t1", 2));
+        assert!(r.resolve("a.x.org").is_none());
+        assert!(r.resolve("b.x.org").is_some());
+    }
+
+    #[tokio::test]
+    async fn pools_are_reused_only_while_the_database_is_unchanged() {
+        let r = registry();
+        r.upsert(tenant("t1", &["a.x.org"], "postgres://h/t1", 1));
+        let first = r.resolve("a.x.org").unwrap();
+        let _ = first.pool();
+        r.upsert(tenant("t1", &["a.x.org", "c.x.org"], "postgres://h/t1", 2));
+        let second = r.resolve("c.x.org").unwrap();
+        assert!(Arc::ptr_eq(&first.pool, &second.pool));
+        r.upsert(tenant("t1", &["a.x.org"], "postgres://h/other", 3));
+        let third = r.resolve("a.x.org").unwrap();
+        assert!(!Arc::ptr_eq(&first.pool, &third.pool));
+        assert!(!third.pool_is_open(), "a new pool opens on first use only");
+    }
+}

@@ -1,0 +1,149 @@
+//! The app server: the reference app behind the tenant layer, plus health routes outside it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::app::{self, AppConfig};
+use crate::config::Settings;
+use crate::control::ControlDb;
+use crate::middleware::TenantLayer;
+use crate::problem::problem_response;
+use crate::registry::{Registry, RegistryOptions};
+
+/// What the non-tenant routes need.
+#[derive(Clone)]
+pub struct ServerState {
+    /// The tenants this instance serves.
+    pub registry: Arc<Registry>,
+    /// The control database.
+    pub control: ControlDb,
+}
+
+/// The whole router: `/healthz` and `/readyz` answer on any host; everything else is
+/// resolved to a tenant first.
+pub fn app(state: ServerState, config: AppConfig, max_body_bytes: usize) -> Router {
+    let tenant_routes = app::router(config).layer(TenantLayer::new(Arc::clone(&state.registry)));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+        .merge(tenant_routes)
+        .fallback(|| async { problem_response(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            problem_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+}
+
+async fn healthz() -> Response {
+    axum::Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn readyz(State(state): State<ServerState>) -> Response {
+    let reachable = tokio::time::timeout(Duration::from_secs(2), state.control.ping())
+        .await
+        .unwrap_or(false);
+    if reachable {
+        axum::Json(json!({
+            "status": "ready",
+            "control_database": "ok",
+            "tenants": state.registry.snapshot().len(),
+        }))
+        .into_response()
+    } else {
+        problem_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the control database is unreachable",
+        )
+    }
+}
+
+/// A bound, loaded app server, not yet serving. Binding first lets callers (tests) use port 0
+/// and read the port back.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    registry: Arc<Registry>,
+}
+
+impl Application {
+    /// Migrates the control database, loads every tenant and binds the listener.
+    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        let control = ControlDb::connect_lazy(settings.require_database_url()?);
+        control.migrate().await?;
+        let registry = Arc::new(Registry::new(RegistryOptions {
+            base_domain: settings.base_domain.clone(),
+            acquire_timeout: settings.acquire_timeout,
+        }));
+        registry.replace_all(control.load_tenants().await?);
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.listen))?;
+        let state = ServerState {
+            registry: Arc::clone(&registry),
+            control,
+        };
+        let config = AppConfig {
+            session_ttl: settings.session_ttl,
+        };
+        Ok(Self {
+            listener,
+            router: app(state, config, settings.max_body_bytes),
+            registry,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener")
+    }
+
+    /// The registry it serves from.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving HTTP")
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
