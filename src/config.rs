@@ -131,6 +131,16 @@ impl Settings {
             }
             None => FileSettings::default(),
         };
+        Self::resolve(args, file)
+    }
+
+    /// The settings from `args` and the defaults alone, ignoring any settings file. For
+    /// embedding and tests.
+    pub fn from_args(args: &SettingsArgs) -> anyhow::Result<Self> {
+        Self::resolve(args, FileSettings::default())
+    }
+
+    fn resolve(args: &SettingsArgs, file: FileSettings) -> anyhow::Result<Self> {
         let url = |name: &str, value: Option<String>| -> anyhow::Result<Option<DatabaseUrl>> {
             value
                 .map(|v| DatabaseUrl::parse(&v).with_context(|| format!("{name}")))

@@ -1,0 +1,108 @@
+//! `tenant-router demo`, as the README's quick start runs it: its own PostgreSQL, both demo
+//! tenants answering, data kept across a restart.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tenant_router::local::free_port;
+
+struct Demo {
+    child: Child,
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Demo {
+    async fn start(data_dir: &std::path::Path, port: u16) -> Demo {
+        let child = Command::new(env!("CARGO_BIN_EXE_tenant-router"))
+            .arg("demo")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("TENANT_ROUTER_DATA_DIR", data_dir)
+            .env("TENANT_ROUTER_LISTEN", format!("127.0.0.1:{port}"))
+            .env_remove("TENANT_ROUTER_DATABASE_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let demo = Demo {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let up = demo
+                .client
+                .get(format!("{}/healthz", demo.base))
+                .send()
+                .await;
+            if up.is_ok_and(|r| r.status() == StatusCode::OK) {
+                return demo;
+            }
+            assert!(Instant::now() < deadline, "the demo did not come up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn post(&self, host: &str, path: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .header("Host", host)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    fn interrupt(mut self) {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT).unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "Ctrl-C must stop the demo cleanly: {status}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn demo_serves_both_tenants_and_keeps_data_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    // As root, the demo's PostgreSQL runs as `postgres`, which must reach the directory.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = free_port().unwrap();
+    let user =
+        json!({"username": "demo", "email": "demo@example.com", "password": "correct horse"});
+    let login = json!({"email": "demo@example.com", "password": "correct horse"});
+
+    let demo = Demo::start(dir.path(), port).await;
+    for host in ["tenant-1.test.com", "tenant-2.test.com"] {
+        assert_eq!(
+            demo.post(host, "/api/register", user.clone())
+                .await
+                .status(),
+            StatusCode::CREATED
+        );
+    }
+    demo.interrupt();
+
+    let demo = Demo::start(dir.path(), port).await;
+    for host in ["tenant-1.test.com", "tenant-2.test.com"] {
+        assert_eq!(
+            demo.post(host, "/api/login", login.clone()).await.status(),
+            StatusCode::OK,
+            "{host}"
+        );
+        assert_eq!(
+            demo.post(host, "/api/register", user.clone())
+                .await
+                .status(),
+            StatusCode::CONFLICT
+        );
+    }
+    demo.interrupt();
+}

@@ -1,0 +1,213 @@
+//! Throwaway servers and a `TestApp` with one helper per endpoint.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use tenant_router::config::{Settings, SettingsArgs};
+use tenant_router::control::{ControlDb, TenantSpec};
+use tenant_router::local::LocalPostgres;
+use tenant_router::provision;
+use tenant_router::registry::Registry;
+use tenant_router::server::Application;
+use tenant_router::tenant::{DatabaseUrl, PoolSettings, TenantHost, TenantId, TenantState};
+use tokio::sync::OnceCell;
+
+/// One PostgreSQL for the whole test binary; each test makes its own databases on it. Tests
+/// that stop a server start their own.
+pub async fn shared_postgres() -> &'static LocalPostgres {
+    static PG: OnceCell<LocalPostgres> = OnceCell::const_new();
+    PG.get_or_init(|| async {
+        LocalPostgres::start_ephemeral()
+            .await
+            .expect("starting the shared test PostgreSQL")
+    })
+    .await
+}
+
+/// A database name no other test in this run uses.
+pub fn unique_name(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "it_{prefix}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A fresh, migrated database on `pg`.
+pub async fn tenant_database(pg: &LocalPostgres, prefix: &str) -> DatabaseUrl {
+    let url = pg.create_database(&unique_name(prefix)).await.unwrap();
+    let outcome = provision::migrate_tenant(&url).await;
+    assert!(
+        matches!(outcome, provision::MigrationOutcome::Migrated(_)),
+        "{outcome:?}"
+    );
+    url
+}
+
+pub fn spec(id: &str, hosts: &[&str], database: DatabaseUrl) -> TenantSpec {
+    TenantSpec {
+        id: TenantId::parse(id).unwrap(),
+        hosts: hosts
+            .iter()
+            .map(|h| TenantHost::parse(h).unwrap())
+            .collect(),
+        database,
+        provisioned: false,
+        pool: PoolSettings::default(),
+        state: TenantState::Active,
+    }
+}
+
+/// An app server on a free port over its own control database.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub control: ControlDb,
+    pub registry: Arc<Registry>,
+    pub client: reqwest::Client,
+}
+
+impl TestApp {
+    /// The two demo tenants, each in its own database on the shared server.
+    pub async fn with_demo_tenants() -> TestApp {
+        let pg = shared_postgres().await;
+        let t1 = tenant_database(pg, "t1").await;
+        let t2 = tenant_database(pg, "t2").await;
+        TestApp::spawn(vec![
+            spec("tenant-1", &["tenant-1.test.com"], t1),
+            spec("tenant-2", &["tenant-2.test.com"], t2),
+        ])
+        .await
+    }
+
+    /// An app over these tenants.
+    pub async fn spawn(tenants: Vec<TenantSpec>) -> TestApp {
+        let pg = shared_postgres().await;
+        let control_url = pg.create_database(&unique_name("control")).await.unwrap();
+        let control = ControlDb::connect_lazy(&control_url);
+        control.migrate().await.unwrap();
+        for t in &tenants {
+            control.upsert(t).await.unwrap();
+        }
+        let mut settings = Settings::from_args(&SettingsArgs {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            database_url: Some(control_url.expose().to_string()),
+            base_domain: Some("test.com".into()),
+            acquire_timeout_ms: Some(1500),
+            ..Default::default()
+        })
+        .unwrap();
+        settings.max_body_bytes = 16 * 1024;
+        let app = Application::build(&settings).await.unwrap();
+        let addr = app.local_addr();
+        let registry = Arc::clone(app.registry());
+        tokio::spawn(app.run_until(std::future::pending()));
+        TestApp {
+            addr,
+            control,
+            registry,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// Reloads the registry from the control database, as a restart would.
+    pub async fn reload(&self) {
+        self.registry
+            .replace_all(self.control.load_tenants().await.unwrap());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        host: &str,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .header("Host", host)
+    }
+
+    pub async fn get(&self, host: &str, path: &str, token: Option<&str>) -> Response {
+        let mut req = self.request(reqwest::Method::GET, host, path);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn post(&self, host: &str, path: &str, body: Value, token: Option<&str>) -> Response {
+        let mut req = self.request(reqwest::Method::POST, host, path).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn register(&self, host: &str, username: &str, email: &str) -> Response {
+        self.post(
+            host,
+            "/api/register",
+            json!({"username": username, "email": email, "password": "correct horse"}),
+            None,
+        )
+        .await
+    }
+
+    pub async fn login(&self, host: &str, email: &str, password: &str) -> Response {
+        self.post(
+            host,
+            "/api/login",
+            json!({"email": email, "password": password}),
+            None,
+        )
+        .await
+    }
+
+    /// Registers a user and logs in, returning the token.
+    pub async fn user_token(&self, host: &str, username: &str) -> String {
+        let email = format!("{username}@example.com");
+        let r = self.register(host, username, &email).await;
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "{}",
+            r.text().await.unwrap()
+        );
+        let r = self.login(host, &email, "correct horse").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.unwrap();
+        body["token"].as_str().unwrap().to_string()
+    }
+
+    pub async fn create_note(&self, host: &str, token: &str, content: &str) -> Value {
+        let r = self
+            .post(host, "/api/notes", json!({"content": content}), Some(token))
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        r.json().await.unwrap()
+    }
+}
+
+/// Asserts the status and that the body is a problem document; returns it.
+pub async fn problem(r: Response, status: StatusCode) -> Value {
+    assert_eq!(r.status(), status);
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/problem+json",
+        "a {status} must be a problem document"
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], status.as_u16());
+    body
+}

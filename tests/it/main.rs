@@ -1,0 +1,9 @@
+#![allow(unreachable_pub)]
+//! Integration tests: one test binary (it compiles much faster than many), real PostgreSQL
+//! and Redis started from the binaries on PATH by `harness`.
+
+mod demo;
+mod harness;
+mod migrate;
+mod notes;
+mod routing;

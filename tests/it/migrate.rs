@@ -1,0 +1,108 @@
+//! `tenant-router migrate`: every tenant, one failure reported without stopping the rest.
+
+use std::process::Command;
+
+use tenant_router::control::ControlDb;
+use tenant_router::tenant::DatabaseUrl;
+
+use crate::harness::{shared_postgres, spec, unique_name};
+
+fn run_migrate(control_url: &DatabaseUrl) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tenant-router"))
+        .arg("migrate")
+        .env("TENANT_ROUTER_DATABASE_URL", control_url.expose())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+async fn has_table(url: &DatabaseUrl, table: &str) -> bool {
+    let pool = sqlx::PgPool::connect_with(url.connect_options())
+        .await
+        .unwrap();
+    let found: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(table)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    found
+}
+
+#[tokio::test]
+async fn a_broken_tenant_is_reported_and_the_rest_migrate() {
+    let pg = shared_postgres().await;
+    let control_url = pg.create_database(&unique_name("control")).await.unwrap();
+    let control = ControlDb::connect_lazy(&control_url);
+    control.migrate().await.unwrap();
+
+    let good1 = pg.create_database(&unique_name("good")).await.unwrap();
+    // A password in the URL (trust auth ignores it) must never be printed.
+    let good2 = DatabaseUrl::parse(
+        &pg.create_database(&unique_name("good"))
+            .await
+            .unwrap()
+            .expose()
+            .replace("postgres@", "postgres:hunter2@"),
+    )
+    .unwrap();
+    let broken = pg.create_database(&unique_name("broken")).await.unwrap();
+    {
+        let pool = sqlx::PgPool::connect_with(broken.connect_options())
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE notes (squatter int)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+    for s in [
+        spec("good-1", &["good-1.test.com"], good1.clone()),
+        spec("broken", &["broken.test.com"], broken.clone()),
+        spec("good-2", &["good-2.test.com"], good2.clone()),
+    ] {
+        control.upsert(&s).await.unwrap();
+    }
+
+    let (ok, out) = run_migrate(&control_url);
+    assert!(!ok, "a failed tenant must fail the command:\n{out}");
+    assert!(out.contains("good-1: migrated"), "{out}");
+    assert!(out.contains("good-2: migrated"), "{out}");
+    assert!(out.contains("broken: FAILED"), "{out}");
+    assert!(
+        out.contains("summary: 2 migrated, 0 already current, 1 failed (broken)"),
+        "{out}"
+    );
+    assert!(!out.contains("hunter2"), "a password was printed:\n{out}");
+    assert!(has_table(&good1, "users").await && has_table(&good2, "users").await);
+
+    // Re-running: the good ones are current, the broken one still fails.
+    let (ok, out) = run_migrate(&control_url);
+    assert!(!ok);
+    assert!(
+        out.contains("good-1: already current") && out.contains("good-2: already current"),
+        "{out}"
+    );
+
+    // Once fixed, it migrates and the command succeeds.
+    {
+        let pool = sqlx::PgPool::connect_with(broken.connect_options())
+            .await
+            .unwrap();
+        sqlx::query("DROP TABLE notes")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+    let (ok, out) = run_migrate(&control_url);
+    assert!(ok, "{out}");
+    assert!(out.contains("broken: migrated"), "{out}");
+    assert!(has_table(&broken, "notes").await);
+}
