@@ -143,7 +143,7 @@ impl Settings {
     fn resolve(args: &SettingsArgs, file: FileSettings) -> anyhow::Result<Self> {
         let url = |name: &str, value: Option<String>| -> anyhow::Result<Option<DatabaseUrl>> {
             value
-                .map(|v| DatabaseUrl::parse(&v).with_context(|| format!("{name}")))
+                .map(|v| DatabaseUrl::parse(&v).context(name.to_string()))
                 .transpose()
         };
         let base_domain = args.base_domain.clone().or(file.base_domain);

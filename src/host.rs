@@ -2,8 +2,6 @@
 
 use std::borrow::Cow;
 
-use crate::tenant::is_host_name;
-
 /// Why a request's host could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostError {
@@ -22,40 +20,76 @@ pub fn normalize(raw: &[u8]) -> Result<Cow<'_, str>, HostError> {
     if raw.is_empty() {
         return Err(HostError::Missing);
     }
-    let raw = std::str::from_utf8(raw).map_err(|_| HostError::Malformed)?;
-    if let Some(rest) = raw.strip_prefix('[') {
-        let (literal, after) = rest.split_once(']').ok_or(HostError::Malformed)?;
-        let port_ok = after.is_empty() || after.strip_prefix(':').is_some_and(is_port);
-        let literal_ok = !literal.is_empty()
-            && literal
-                .bytes()
-                .all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.');
-        return if port_ok && literal_ok {
-            Ok(Cow::Owned(format!("[{}]", literal.to_ascii_lowercase())))
-        } else {
-            Err(HostError::Malformed)
-        };
+    if raw[0] == b'[' {
+        return ipv6_literal(raw);
     }
-    let name = match raw.split_once(':') {
-        Some((name, port)) if is_port(port) => name,
+    let name = match raw.iter().position(|&c| c == b':') {
+        Some(i) if is_port(&raw[i + 1..]) => &raw[..i],
         Some(_) => return Err(HostError::Malformed),
         None => raw,
     };
-    let name = name.strip_suffix('.').unwrap_or(name);
-    let name = if name.bytes().any(|c| c.is_ascii_uppercase()) {
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    let has_upper = check_name(name)?;
+    // `check_name` admitted only ASCII, so this cannot fail.
+    let name = std::str::from_utf8(name).map_err(|_| HostError::Malformed)?;
+    Ok(if has_upper {
         Cow::Owned(name.to_ascii_lowercase())
     } else {
         Cow::Borrowed(name)
-    };
-    if is_host_name(&name) {
-        Ok(name)
+    })
+}
+
+/// One pass over a host name: labels of 1 to 63 letters, digits and inner `-`, at most 253
+/// bytes in all. Returns whether it has upper-case letters. This runs on every request, so
+/// it is written as a single scan rather than a split and a check per label.
+fn check_name(name: &[u8]) -> Result<bool, HostError> {
+    if name.is_empty() || name.len() > 253 {
+        return Err(HostError::Malformed);
+    }
+    let (mut label_len, mut prev, mut upper) = (0usize, b'.', false);
+    for &c in name {
+        match c {
+            b'a'..=b'z' | b'0'..=b'9' => label_len += 1,
+            b'A'..=b'Z' => {
+                upper = true;
+                label_len += 1;
+            }
+            b'-' if label_len > 0 => label_len += 1,
+            b'.' if label_len > 0 && prev != b'-' => label_len = 0,
+            _ => return Err(HostError::Malformed),
+        }
+        if label_len > 63 {
+            return Err(HostError::Malformed);
+        }
+        prev = c;
+    }
+    if label_len == 0 || prev == b'-' {
+        return Err(HostError::Malformed);
+    }
+    Ok(upper)
+}
+
+fn ipv6_literal(raw: &[u8]) -> Result<Cow<'_, str>, HostError> {
+    let raw = std::str::from_utf8(raw).map_err(|_| HostError::Malformed)?;
+    let rest = &raw[1..];
+    let (literal, after) = rest.split_once(']').ok_or(HostError::Malformed)?;
+    let port_ok = after.is_empty()
+        || after
+            .strip_prefix(':')
+            .is_some_and(|p| is_port(p.as_bytes()));
+    let literal_ok = !literal.is_empty()
+        && literal
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.');
+    if port_ok && literal_ok {
+        Ok(Cow::Owned(format!("[{}]", literal.to_ascii_lowercase())))
     } else {
         Err(HostError::Malformed)
     }
 }
 
-fn is_port(s: &str) -> bool {
-    (1..=5).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_digit())
+fn is_port(s: &[u8]) -> bool {
+    (1..=5).contains(&s.len()) && s.iter().all(u8::is_ascii_digit)
 }
 
 #[cfg(test)]
@@ -109,6 +143,13 @@ mod tests {
             if dot { raw.push('.'); }
             if let Some(p) = port { raw.push_str(&format!(":{p}")); }
             prop_assert_eq!(n(&raw).unwrap(), name);
+        }
+
+        #[test]
+        fn agrees_with_tenant_host_parsing(raw in "[a-zA-Z0-9._-]{1,70}") {
+            let ours = n(&raw).ok();
+            let theirs = crate::tenant::TenantHost::parse(&raw).ok().map(String::from);
+            prop_assert_eq!(ours, theirs);
         }
 
         #[test]

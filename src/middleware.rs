@@ -72,12 +72,38 @@ where
                 req.extensions_mut().insert(CurrentTenant(entry));
                 Either::Right(self.inner.call(req))
             }
-            Err(response) => Either::Left(ready(Ok(response))),
+            Err(refusal) => Either::Left(ready(Ok(refusal.into_response()))),
         }
     }
 }
 
-fn resolve<B>(registry: &Registry, req: &Request<B>) -> Result<Arc<TenantEntry>, Response> {
+/// Why a request was not handed to a tenant.
+enum Refusal {
+    MissingHost,
+    MalformedHost,
+    UnknownHost(String),
+    Suspended,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Self::MissingHost => {
+                problem_response(StatusCode::BAD_REQUEST, "the request has no Host")
+            }
+            Self::MalformedHost => {
+                problem_response(StatusCode::BAD_REQUEST, "the request's Host is malformed")
+            }
+            Self::UnknownHost(host) => problem_response(
+                StatusCode::NOT_FOUND,
+                format!("no tenant is served at host '{host}'"),
+            ),
+            Self::Suspended => ApiError::Suspended.into_response(),
+        }
+    }
+}
+
+fn resolve<B>(registry: &Registry, req: &Request<B>) -> Result<Arc<TenantEntry>, Refusal> {
     let raw = match req.headers().get(header::HOST) {
         Some(value) => value.as_bytes(),
         None => req
@@ -86,20 +112,15 @@ fn resolve<B>(registry: &Registry, req: &Request<B>) -> Result<Arc<TenantEntry>,
             .map_or(&b""[..], |a| a.as_str().as_bytes()),
     };
     let host = host::normalize(raw).map_err(|e| match e {
-        HostError::Missing => problem_response(StatusCode::BAD_REQUEST, "the request has no Host"),
-        HostError::Malformed => {
-            problem_response(StatusCode::BAD_REQUEST, "the request's Host is malformed")
-        }
+        HostError::Missing => Refusal::MissingHost,
+        HostError::Malformed => Refusal::MalformedHost,
     })?;
-    let entry = registry.resolve(&host).ok_or_else(|| {
-        problem_response(
-            StatusCode::NOT_FOUND,
-            format!("no tenant is served at host '{host}'"),
-        )
-    })?;
+    let entry = registry
+        .resolve(&host)
+        .ok_or_else(|| Refusal::UnknownHost(host.into_owned()))?;
     match entry.tenant().state {
         TenantState::Active => Ok(entry),
-        TenantState::Suspended => Err(ApiError::Suspended.into_response()),
+        TenantState::Suspended => Err(Refusal::Suspended),
     }
 }
 

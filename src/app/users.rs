@@ -5,23 +5,21 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 
 use super::AppConfig;
 use super::auth::{hash_password, new_token, verify_password};
 use crate::middleware::CurrentTenant;
 use crate::problem::{ApiError, ApiJson, FieldError};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(default)]
-#[derive(Default)]
 pub(super) struct RegisterBody {
     username: String,
     email: String,
     password: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, sqlx::FromRow)]
 pub(super) struct UserBody {
     id: i64,
     username: String,
@@ -78,7 +76,7 @@ pub(super) async fn register(
 ) -> Result<(StatusCode, Json<UserBody>), ApiError> {
     body.validate()?;
     let password_hash = hash_password(body.password).await?;
-    let row = sqlx::query(
+    let user: UserBody = sqlx::query_as(
         "INSERT INTO users (username, email, password_hash) VALUES ($1, lower($2), $3)
          RETURNING id, username, email, created_at",
     )
@@ -96,15 +94,7 @@ pub(super) async fn register(
         }
         _ => e.into(),
     })?;
-    Ok((
-        StatusCode::CREATED,
-        Json(UserBody {
-            id: row.try_get("id").map_err(sqlx::Error::from)?,
-            username: row.try_get("username").map_err(sqlx::Error::from)?,
-            email: row.try_get("email").map_err(sqlx::Error::from)?,
-            created_at: row.try_get("created_at").map_err(sqlx::Error::from)?,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(user)))
 }
 
 #[derive(Deserialize, Default)]
