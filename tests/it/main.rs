@@ -4,6 +4,7 @@
 
 mod demo;
 mod harness;
+mod local;
 mod migrate;
 mod notes;
 mod routing;
