@@ -177,11 +177,11 @@ impl Registry {
         }
         let suffix = self.wildcard_suffix.as_deref()?;
         let label = host.strip_suffix(suffix)?;
+        // Ids are single DNS labels; a label with a dot cannot be one.
         if label.contains('.') {
             return None;
         }
-        let id = TenantId::parse(label).ok()?;
-        snapshot.by_id.get(&id).cloned()
+        snapshot.by_id.get(label).cloned()
     }
 
     /// Replaces every tenant, keeping the pools of tenants whose database settings did not

@@ -52,6 +52,14 @@ fn is_dns_label(s: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
+/// Lets maps keyed by `TenantId` be probed with a `&str` without allocating. Sound because
+/// `TenantId` hashes and compares exactly as its string does (derived over `Box<str>`).
+impl std::borrow::Borrow<str> for TenantId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl TryFrom<String> for TenantId {
     type Error = InvalidValue;
     fn try_from(s: String) -> Result<Self, Self::Error> {

@@ -83,22 +83,43 @@ impl<S: Send + Sync> FromRequestParts<S> for AuthUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let tenant = CurrentTenant::from_request_parts(parts, state).await?;
-        let token = parts
+        let token = BearerToken::from_request_parts(parts, state).await?;
+        let user_id: Option<i64> = sqlx::query_scalar(
+            "SELECT user_id FROM sessions WHERE token_hash = $1 AND expires_at > now()",
+        )
+        .bind(token.hash())
+        .fetch_optional(tenant.pool())
+        .await?;
+        user_id
+            .map(|user_id| Self { user_id })
+            .ok_or(ApiError::Unauthorized)
+    }
+}
+
+/// The bearer token of a request, not yet checked against the database: for handlers that
+/// check it in the same query as their own work, saving a round trip (see `notes::list`).
+/// Extracting it answers 401 when the header is missing or not `Bearer`.
+pub struct BearerToken(String);
+
+impl BearerToken {
+    /// The token's stored form, to compare with `sessions.token_hash`.
+    pub fn hash(&self) -> Vec<u8> {
+        token_hash(&self.0)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for BearerToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or(ApiError::Unauthorized)?;
-        let user_id: Option<i64> = sqlx::query_scalar(
-            "SELECT user_id FROM sessions WHERE token_hash = $1 AND expires_at > now()",
-        )
-        .bind(token_hash(token))
-        .fetch_optional(tenant.pool())
-        .await?;
-        user_id
-            .map(|user_id| Self { user_id })
+            .map(|t| Self(t.to_string()))
             .ok_or(ApiError::Unauthorized)
     }
 }
