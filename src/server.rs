@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
+use axum::extract::Request;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
 
 use crate::app::{self, AppConfig};
 use crate::config::Settings;
@@ -47,6 +49,20 @@ pub fn app(state: ServerState, config: AppConfig, max_body_bytes: usize) -> Rout
             )
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        // A debug-level span per request; the tenant layer fills in `tenant.id`. Failures are
+        // logged where they are understood (`ApiError`), not again here.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<_>| {
+                    tracing::debug_span!(
+                        "request",
+                        method = %req.method(),
+                        path = req.uri().path(),
+                        tenant.id = tracing::field::Empty,
+                    )
+                })
+                .on_failure(()),
+        )
 }
 
 async fn healthz() -> Response {

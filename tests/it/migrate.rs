@@ -106,3 +106,60 @@ async fn a_broken_tenant_is_reported_and_the_rest_migrate() {
     assert!(out.contains("broken: migrated"), "{out}");
     assert!(has_table(&broken, "notes").await);
 }
+
+#[tokio::test]
+async fn importing_the_tenants_file_twice_changes_nothing() {
+    use tenant_router::control::UpsertOutcome;
+    use tenant_router::tenants_file::{TenantsFile, import};
+
+    let pg = shared_postgres().await;
+    let control_url = pg.create_database(&unique_name("control")).await.unwrap();
+    let control = ControlDb::connect_lazy(&control_url);
+    control.migrate().await.unwrap();
+    let db1 = pg.create_database(&unique_name("imp")).await.unwrap();
+    let db2 = pg.create_database(&unique_name("imp")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tenants.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[tenant]]\nid = \"imp-1\"\nhosts = [\"imp-1.test.com\"]\ndatabase = \"{}\"\n\n\
+             [[tenant]]\nid = \"imp-2\"\nhosts = [\"IMP-2.test.com.\", \"www.imp-2.example\"]\ndatabase = \"{}\"\n",
+            db1.expose(),
+            db2.expose()
+        ),
+    )
+    .unwrap();
+    let file = TenantsFile::load(&path).unwrap();
+    let server = pg.url("postgres");
+
+    let first = import(&control, &server, &file).await.unwrap();
+    assert!(first.iter().all(|l| l.outcome == UpsertOutcome::Created));
+    let before = control.load_tenants().await.unwrap();
+    let second = import(&control, &server, &file).await.unwrap();
+    assert!(
+        second.iter().all(|l| l.outcome == UpsertOutcome::Unchanged),
+        "{second:?}"
+    );
+    assert_eq!(
+        control.load_tenants().await.unwrap(),
+        before,
+        "versions must not move"
+    );
+    assert_eq!(before[1].hosts[0].as_str(), "imp-2.test.com");
+
+    // A host already held by another tenant is refused, and nothing of that write lands.
+    let clash = format!(
+        "[[tenant]]\nid = \"imp-3\"\nhosts = [\"imp-1.test.com\"]\ndatabase = \"{}\"\n",
+        db1.expose()
+    );
+    std::fs::write(&path, clash).unwrap();
+    let err = import(&control, &server, &TenantsFile::load(&path).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("already belongs to tenant 'imp-1'"),
+        "{err:#}"
+    );
+    assert_eq!(control.load_tenants().await.unwrap(), before);
+}
