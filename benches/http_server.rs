@@ -14,7 +14,7 @@ use tenant_router::local::LocalPostgres;
 use tenant_router::middleware::CurrentTenant;
 use tenant_router::provision;
 use tenant_router::registry::{Registry, RegistryOptions};
-use tenant_router::server::{ServerState, app};
+use tenant_router::server::{ServerState, app, with_common_layers};
 use tenant_router::tenant::{PoolSettings, TenantHost, TenantId, TenantState};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
@@ -61,7 +61,11 @@ async fn main() -> anyhow::Result<()> {
     let routed_url = format!("http://{}", routed.local_addr()?);
     let fixed_url = format!("http://{}", fixed.local_addr()?);
     let entry = registry.resolve(HOST).expect("tenant-1 is registered");
-    let fixed_app = app::router(AppConfig::default()).layer(Extension(CurrentTenant::new(entry)));
+    // The same routes and common layers; only the tenant layer is swapped for a fixed tenant.
+    let fixed_app = with_common_layers(
+        app::router(AppConfig::default()).layer(Extension(CurrentTenant::new(entry))),
+        65536,
+    );
     tokio::spawn(async move { axum::serve(routed, app(state, AppConfig::default(), 65536)).await });
     tokio::spawn(async move { axum::serve(fixed, fixed_app).await });
 

@@ -36,11 +36,19 @@ pub struct ServerState {
 /// resolved to a tenant first.
 pub fn app(state: ServerState, config: AppConfig, max_body_bytes: usize) -> Router {
     let tenant_routes = app::router(config).layer(TenantLayer::new(Arc::clone(&state.registry)));
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
-        .merge(tenant_routes)
+        .merge(tenant_routes);
+    with_common_layers(router, max_body_bytes)
+}
+
+/// What every router of ours gets around it: problem responses for unknown routes and
+/// methods, the body limit, and a debug-level span per request (the tenant layer fills in
+/// `tenant.id`). Failures are logged where they are understood (`ApiError`), not again here.
+pub fn with_common_layers(router: Router, max_body_bytes: usize) -> Router {
+    router
         .fallback(|| async { problem_response(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
             problem_response(
@@ -49,8 +57,6 @@ pub fn app(state: ServerState, config: AppConfig, max_body_bytes: usize) -> Rout
             )
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        // A debug-level span per request; the tenant layer fills in `tenant.id`. Failures are
-        // logged where they are understood (`ApiError`), not again here.
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<_>| {
