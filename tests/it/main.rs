@@ -8,3 +8,4 @@ mod local;
 mod migrate;
 mod notes;
 mod routing;
+mod serve;
