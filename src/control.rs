@@ -122,6 +122,7 @@ impl ControlDb {
     /// only when something changed, so applying the same spec twice is a no-op.
     pub async fn upsert(&self, spec: &TenantSpec) -> Result<UpsertOutcome, WriteError> {
         let mut tx = self.pool.begin().await.context("beginning a transaction")?;
+        lock_writers(&mut tx).await?;
         let existing = sqlx::query(
             "SELECT database_url, max_connections, idle_timeout_secs, state, provisioned,
                     array(SELECT host FROM tenant_hosts WHERE tenant_id = $1 ORDER BY host) AS hosts
@@ -204,6 +205,124 @@ impl ControlDb {
         }
         tx.commit().await.context("committing the tenant")?;
         Ok(outcome)
+    }
+}
+
+/// Serialises writers for the rest of the transaction, so versions (taken from one sequence
+/// inside the transaction) become visible in increasing order. Without it, a reader asking
+/// for "everything after N" could see version N+2 commit before N+1 and skip N+1 for good.
+async fn lock_writers(tx: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(7461110001)")
+        .execute(tx)
+        .await
+        .context("taking the tenant writers' lock")?;
+    Ok(())
+}
+
+/// One change to apply to a registry, in version order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The tenant now looks like this.
+    Upsert(Tenant),
+    /// The tenant was removed at this version.
+    Remove {
+        /// The removed tenant.
+        id: TenantId,
+        /// The version of the removal.
+        version: i64,
+    },
+}
+
+impl Change {
+    /// The change's version.
+    pub fn version(&self) -> i64 {
+        match self {
+            Self::Upsert(t) => t.version,
+            Self::Remove { version, .. } => *version,
+        }
+    }
+}
+
+/// A removed tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removed {
+    /// Version of the removal.
+    pub version: i64,
+    /// Whether the router had created its database.
+    pub provisioned: bool,
+    /// That database.
+    pub database: DatabaseUrl,
+}
+
+impl ControlDb {
+    /// Removes a tenant, leaving a tombstone. `None` when no such tenant exists.
+    pub async fn delete(&self, id: &TenantId) -> anyhow::Result<Option<Removed>> {
+        let mut tx = self.pool.begin().await.context("beginning a transaction")?;
+        lock_writers(&mut tx).await?;
+        let row: Option<(bool, String)> =
+            sqlx::query_as("DELETE FROM tenants WHERE id = $1 RETURNING provisioned, database_url")
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .context("deleting the tenant")?;
+        let Some((provisioned, database)) = row else {
+            return Ok(None);
+        };
+        let version: i64 = sqlx::query_scalar(
+            "INSERT INTO tenant_tombstones (tenant_id) VALUES ($1) RETURNING version",
+        )
+        .bind(id.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .context("writing the tombstone")?;
+        tx.commit().await.context("committing the removal")?;
+        Ok(Some(Removed {
+            version,
+            provisioned,
+            database: DatabaseUrl::parse(&database)?,
+        }))
+    }
+
+    /// Highest committed version, of a tenant or a tombstone; 0 when there is none.
+    pub async fn max_version(&self) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT greatest(
+                 (SELECT coalesce(max(version), 0) FROM tenants),
+                 (SELECT coalesce(max(version), 0) FROM tenant_tombstones))",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Every change with a version above `after`, in version order: what an instance that
+    /// has applied everything up to `after` must apply to catch up.
+    pub async fn changes_since(&self, after: i64) -> anyhow::Result<Vec<Change>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{SELECT_TENANTS} WHERE t.version > $1 GROUP BY t.id"
+        )))
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await
+        .context("loading changed tenants")?;
+        let mut changes: Vec<Change> = rows
+            .iter()
+            .filter_map(parse_logged)
+            .map(Change::Upsert)
+            .collect();
+        let removed: Vec<(String, i64)> =
+            sqlx::query_as("SELECT tenant_id, version FROM tenant_tombstones WHERE version > $1")
+                .bind(after)
+                .fetch_all(&self.pool)
+                .await
+                .context("loading tombstones")?;
+        for (id, version) in removed {
+            match TenantId::parse(&id) {
+                Ok(id) => changes.push(Change::Remove { id, version }),
+                Err(e) => tracing::error!(tenant.id = %id, error = %e, "skipping a bad tombstone"),
+            }
+        }
+        changes.sort_by_key(Change::version);
+        Ok(changes)
     }
 }
 

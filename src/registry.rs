@@ -10,6 +10,7 @@ use foldhash::fast::RandomState;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
+use crate::control::Change;
 use crate::tenant::{DatabaseUrl, PoolSettings, Tenant, TenantId};
 
 /// How tenant pools are built, for every tenant of one registry.
@@ -51,6 +52,9 @@ pub struct Snapshot {
     version: i64,
     by_id: HashMap<TenantId, Arc<TenantEntry>>,
     by_host: HashMap<Box<str>, Arc<TenantEntry>>,
+    /// Versions at which absent tenants were removed, so a late, older upsert cannot bring
+    /// one back.
+    removed: HashMap<TenantId, i64>,
 }
 
 impl Snapshot {
@@ -204,7 +208,12 @@ impl Registry {
         let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.current.load_full();
         let previous = old.by_id.get(&tenant.id);
-        if previous.is_some_and(|p| p.tenant.version >= tenant.version) {
+        if previous.is_some_and(|p| p.tenant.version >= tenant.version)
+            || old
+                .removed
+                .get(&tenant.id)
+                .is_some_and(|&v| v >= tenant.version)
+        {
             return false;
         }
         let pool = self.pool_for(&tenant, previous);
@@ -217,22 +226,38 @@ impl Registry {
     }
 
     /// Removes a tenant as of `version`; its pool is closed once in-flight queries finish.
-    /// Returns whether a tenant was removed.
+    /// Returns whether a tenant was removed. A removal of a tenant never held (added and
+    /// removed while this instance was away) still advances the snapshot's version.
     pub fn remove(&self, id: &TenantId, version: i64) -> bool {
         let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.current.load_full();
-        if old
-            .by_id
-            .get(id)
-            .is_none_or(|p| p.tenant.version >= version)
+        let held = old.by_id.get(id);
+        if held.is_some_and(|p| p.tenant.version >= version)
+            || (held.is_none() && old.removed.get(id).is_some_and(|&v| v >= version))
         {
             return false;
         }
         let mut next = old.clone_without(id);
         next.version = next.version.max(version);
+        next.removed.insert(id.clone(), version);
         self.current.store(Arc::new(next));
         retire_unused(&old, &self.current.load());
-        true
+        held.is_some()
+    }
+
+    /// Applies changes in order (see [`crate::control::ControlDb::changes_since`]); each is
+    /// skipped when the registry already holds something as new.
+    pub fn apply(&self, changes: Vec<Change>) {
+        for change in changes {
+            match change {
+                Change::Upsert(tenant) => {
+                    self.upsert(tenant);
+                }
+                Change::Remove { id, version } => {
+                    self.remove(&id, version);
+                }
+            }
+        }
     }
 
     fn pool_for(&self, tenant: &Tenant, previous: Option<&Arc<TenantEntry>>) -> Arc<LazyPool> {
@@ -251,6 +276,7 @@ impl Registry {
 impl Snapshot {
     fn insert(&mut self, entry: Arc<TenantEntry>) {
         self.version = self.version.max(entry.tenant.version);
+        self.removed.remove(&entry.tenant.id);
         for host in &entry.tenant.hosts {
             self.by_host
                 .insert(host.as_str().into(), Arc::clone(&entry));
@@ -270,6 +296,7 @@ impl Snapshot {
             version: self.version,
             by_id,
             by_host,
+            removed: self.removed.clone(),
         }
     }
 }
@@ -341,6 +368,40 @@ mod tests {
         assert!(r.remove(&TenantId::parse("t1").unwrap(), 6));
         assert!(r.resolve("a.test.com").is_none());
         assert_eq!(r.snapshot().version(), 6);
+    }
+
+    #[test]
+    fn changes_apply_in_order_and_tombstones_advance_the_version() {
+        let r = registry();
+        let t1 = TenantId::parse("t1").unwrap();
+        r.apply(vec![
+            Change::Upsert(tenant("t1", &["a.x.org"], "postgres://h/t1", 1)),
+            Change::Upsert(tenant("t2", &["b.x.org"], "postgres://h/t2", 2)),
+            Change::Remove {
+                id: t1.clone(),
+                version: 3,
+            },
+            // A tenant this instance never saw, removed: nothing to drop, version moves.
+            Change::Remove {
+                id: TenantId::parse("gone").unwrap(),
+                version: 4,
+            },
+        ]);
+        let snap = r.snapshot();
+        assert_eq!(snap.version(), 4);
+        assert!(snap.get(&t1).is_none());
+        assert!(r.resolve("b.x.org").is_some());
+        // Replaying the same changes is harmless.
+        r.apply(vec![Change::Upsert(tenant(
+            "t1",
+            &["a.x.org"],
+            "postgres://h/t1",
+            1,
+        ))]);
+        assert!(
+            r.resolve("a.x.org").is_none(),
+            "an old upsert must not resurrect"
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ impl Demo {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let demo = Demo {
+        let mut demo = Demo {
             child,
             base: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::new(),
@@ -43,6 +43,9 @@ impl Demo {
                 .await;
             if up.is_ok_and(|r| r.status() == StatusCode::OK) {
                 return demo;
+            }
+            if let Some(status) = demo.child.try_wait().unwrap() {
+                panic!("the demo exited before serving: {status}");
             }
             assert!(Instant::now() < deadline, "the demo did not come up");
             tokio::time::sleep(Duration::from_millis(100)).await;

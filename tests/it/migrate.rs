@@ -163,3 +163,60 @@ async fn importing_the_tenants_file_twice_changes_nothing() {
     );
     assert_eq!(control.load_tenants().await.unwrap(), before);
 }
+
+#[tokio::test]
+async fn changes_since_a_version_include_removals_in_order() {
+    use tenant_router::control::Change;
+    use tenant_router::registry::{Registry, RegistryOptions};
+
+    let pg = shared_postgres().await;
+    let control_url = pg.create_database(&unique_name("control")).await.unwrap();
+    let control = ControlDb::connect_lazy(&control_url);
+    control.migrate().await.unwrap();
+    let db = pg.url("postgres");
+    assert_eq!(control.max_version().await.unwrap(), 0);
+
+    control
+        .upsert(&spec("a", &["a.test.com"], db.clone()))
+        .await
+        .unwrap();
+    // An instance that has seen only the first change...
+    let lagging = Registry::new(RegistryOptions::default());
+    lagging.apply(control.changes_since(0).await.unwrap());
+    let seen = lagging.snapshot().version();
+
+    control
+        .upsert(&spec("b", &["b.test.com"], db.clone()))
+        .await
+        .unwrap();
+    control
+        .upsert(&spec("a", &["a2.test.com"], db.clone()))
+        .await
+        .unwrap();
+    let removed = control
+        .delete(&"b".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!removed.provisioned);
+    assert!(
+        control
+            .delete(&"b".parse().unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let changes = control.changes_since(seen).await.unwrap();
+    let versions: Vec<i64> = changes.iter().map(Change::version).collect();
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+    assert!(matches!(changes.last(), Some(Change::Remove { id, .. }) if id.as_str() == "b"));
+
+    // ...catches up to exactly the control database's state.
+    lagging.apply(changes);
+    let snap = lagging.snapshot();
+    assert_eq!(snap.version(), control.max_version().await.unwrap());
+    assert_eq!(snap.len(), 1);
+    assert!(lagging.resolve("a2.test.com").is_some());
+    assert!(lagging.resolve("a.test.com").is_none() && lagging.resolve("b.test.com").is_none());
+}
