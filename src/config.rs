@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::Deserialize;
 
+use crate::admin_token::AdminTokenHash;
 use crate::tenant::DatabaseUrl;
 
 /// Where the settings file is looked for when none is named.
@@ -105,7 +106,7 @@ pub struct Settings {
     /// Provisioning server; `None` means the control database's server.
     pub provision_url: Option<DatabaseUrl>,
     /// Argon2 hash of the admin token.
-    pub admin_token_hash: Option<String>,
+    pub admin_token_hash: Option<AdminTokenHash>,
     /// The demo's data directory.
     pub data_dir: PathBuf,
     /// Wildcard base domain.
@@ -168,7 +169,13 @@ impl Settings {
                 "provision_url (TENANT_ROUTER_PROVISION_URL)",
                 args.provision_url.clone().or(file.provision_url),
             )?,
-            admin_token_hash: args.admin_token_hash.clone().or(file.admin_token_hash),
+            admin_token_hash: args
+                .admin_token_hash
+                .clone()
+                .or(file.admin_token_hash)
+                .map(|h| AdminTokenHash::parse(&h))
+                .transpose()
+                .context("admin_token_hash (TENANT_ROUTER_ADMIN_TOKEN_HASH)")?,
             data_dir: args
                 .data_dir
                 .clone()

@@ -34,6 +34,9 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         jobs: usize,
     },
+    /// Print a fresh admin API token and the argon2 hash to configure
+    /// (TENANT_ROUTER_ADMIN_TOKEN_HASH). Only the hash should be stored.
+    AdminToken,
     /// Manage tenants in the control database.
     #[command(subcommand)]
     Tenants(TenantsCommand),
@@ -90,6 +93,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => demo(&mut settings).await,
+        Command::AdminToken => {
+            let (token, hash) = tenant_router::admin_token::generate();
+            println!("token: {token}");
+            println!("TENANT_ROUTER_ADMIN_TOKEN_HASH='{}'", hash.as_str());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Migrate { jobs } => migrate(&settings, jobs).await,
         Command::Tenants(TenantsCommand::Import { file }) => {
             let control = ControlDb::connect_lazy(settings.require_database_url()?);

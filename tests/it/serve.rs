@@ -100,3 +100,34 @@ async fn import_list_and_serve_as_processes() {
         "a password reached the logs:\n{logs}"
     );
 }
+
+#[test]
+fn admin_token_prints_a_token_and_a_hash_that_matches_it() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tenant-router"))
+        .arg("admin-token")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let token = text
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .unwrap();
+    let hash = text
+        .lines()
+        .find_map(|l| l.strip_prefix("TENANT_ROUTER_ADMIN_TOKEN_HASH='"))
+        .and_then(|l| l.strip_suffix('\''))
+        .unwrap();
+    let parsed = tenant_router::admin_token::AdminTokenHash::parse(hash).unwrap();
+    assert!(parsed.verify(token));
+    assert!(!hash.contains(token));
+
+    // A value that is not an argon2 hash is refused at start-up, naming the setting.
+    let out = Command::new(env!("CARGO_BIN_EXE_tenant-router"))
+        .args(["tenants", "list"])
+        .env("TENANT_ROUTER_ADMIN_TOKEN_HASH", "plain-token")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TENANT_ROUTER_ADMIN_TOKEN_HASH"));
+}
