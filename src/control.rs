@@ -107,6 +107,24 @@ impl ControlDb {
         Ok(rows.iter().filter_map(parse_logged).collect())
     }
 
+    /// Up to `limit` tenants with ids after `after`, in id order: keyset pagination, so a page
+    /// boundary does not shift when tenants are added or removed meanwhile.
+    pub async fn list_tenants(
+        &self,
+        after: Option<&TenantId>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<Tenant>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{SELECT_TENANTS} WHERE t.id > $1 GROUP BY t.id ORDER BY t.id LIMIT $2"
+        )))
+        .bind(after.map_or("", TenantId::as_str))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .context("listing tenants")?;
+        Ok(rows.iter().filter_map(parse_logged).collect())
+    }
+
     /// One tenant.
     pub async fn get_tenant(&self, id: &TenantId) -> anyhow::Result<Option<Tenant>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(

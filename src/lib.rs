@@ -24,6 +24,7 @@
 //!     .layer(TenantLayer::new(registry));
 //! ```
 
+pub mod admin;
 pub mod admin_token;
 pub mod app;
 pub mod config;

@@ -1,6 +1,6 @@
 //! The app server: the reference app behind the tenant layer, plus health routes outside it.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
+use crate::admin::{self, AdminState};
 use crate::app::{self, AppConfig};
 use crate::config::Settings;
 use crate::control::ControlDb;
@@ -99,6 +100,8 @@ async fn readyz(State(state): State<ServerState>) -> Response {
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    admin_listener: TcpListener,
+    admin_router: Router,
     registry: Arc<Registry>,
 }
 
@@ -115,6 +118,22 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
+        let admin_listener = TcpListener::bind(settings.admin_listen)
+            .await
+            .with_context(|| format!("binding the admin listener {}", settings.admin_listen))?;
+        if settings.admin_token_hash.is_none() {
+            tracing::warn!(
+                "no admin token configured (TENANT_ROUTER_ADMIN_TOKEN_HASH): the admin API refuses every call"
+            );
+        }
+        let admin_router = with_common_layers(
+            admin::router(AdminState {
+                registry: Arc::clone(&registry),
+                control: control.clone(),
+                token_hash: settings.admin_token_hash.clone().map(Arc::new),
+            }),
+            settings.max_body_bytes,
+        );
         let state = ServerState {
             registry: Arc::clone(&registry),
             control,
@@ -125,6 +144,8 @@ impl Application {
         Ok(Self {
             listener,
             router: app(state, config, settings.max_body_bytes),
+            admin_listener,
+            admin_router,
             registry,
         })
     }
@@ -134,20 +155,36 @@ impl Application {
         self.listener.local_addr().expect("a bound listener")
     }
 
+    /// The address the admin API listens on.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener.local_addr().expect("a bound listener")
+    }
+
     /// The registry it serves from.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
     }
 
-    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    /// Serves both listeners until `shutdown` completes, then lets in-flight requests finish.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving HTTP")
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let main = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(stopped(stop_rx.clone()));
+        let admin = axum::serve(self.admin_listener, self.admin_router)
+            .with_graceful_shutdown(stopped(stop_rx));
+        let (main, admin) = tokio::join!(main.into_future(), admin.into_future());
+        main.context("serving HTTP")?;
+        admin.context("serving the admin API")
     }
 }
 

@@ -24,6 +24,10 @@ impl Demo {
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("TENANT_ROUTER_DATA_DIR", data_dir)
             .env("TENANT_ROUTER_LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                "TENANT_ROUTER_ADMIN_LISTEN",
+                format!("127.0.0.1:{}", free_port().unwrap()),
+            )
             .env_remove("TENANT_ROUTER_DATABASE_URL")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -66,6 +66,8 @@ pub fn spec(id: &str, hosts: &[&str], database: DatabaseUrl) -> TenantSpec {
 /// An app server on a free port over its own control database.
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub admin_token: String,
     pub control: ControlDb,
     pub registry: Arc<Registry>,
     pub client: reqwest::Client,
@@ -93,8 +95,11 @@ impl TestApp {
         for t in &tenants {
             control.upsert(t).await.unwrap();
         }
+        let (admin_token, admin_hash) = tenant_router::admin_token::generate();
         let mut settings = Settings::from_args(&SettingsArgs {
             listen: Some("127.0.0.1:0".parse().unwrap()),
+            admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+            admin_token_hash: Some(admin_hash.as_str().to_string()),
             database_url: Some(control_url.expose().to_string()),
             base_domain: Some("test.com".into()),
             acquire_timeout_ms: Some(1500),
@@ -104,10 +109,13 @@ impl TestApp {
         settings.max_body_bytes = 16 * 1024;
         let app = Application::build(&settings).await.unwrap();
         let addr = app.local_addr();
+        let admin_addr = app.admin_addr();
         let registry = Arc::clone(app.registry());
         tokio::spawn(app.run_until(std::future::pending()));
         TestApp {
             addr,
+            admin_addr,
+            admin_token,
             control,
             registry,
             client: reqwest::Client::builder()
@@ -121,6 +129,17 @@ impl TestApp {
     pub async fn reload(&self) {
         self.registry
             .replace_all(self.control.load_tenants().await.unwrap());
+    }
+
+    /// An admin API call; `token` overrides the right one (`Some("")` sends none).
+    pub async fn admin_get(&self, path: &str, token: Option<&str>) -> Response {
+        let mut req = self.client.get(format!("http://{}{path}", self.admin_addr));
+        match token {
+            Some("") => {}
+            Some(t) => req = req.bearer_auth(t),
+            None => req = req.bearer_auth(&self.admin_token),
+        }
+        req.send().await.unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {

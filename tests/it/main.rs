@@ -2,6 +2,7 @@
 //! Integration tests: one test binary (it compiles much faster than many), real PostgreSQL
 //! and Redis started from the binaries on PATH by `harness`.
 
+mod admin;
 mod demo;
 mod harness;
 mod local;

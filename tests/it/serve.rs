@@ -66,6 +66,10 @@ async fn import_list_and_serve_as_processes() {
     let port = free_port().unwrap();
     let server = cli(control.expose(), &["serve"])
         .env("TENANT_ROUTER_LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "TENANT_ROUTER_ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port().unwrap()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
