@@ -6,13 +6,13 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
 use crate::admin_token::AdminTokenHash;
+use crate::app::auth::bearer_token;
 use crate::control::ControlDb;
 use crate::problem::{ApiError, ApiPath, ApiQuery};
 use crate::registry::Registry;
@@ -44,12 +44,7 @@ async fn require_token(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string());
+    let token = bearer_token(req.headers()).map(str::to_string);
     let (Some(token), Some(hash)) = (token, state.token_hash.clone()) else {
         return Err(ApiError::Unauthorized);
     };
