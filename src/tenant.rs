@@ -101,28 +101,23 @@ impl TenantHost {
     /// Parses a configured host name. Case and one trailing dot are normalised away; a port,
     /// a path or anything that is not a DNS name is refused.
     pub fn parse(s: &str) -> Result<Self, InvalidValue> {
-        let lower = s.to_ascii_lowercase();
-        let name = lower.strip_suffix('.').unwrap_or(&lower);
-        if name.contains(':') {
+        if s.contains(':') {
             return Err(invalid("must be a host name without a port"));
         }
-        if !is_host_name(name) {
-            return Err(invalid(
-                "must be a DNS name: dot-separated labels of a-z, 0-9 and '-', at most 253 characters",
-            ));
-        }
-        Ok(Self(name.into()))
+        // One grammar for configured and requested hosts: the request parser's.
+        crate::host::normalize(s.as_bytes())
+            .map(|h| Self(h.into()))
+            .map_err(|_| {
+                invalid(
+                    "must be a DNS name: dot-separated labels of a-z, 0-9 and '-', at most 253 characters",
+                )
+            })
     }
 
     /// The host as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0
     }
-}
-
-/// True for a lower-case DNS name of at most 253 characters made of valid labels.
-pub(crate) fn is_host_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 impl TryFrom<String> for TenantHost {
