@@ -23,7 +23,7 @@ fn registry(n: usize) -> Registry {
             version: i as i64 + 1,
         })
         .collect();
-    registry.replace_all(tenants);
+    registry.replace_all(tenants, 0);
     registry
 }
 

@@ -50,7 +50,8 @@ async fn main() -> anyhow::Result<()> {
             .await?;
     }
     let registry = Arc::new(Registry::new(RegistryOptions::default()));
-    registry.replace_all(control.load_tenants().await?);
+    let (tenants, version) = control.load_all().await?;
+    registry.replace_all(tenants, version);
     let state = ServerState {
         registry: Arc::clone(&registry),
         control,

@@ -72,6 +72,17 @@ pub struct SettingsArgs {
     /// Milliseconds a request waits for a connection of its tenant's pool [default: 5000].
     #[arg(long, env = "TENANT_ROUTER_ACQUIRE_TIMEOUT_MS", global = true)]
     pub acquire_timeout_ms: Option<u64>,
+    /// Seconds between reconciles with the control database, which catch changes whose hint
+    /// was lost [default: 30].
+    #[arg(long, env = "TENANT_ROUTER_RECONCILE_INTERVAL", global = true)]
+    pub reconcile_interval: Option<u64>,
+    /// Redis channel for configuration hints [default: tenant-router:tenants].
+    #[arg(long, env = "TENANT_ROUTER_REDIS_CHANNEL", global = true)]
+    pub redis_channel: Option<String>,
+    /// Directory of tenant migrations (`<version>_<name>.sql`) [default: the ones built in,
+    /// for the reference app].
+    #[arg(long, env = "TENANT_ROUTER_TENANT_MIGRATIONS", global = true)]
+    pub tenant_migrations: Option<PathBuf>,
 }
 
 /// The settings file's shape; every key optional.
@@ -90,6 +101,9 @@ struct FileSettings {
     acquire_timeout_ms: Option<u64>,
     session_ttl_secs: Option<u64>,
     max_body_bytes: Option<usize>,
+    reconcile_interval: Option<u64>,
+    redis_channel: Option<String>,
+    tenant_migrations: Option<PathBuf>,
 }
 
 /// The resolved settings.
@@ -119,6 +133,12 @@ pub struct Settings {
     pub session_ttl: Duration,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// How often to reconcile with the control database.
+    pub reconcile_interval: Duration,
+    /// Redis channel for configuration hints.
+    pub redis_channel: String,
+    /// Where tenant migrations come from.
+    pub tenant_migrations: crate::provision::TenantMigrations,
 }
 
 impl Settings {
@@ -194,6 +214,34 @@ impl Settings {
             ),
             session_ttl: Duration::from_secs(file.session_ttl_secs.unwrap_or(86_400)),
             max_body_bytes: file.max_body_bytes.unwrap_or(64 * 1024),
+            reconcile_interval: {
+                let secs = args
+                    .reconcile_interval
+                    .or(file.reconcile_interval)
+                    .unwrap_or(30);
+                anyhow::ensure!(
+                    (1..=86_400).contains(&secs),
+                    "reconcile_interval (TENANT_ROUTER_RECONCILE_INTERVAL) must be 1 to 86400 seconds"
+                );
+                Duration::from_secs(secs)
+            },
+            redis_channel: args
+                .redis_channel
+                .clone()
+                .or(file.redis_channel)
+                .unwrap_or_else(|| crate::bus::DEFAULT_CHANNEL.to_string()),
+            tenant_migrations: match args.tenant_migrations.clone().or(file.tenant_migrations) {
+                Some(dir) => crate::provision::TenantMigrations::Dir(dir),
+                None => crate::provision::TenantMigrations::BuiltIn,
+            },
+        })
+    }
+
+    /// The bus to subscribe to, when Redis is configured.
+    pub fn bus(&self) -> Option<crate::sync::BusConfig> {
+        self.redis_url.as_ref().map(|url| crate::sync::BusConfig {
+            url: url.clone(),
+            channel: self.redis_channel.clone(),
         })
     }
 

@@ -45,6 +45,18 @@ pub enum WriteError {
         /// The tenant holding it.
         owner: String,
     },
+    /// A tenant with this id exists.
+    #[error("a tenant with this id already exists")]
+    IdTaken,
+    /// No tenant has this id.
+    #[error("no such tenant")]
+    NotFound,
+    /// The tenant is at another version than the caller expected.
+    #[error("the tenant is at version {current}")]
+    Stale {
+        /// Its current version.
+        current: i64,
+    },
     /// Anything else.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -139,10 +151,16 @@ impl ControlDb {
     /// Makes the stored tenant look like `spec`, in one transaction. The version is bumped
     /// only when something changed, so applying the same spec twice is a no-op.
     pub async fn upsert(&self, spec: &TenantSpec) -> Result<UpsertOutcome, WriteError> {
+        Ok(self.write(spec, WriteMode::Upsert).await?.outcome)
+    }
+
+    /// Stores `spec` as `mode` allows, in one transaction under the writers' lock, and
+    /// returns the tenant as stored (with its version).
+    pub async fn write(&self, spec: &TenantSpec, mode: WriteMode) -> Result<Written, WriteError> {
         let mut tx = self.pool.begin().await.context("beginning a transaction")?;
         lock_writers(&mut tx).await?;
         let existing = sqlx::query(
-            "SELECT database_url, max_connections, idle_timeout_secs, state, provisioned,
+            "SELECT database_url, max_connections, idle_timeout_secs, state, provisioned, version,
                     array(SELECT host FROM tenant_hosts WHERE tenant_id = $1 ORDER BY host) AS hosts
              FROM tenants WHERE id = $1 FOR UPDATE",
         )
@@ -155,9 +173,32 @@ impl ControlDb {
         hosts.sort();
         hosts.dedup();
 
-        let outcome = match &existing {
-            None => UpsertOutcome::Created,
-            Some(row) => {
+        let stored = |version: i64| Tenant {
+            id: spec.id.clone(),
+            hosts: hosts
+                .iter()
+                .filter_map(|h| TenantHost::parse(h).ok())
+                .collect(),
+            database: spec.database.clone(),
+            pool: spec.pool,
+            state: spec.state,
+            version,
+        };
+
+        let outcome = match (&existing, mode) {
+            (None, WriteMode::Update { .. }) => return Err(WriteError::NotFound),
+            (Some(_), WriteMode::Create) => return Err(WriteError::IdTaken),
+            (None, _) => UpsertOutcome::Created,
+            (Some(row), _) => {
+                let version: i64 = row.try_get("version").context("reading the version")?;
+                if let WriteMode::Update {
+                    expected_version: Some(expected),
+                } = mode
+                {
+                    if expected != version {
+                        return Err(WriteError::Stale { current: version });
+                    }
+                }
                 let same = row.try_get::<String, _>("database_url").ok().as_deref()
                     == Some(spec.database.expose())
                     && row.try_get::<i32, _>("max_connections").ok()
@@ -169,13 +210,16 @@ impl ControlDb {
                     && row.try_get::<bool, _>("provisioned").ok() == Some(spec.provisioned)
                     && row.try_get::<Vec<String>, _>("hosts").ok().as_ref() == Some(&hosts);
                 if same {
-                    return Ok(UpsertOutcome::Unchanged);
+                    return Ok(Written {
+                        outcome: UpsertOutcome::Unchanged,
+                        tenant: stored(version),
+                    });
                 }
                 UpsertOutcome::Updated
             }
         };
 
-        sqlx::query(
+        let version: i64 = sqlx::query_scalar(
             "INSERT INTO tenants (id, database_url, max_connections, idle_timeout_secs, state, provisioned)
              VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (id) DO UPDATE SET
@@ -185,7 +229,8 @@ impl ControlDb {
                  state = EXCLUDED.state,
                  provisioned = EXCLUDED.provisioned,
                  version = nextval('tenant_version_seq'),
-                 updated_at = now()",
+                 updated_at = now()
+             RETURNING version",
         )
         .bind(spec.id.as_str())
         .bind(spec.database.expose())
@@ -193,7 +238,7 @@ impl ControlDb {
         .bind(spec.pool.idle_timeout_secs as i32)
         .bind(spec.state.as_str())
         .bind(spec.provisioned)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await
         .context("writing the tenant")?;
 
@@ -203,28 +248,77 @@ impl ControlDb {
             .execute(&mut *tx)
             .await
             .context("removing old hosts")?;
-        for host in &hosts {
-            let owner: String = sqlx::query_scalar(
-                "INSERT INTO tenant_hosts (host, tenant_id) VALUES ($1, $2)
-                 ON CONFLICT (host) DO UPDATE SET host = EXCLUDED.host
-                 RETURNING tenant_id",
-            )
-            .bind(host)
-            .bind(spec.id.as_str())
-            .fetch_one(&mut *tx)
-            .await
-            .context("claiming a host")?;
-            if owner != spec.id.as_str() {
-                return Err(WriteError::HostTaken {
-                    host: host.clone(),
-                    owner,
-                });
-            }
+        // One statement claims every host; a host already held by another tenant comes back
+        // with that tenant's id.
+        let owners: Vec<(String, String)> = sqlx::query_as(
+            "INSERT INTO tenant_hosts (host, tenant_id) SELECT h, $2 FROM unnest($1::text[]) AS h
+             ON CONFLICT (host) DO UPDATE SET host = EXCLUDED.host
+             RETURNING host, tenant_id",
+        )
+        .bind(&hosts)
+        .bind(spec.id.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .context("claiming hosts")?;
+        if let Some((host, owner)) = owners
+            .into_iter()
+            .find(|(_, owner)| owner != spec.id.as_str())
+        {
+            return Err(WriteError::HostTaken { host, owner });
         }
         tx.commit().await.context("committing the tenant")?;
-        Ok(outcome)
+        Ok(Written {
+            outcome,
+            tenant: stored(version),
+        })
+    }
+
+    /// Every tenant and the highest committed version, read from one snapshot, so the
+    /// version claims exactly what the list holds.
+    pub async fn load_all(&self) -> anyhow::Result<(Vec<Tenant>, i64)> {
+        let mut tx = self.pool.begin().await.context("beginning a transaction")?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{SELECT_TENANTS} GROUP BY t.id ORDER BY t.id"
+        )))
+        .fetch_all(&mut *tx)
+        .await
+        .context("loading tenants from the control database")?;
+        let version: i64 = sqlx::query_scalar(MAX_VERSION).fetch_one(&mut *tx).await?;
+        tx.commit().await?;
+        Ok((rows.iter().filter_map(parse_logged).collect(), version))
     }
 }
+
+/// How [`ControlDb::write`] may treat an existing tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Create or update (the tenants file).
+    Upsert,
+    /// Create only; an existing id is [`WriteError::IdTaken`].
+    Create,
+    /// Update only; a missing id is [`WriteError::NotFound`]. With `expected_version`, a
+    /// tenant at another version is [`WriteError::Stale`].
+    Update {
+        /// The version the caller last saw.
+        expected_version: Option<i64>,
+    },
+}
+
+/// What [`ControlDb::write`] did, and the tenant as stored.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// Created, updated or unchanged.
+    pub outcome: UpsertOutcome,
+    /// The stored tenant.
+    pub tenant: Tenant,
+}
+
+const MAX_VERSION: &str = "SELECT greatest(
+    (SELECT coalesce(max(version), 0) FROM tenants),
+    (SELECT coalesce(max(version), 0) FROM tenant_tombstones))";
 
 /// Serialises writers for the rest of the transaction, so versions (taken from one sequence
 /// inside the transaction) become visible in increasing order. Without it, a reader asking
@@ -301,45 +395,84 @@ impl ControlDb {
         }))
     }
 
-    /// Highest committed version, of a tenant or a tombstone; 0 when there is none.
-    pub async fn max_version(&self) -> anyhow::Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT greatest(
-                 (SELECT coalesce(max(version), 0) FROM tenants),
-                 (SELECT coalesce(max(version), 0) FROM tenant_tombstones))",
+    /// The tenant holding `host`, if any.
+    pub async fn host_owner(&self, host: &TenantHost) -> anyhow::Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT tenant_id FROM tenant_hosts WHERE host = $1")
+                .bind(host.as_str())
+                .fetch_optional(&self.pool)
+                .await?,
         )
-        .fetch_one(&self.pool)
+    }
+
+    /// Whether the router created this tenant's database (false for an unknown tenant).
+    pub async fn is_provisioned(&self, id: &TenantId) -> anyhow::Result<bool> {
+        Ok(
+            sqlx::query_scalar::<_, bool>("SELECT provisioned FROM tenants WHERE id = $1")
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await?
+                .unwrap_or(false),
+        )
+    }
+
+    /// A tenant whose database URL names database `name` (on any server), if any.
+    pub async fn tenant_using_database(&self, name: &str) -> anyhow::Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM tenants
+             WHERE right(split_part(database_url, '?', 1), length($1) + 1) = '/' || $1
+             LIMIT 1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
         .await?)
     }
 
+    /// Highest committed version, of a tenant or a tombstone; 0 when there is none.
+    pub async fn max_version(&self) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar(MAX_VERSION)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     /// Every change with a version above `after`, in version order: what an instance that
-    /// has applied everything up to `after` must apply to catch up.
+    /// has applied everything up to `after` must apply to catch up. One statement, so one
+    /// snapshot: together with the writers' lock, the result holds every committed version
+    /// up to its last one.
     pub async fn changes_since(&self, after: i64) -> anyhow::Result<Vec<Change>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{SELECT_TENANTS} WHERE t.version > $1 GROUP BY t.id"
-        )))
+        let rows = sqlx::query(
+            "SELECT t.id, t.database_url, t.max_connections, t.idle_timeout_secs, t.state,
+                    t.version, coalesce(array_agg(h.host ORDER BY h.host)
+                        FILTER (WHERE h.host IS NOT NULL), '{}') AS hosts,
+                    false AS removed
+             FROM tenants t LEFT JOIN tenant_hosts h ON h.tenant_id = t.id
+             WHERE t.version > $1 GROUP BY t.id
+             UNION ALL
+             SELECT tenant_id, NULL, NULL, NULL, NULL, version, NULL, true
+             FROM tenant_tombstones WHERE version > $1
+             ORDER BY version",
+        )
         .bind(after)
         .fetch_all(&self.pool)
         .await
-        .context("loading changed tenants")?;
-        let mut changes: Vec<Change> = rows
-            .iter()
-            .filter_map(parse_logged)
-            .map(Change::Upsert)
-            .collect();
-        let removed: Vec<(String, i64)> =
-            sqlx::query_as("SELECT tenant_id, version FROM tenant_tombstones WHERE version > $1")
-                .bind(after)
-                .fetch_all(&self.pool)
-                .await
-                .context("loading tombstones")?;
-        for (id, version) in removed {
-            match TenantId::parse(&id) {
-                Ok(id) => changes.push(Change::Remove { id, version }),
-                Err(e) => tracing::error!(tenant.id = %id, error = %e, "skipping a bad tombstone"),
+        .context("loading changes")?;
+        let mut changes = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.try_get::<bool, _>("removed")? {
+                let id: String = row.try_get("id")?;
+                match TenantId::parse(&id) {
+                    Ok(id) => changes.push(Change::Remove {
+                        id,
+                        version: row.try_get("version")?,
+                    }),
+                    Err(e) => {
+                        tracing::error!(tenant.id = %id, error = %e, "skipping a bad tombstone")
+                    }
+                }
+            } else if let Some(t) = parse_logged(row) {
+                changes.push(Change::Upsert(t));
             }
         }
-        changes.sort_by_key(Change::version);
         Ok(changes)
     }
 }

@@ -27,14 +27,17 @@
 pub mod admin;
 pub mod admin_token;
 pub mod app;
+pub mod bus;
 pub mod config;
 pub mod control;
 pub mod host;
 pub mod local;
 pub mod middleware;
+pub mod operations;
 pub mod problem;
 pub mod provision;
 pub mod registry;
 pub mod server;
+pub mod sync;
 pub mod tenant;
 pub mod tenants_file;

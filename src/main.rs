@@ -5,11 +5,19 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use tenant_router::admin::TenantView;
+use tenant_router::admin_token::AdminTokenHash;
+use tenant_router::bus::{Hint, HintOp, Publisher};
 use tenant_router::config::{Settings, SettingsArgs};
-use tenant_router::control::ControlDb;
-use tenant_router::local::LocalPostgres;
+use tenant_router::control::{ControlDb, UpsertOutcome};
+use tenant_router::local::{LocalPostgres, LocalRedis};
+use tenant_router::operations::{
+    NewTenantRequest, OpError, PoolRequest, TenantOps, TenantPatchRequest,
+};
+use tenant_router::problem::FieldError;
 use tenant_router::provision::{self, MigrationOutcome};
 use tenant_router::server::{Application, shutdown_signal};
+use tenant_router::tenant::TenantId;
 use tenant_router::tenants_file::{self, TenantsFile};
 
 /// Database-per-tenant router: a request's Host header picks the tenant's own database.
@@ -52,6 +60,70 @@ enum TenantsCommand {
     },
     /// List tenants (database passwords are masked).
     List,
+    /// Add a tenant. Without --database, its database is created and migrated first.
+    Add {
+        /// The tenant's id: a-z, 0-9 and '-'.
+        id: String,
+        /// A host name it answers on (repeat for more).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// An existing database URL instead of provisioning one.
+        #[arg(long)]
+        database: Option<String>,
+        #[command(flatten)]
+        pool: PoolArgs,
+        /// active or suspended [default: active].
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Change a tenant; what is not given is left alone.
+    Update {
+        /// The tenant's id.
+        id: String,
+        /// Replace the hosts with these (repeat for more).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Move it to this database (no data is copied).
+        #[arg(long)]
+        database: Option<String>,
+        #[command(flatten)]
+        pool: PoolArgs,
+        /// active or suspended.
+        #[arg(long)]
+        state: Option<String>,
+        /// Refuse unless the tenant is at this version.
+        #[arg(long)]
+        if_match: Option<i64>,
+    },
+    /// Remove a tenant.
+    Remove {
+        /// The tenant's id.
+        id: String,
+        /// Also drop its database, if tenant-router created it.
+        #[arg(long)]
+        drop_database: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct PoolArgs {
+    /// Most connections of the tenant's pool.
+    #[arg(long)]
+    max_connections: Option<u32>,
+    /// Seconds an idle connection is kept.
+    #[arg(long)]
+    idle_timeout_secs: Option<u64>,
+}
+
+impl PoolArgs {
+    fn request(&self) -> Option<PoolRequest> {
+        (self.max_connections.is_some() || self.idle_timeout_secs.is_some()).then_some(
+            PoolRequest {
+                max_connections: self.max_connections,
+                idle_timeout_secs: self.idle_timeout_secs,
+            },
+        )
+    }
 }
 
 fn main() -> ExitCode {
@@ -107,6 +179,60 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             import(&control, &settings, &path).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Tenants(TenantsCommand::Add {
+            id,
+            hosts,
+            database,
+            pool,
+            state,
+        }) => {
+            let request = NewTenantRequest {
+                id: Some(id),
+                hosts: Some(hosts),
+                database,
+                pool: pool.request(),
+                state,
+            };
+            let new = match request.validate() {
+                Ok(new) => new,
+                Err(errors) => return Ok(invalid(&errors)),
+            };
+            let result = operations(&settings).await?.create(new).await;
+            report(result.map(|t| TenantView::from(&t)))
+        }
+        Command::Tenants(TenantsCommand::Update {
+            id,
+            hosts,
+            database,
+            pool,
+            state,
+            if_match,
+        }) => {
+            let Ok(id) = TenantId::parse(&id) else {
+                return report::<TenantView>(Err(OpError::NotFound(id)));
+            };
+            let patch = TenantPatchRequest {
+                hosts: (!hosts.is_empty()).then_some(hosts),
+                database,
+                pool: pool.request(),
+                state,
+            };
+            let result = operations(&settings)
+                .await?
+                .update(&id, patch, if_match)
+                .await;
+            report(result.map(|t| TenantView::from(&t)))
+        }
+        Command::Tenants(TenantsCommand::Remove { id, drop_database }) => {
+            let Ok(id) = TenantId::parse(&id) else {
+                return report::<TenantView>(Err(OpError::NotFound(id)));
+            };
+            let result = operations(&settings)
+                .await?
+                .remove(&id, drop_database)
+                .await;
+            report(result)
+        }
         Command::Tenants(TenantsCommand::List) => {
             let control = ControlDb::connect_lazy(settings.require_database_url()?);
             for t in control.load_tenants().await? {
@@ -125,6 +251,49 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Tenant operations for a CLI command: the control database (migrated), and hints on the
+/// bus when Redis is configured, so running servers apply the change at once.
+async fn operations(settings: &Settings) -> anyhow::Result<TenantOps> {
+    let control = ControlDb::connect_lazy(settings.require_database_url()?);
+    control.migrate().await?;
+    let publisher = settings
+        .redis_url
+        .as_deref()
+        .map(|url| Publisher::new(url, &settings.redis_channel))
+        .transpose()?;
+    Ok(TenantOps::new(
+        control,
+        settings.provision_server()?,
+        settings.tenant_migrations.clone(),
+    )
+    .with_publisher(publisher))
+}
+
+fn invalid(errors: &[FieldError]) -> ExitCode {
+    eprintln!("error: invalid input");
+    for e in errors {
+        eprintln!("  {}: {}", e.field, e.message);
+    }
+    ExitCode::from(2)
+}
+
+/// Prints the result as JSON on stdout, or the error on stderr. Exit status 2 for a
+/// mistake in the input (the HTTP API's 4xx), 1 for anything else.
+fn report<T: serde::Serialize>(result: Result<T, OpError>) -> anyhow::Result<ExitCode> {
+    match result {
+        Ok(value) => {
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(OpError::Invalid(errors)) => Ok(invalid(&errors)),
+        Err(e @ (OpError::NotFound(_) | OpError::Conflict(_) | OpError::Stale { .. })) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => Err(anyhow::Error::from(e)),
+    }
+}
+
 async fn import(
     control: &ControlDb,
     settings: &Settings,
@@ -132,8 +301,24 @@ async fn import(
 ) -> anyhow::Result<()> {
     let file = TenantsFile::load(path)?;
     let server = settings.provision_server()?;
-    for line in tenants_file::import(control, &server, &file).await? {
+    let migrator = settings.tenant_migrations.load().await?;
+    let lines = tenants_file::import(control, &server, &file, &migrator).await?;
+    for line in &lines {
         println!("{}: {:?}", line.id, line.outcome);
+    }
+    // One hint is enough: any hint newer than what an instance holds makes it catch up.
+    if let (Some(url), Some(line)) = (
+        settings.redis_url.as_deref(),
+        lines.iter().find(|l| l.outcome != UpsertOutcome::Unchanged),
+    ) {
+        let version = control.max_version().await?;
+        let _ = Publisher::new(url, &settings.redis_channel)?
+            .publish(&Hint {
+                op: HintOp::Upsert,
+                tenant_id: line.id.clone(),
+                version,
+            })
+            .await;
     }
     Ok(())
 }
@@ -143,7 +328,8 @@ async fn migrate(settings: &Settings, jobs: usize) -> anyhow::Result<ExitCode> {
     control.migrate().await?;
     println!("control database: migrated");
     let tenants = control.load_tenants().await?;
-    let outcomes = provision::migrate_all(&tenants, jobs).await;
+    let migrator = settings.tenant_migrations.load().await?;
+    let outcomes = provision::migrate_all(&tenants, migrator, jobs).await;
     let (mut migrated, mut current, mut failed) = (0, 0, Vec::new());
     for (id, outcome) in &outcomes {
         match outcome {
@@ -177,6 +363,42 @@ async fn migrate(settings: &Settings, jobs: usize) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Where the demo keeps the admin token's hash.
+const ADMIN_HASH_FILE: &str = "admin-token.hash";
+
+/// The demo's admin token: made on first start (returned, to be printed once) with only its
+/// hash kept in the data directory; later starts read the hash back. A configured hash wins.
+fn demo_admin_token(settings: &mut Settings) -> anyhow::Result<Option<String>> {
+    if settings.admin_token_hash.is_some() {
+        return Ok(None);
+    }
+    let path = settings.data_dir.join(ADMIN_HASH_FILE);
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        settings.admin_token_hash = Some(
+            AdminTokenHash::parse(text.trim())
+                .with_context(|| format!("{} (delete it to get a new token)", path.display()))?,
+        );
+        return Ok(None);
+    }
+    let (token, hash) = tenant_router::admin_token::generate();
+    std::fs::create_dir_all(&settings.data_dir)?;
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        writeln!(file, "{}", hash.as_str())?;
+    }
+    settings.admin_token_hash = Some(hash);
+    Ok(Some(token))
+}
+
 async fn demo(settings: &mut Settings) -> anyhow::Result<ExitCode> {
     // Kept alive until the end of the demo; dropping it stops the server.
     let mut own_postgres = None;
@@ -189,11 +411,20 @@ async fn demo(settings: &mut Settings) -> anyhow::Result<ExitCode> {
         settings.database_url = Some(pg.create_database("tenant_router").await?);
         own_postgres = Some(pg);
     }
+    let mut own_redis = None;
+    if settings.redis_url.is_none() {
+        let redis = LocalRedis::start_ephemeral().context("starting the demo's Redis")?;
+        println!("started Redis on port {} (configuration bus)", redis.port());
+        settings.redis_url = Some(redis.url());
+        own_redis = Some(redis);
+    }
+    let new_token = demo_admin_token(settings)?;
     let control = ControlDb::connect_lazy(settings.require_database_url()?);
     control.migrate().await?;
     import(&control, settings, &settings.tenants_file.clone()).await?;
     let tenants = control.load_tenants().await?;
-    for (id, outcome) in provision::migrate_all(&tenants, 4).await {
+    let migrator = settings.tenant_migrations.load().await?;
+    for (id, outcome) in provision::migrate_all(&tenants, migrator, 4).await {
         if let MigrationOutcome::Failed(e) = outcome {
             anyhow::bail!("migrating tenant {id}: {e}");
         }
@@ -215,7 +446,16 @@ async fn demo(settings: &mut Settings) -> anyhow::Result<ExitCode> {
          -d '{{\"username\":\"ada\",\"email\":\"ada@example.com\",\"password\":\"correct horse\"}}' \\\n    \
          http://{addr}/api/register\n\nCtrl-C stops the demo and everything it started."
     );
+    println!("admin API on http://{}", app.admin_addr());
+    match new_token {
+        Some(token) => println!(
+            "  admin token (shown this once; only its hash is kept in {}):\n    {token}",
+            settings.data_dir.join(ADMIN_HASH_FILE).display()
+        ),
+        None => println!("  admin token: the one printed on the demo's first start"),
+    }
     app.run_until(shutdown_signal()).await?;
+    drop(own_redis);
     drop(own_postgres);
     println!("stopped");
     Ok(ExitCode::SUCCESS)

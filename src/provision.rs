@@ -17,6 +17,32 @@ use crate::tenant::{DatabaseUrl, Tenant, TenantId};
 /// Migrations of every dedicated tenant database (`migrations/tenant/`).
 pub static TENANT_MIGRATOR: Migrator = sqlx::migrate!("./migrations/tenant");
 
+/// Where tenant migrations come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantMigrations {
+    /// The reference app's, built into the binary.
+    BuiltIn,
+    /// A directory of `<version>_<name>.sql` files, read each time they are needed, so a fixed
+    /// migration is picked up without a restart.
+    Dir(std::path::PathBuf),
+}
+
+impl TenantMigrations {
+    /// The migrator.
+    pub async fn load(&self) -> anyhow::Result<Arc<Migrator>> {
+        match self {
+            Self::BuiltIn => Ok(Arc::new(Migrator {
+                migrations: TENANT_MIGRATOR.migrations.clone(),
+                ..Migrator::DEFAULT
+            })),
+            Self::Dir(dir) => Migrator::new(dir.as_path())
+                .await
+                .map(Arc::new)
+                .with_context(|| format!("reading tenant migrations from {}", dir.display())),
+        }
+    }
+}
+
 /// The database name a provisioned tenant gets: `tenant_` and the id with `-` as `_`. Ids are
 /// `[a-z0-9-]`, so this is injective; ids too long for PostgreSQL's 63-byte limit keep a
 /// prefix and a hash of the whole id.
@@ -71,9 +97,14 @@ pub enum MigrationOutcome {
     Failed(String),
 }
 
-/// Applies pending tenant migrations to one database.
+/// Applies pending tenant migrations (the built-in ones) to one database.
 pub async fn migrate_tenant(database: &DatabaseUrl) -> MigrationOutcome {
-    match try_migrate(database).await {
+    migrate_tenant_with(database, &TENANT_MIGRATOR).await
+}
+
+/// Applies pending migrations of `migrator` to one database.
+pub async fn migrate_tenant_with(database: &DatabaseUrl, migrator: &Migrator) -> MigrationOutcome {
+    match try_migrate(database, migrator).await {
         Ok(0) => MigrationOutcome::Current,
         Ok(n) => MigrationOutcome::Migrated(n),
         Err(e) => MigrationOutcome::Failed(format!("{e:#}")),
@@ -82,15 +113,20 @@ pub async fn migrate_tenant(database: &DatabaseUrl) -> MigrationOutcome {
 
 /// Migrates every tenant, `jobs` at a time. One failure does not stop the others; the result
 /// has one line per tenant, in the order given.
-pub async fn migrate_all(tenants: &[Tenant], jobs: usize) -> Vec<(TenantId, MigrationOutcome)> {
+pub async fn migrate_all(
+    tenants: &[Tenant],
+    migrator: Arc<Migrator>,
+    jobs: usize,
+) -> Vec<(TenantId, MigrationOutcome)> {
     let limit = Arc::new(Semaphore::new(jobs.max(1)));
     let mut set = JoinSet::new();
     for (i, tenant) in tenants.iter().enumerate() {
         let limit = Arc::clone(&limit);
         let database = tenant.database.clone();
+        let migrator = Arc::clone(&migrator);
         set.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            (i, migrate_tenant(&database).await)
+            (i, migrate_tenant_with(&database, &migrator).await)
         });
     }
     let mut outcomes: Vec<Option<MigrationOutcome>> = vec![None; tenants.len()];
@@ -111,7 +147,7 @@ pub async fn migrate_all(tenants: &[Tenant], jobs: usize) -> Vec<(TenantId, Migr
         .collect()
 }
 
-async fn try_migrate(database: &DatabaseUrl) -> anyhow::Result<usize> {
+async fn try_migrate(database: &DatabaseUrl, migrator: &Migrator) -> anyhow::Result<usize> {
     // A one-connection pool rather than a bare connection: `Migrator::run` on `&mut
     // PgConnection` produces a future that cannot be spawned (sqlx's `Acquire` lifetimes).
     let pool = PgPoolOptions::new()
@@ -122,10 +158,7 @@ async fn try_migrate(database: &DatabaseUrl) -> anyhow::Result<usize> {
         .with_context(|| format!("connecting to {database}"))?;
     let result = async {
         let before = applied_count(&pool).await?;
-        TENANT_MIGRATOR
-            .run(&pool)
-            .await
-            .context("applying migrations")?;
+        migrator.run(&pool).await.context("applying migrations")?;
         let after = applied_count(&pool).await?;
         anyhow::Ok(after.saturating_sub(before))
     }
@@ -145,6 +178,84 @@ async fn applied_count(pool: &PgPool) -> anyhow::Result<usize> {
         .fetch_one(pool)
         .await?;
     Ok(n as usize)
+}
+
+/// A database made for a tenant.
+#[derive(Debug, Clone)]
+pub struct Provisioned {
+    /// Its URL (credentials of the provisioning server).
+    pub database: DatabaseUrl,
+    /// Migrations applied.
+    pub migrations: usize,
+    /// False when it already existed (left behind by an attempt that crashed) and was adopted.
+    pub created: bool,
+}
+
+/// Creates the tenant's database on `server` and applies every migration. On failure, a
+/// database this call created is dropped again, so a retry starts clean.
+pub async fn provision(
+    server: &DatabaseUrl,
+    id: &TenantId,
+    migrator: &Migrator,
+) -> anyhow::Result<Provisioned> {
+    let name = database_name(id);
+    let created = create_database_if_missing(server, &name).await?;
+    let database = server.with_database(&name);
+    match try_migrate(&database, migrator).await {
+        Ok(migrations) => Ok(Provisioned {
+            database,
+            migrations,
+            created,
+        }),
+        Err(e) => {
+            if created {
+                if let Err(drop_error) = drop_database(server, &name).await {
+                    tracing::error!(database = %name, error = %format!("{drop_error:#}"),
+                        "could not drop a half-provisioned database");
+                }
+            }
+            Err(e.context(format!("migrating the new database {name}")))
+        }
+    }
+}
+
+/// Drops `name` on `server` if it exists, ending any session still connected to it.
+pub async fn drop_database(server: &DatabaseUrl, name: &str) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect_with(&server.connect_options())
+        .await
+        .with_context(|| format!("connecting to the provisioning server {server}"))?;
+    let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("dropping database {name}"))?;
+    Ok(())
+}
+
+/// Sessions other than ours connected to database `name` on `server`.
+pub async fn sessions_on(server: &DatabaseUrl, name: &str) -> anyhow::Result<i64> {
+    let mut conn = PgConnection::connect_with(&server.connect_options())
+        .await
+        .with_context(|| format!("connecting to the provisioning server {server}"))?;
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(name)
+    .fetch_one(&mut conn)
+    .await?)
+}
+
+/// True when database `name` exists on `server`.
+pub async fn database_exists(server: &DatabaseUrl, name: &str) -> anyhow::Result<bool> {
+    let mut conn = PgConnection::connect_with(&server.connect_options())
+        .await
+        .with_context(|| format!("connecting to the provisioning server {server}"))?;
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?,
+    )
 }
 
 #[cfg(test)]

@@ -40,6 +40,8 @@ pub struct Registry {
     /// `.test.com` for base domain `test.com`: the suffix a wildcard host ends with.
     wildcard_suffix: Option<String>,
     acquire_timeout: Duration,
+    /// The applied version, for whoever waits on convergence (the bus, tests, benchmarks).
+    applied: tokio::sync::watch::Sender<i64>,
 }
 
 /// Maps keyed by strings a client sends. foldhash is several times faster than SipHash on
@@ -164,7 +166,31 @@ impl Registry {
             writer: Mutex::new(()),
             wildcard_suffix,
             acquire_timeout: options.acquire_timeout,
+            applied: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// The applied version (the current snapshot's).
+    pub fn version(&self) -> i64 {
+        self.current.load().version
+    }
+
+    /// A receiver that sees the applied version every time it changes.
+    pub fn watch_version(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.applied.subscribe()
+    }
+
+    /// Publishes `next` as the current snapshot and closes the pools `old` held that `next`
+    /// does not.
+    fn store(&self, old: &Snapshot, next: Snapshot) {
+        let version = next.version;
+        self.current.store(Arc::new(next));
+        retire_unused(old, &self.current.load());
+        self.applied.send_if_modified(|v| {
+            let changed = *v != version;
+            *v = version;
+            changed
+        });
     }
 
     /// The current snapshot.
@@ -189,17 +215,22 @@ impl Registry {
     }
 
     /// Replaces every tenant, keeping the pools of tenants whose database settings did not
-    /// change. Used at start-up and after a full re-sync.
-    pub fn replace_all(&self, tenants: Vec<Tenant>) {
+    /// change. Used at start-up and after a full re-sync. `version` is the control
+    /// database's highest version in the same read as `tenants` (it may belong to a
+    /// tombstone, newer than any tenant); the snapshot's version is at least the newest
+    /// tenant's.
+    pub fn replace_all(&self, tenants: Vec<Tenant>, version: i64) {
         let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.current.load_full();
-        let mut next = Snapshot::default();
+        let mut next = Snapshot {
+            version,
+            ..Snapshot::default()
+        };
         for tenant in tenants {
             let pool = self.pool_for(&tenant, old.by_id.get(&tenant.id));
             next.insert(Arc::new(TenantEntry { tenant, pool }));
         }
-        self.current.store(Arc::new(next));
-        retire_unused(&old, &self.current.load());
+        self.store(&old, next);
     }
 
     /// Adds or replaces one tenant. A version not newer than the one held is ignored, so a
@@ -220,8 +251,7 @@ impl Registry {
         let mut next = old.clone_without(&tenant.id);
         next.version = next.version.max(tenant.version);
         next.insert(Arc::new(TenantEntry { tenant, pool }));
-        self.current.store(Arc::new(next));
-        retire_unused(&old, &self.current.load());
+        self.store(&old, next);
         true
     }
 
@@ -240,24 +270,56 @@ impl Registry {
         let mut next = old.clone_without(id);
         next.version = next.version.max(version);
         next.removed.insert(id.clone(), version);
-        self.current.store(Arc::new(next));
-        retire_unused(&old, &self.current.load());
+        self.store(&old, next);
         held.is_some()
     }
 
-    /// Applies changes in order (see [`crate::control::ControlDb::changes_since`]); each is
-    /// skipped when the registry already holds something as new.
-    pub fn apply(&self, changes: Vec<Change>) {
+    /// Applies changes in version order (see [`crate::control::ControlDb::changes_since`])
+    /// as one new snapshot, so readers see all of them or none. A change is skipped when the
+    /// registry already holds something as new. Returns how many were applied.
+    pub fn apply(&self, changes: Vec<Change>) -> usize {
+        if changes.is_empty() {
+            return 0;
+        }
+        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.current.load_full();
+        let mut next = old.clone_without_none();
+        let mut applied = 0;
         for change in changes {
             match change {
                 Change::Upsert(tenant) => {
-                    self.upsert(tenant);
+                    let previous = next.by_id.get(&tenant.id);
+                    if previous.is_some_and(|p| p.tenant.version >= tenant.version)
+                        || next
+                            .removed
+                            .get(&tenant.id)
+                            .is_some_and(|&v| v >= tenant.version)
+                    {
+                        continue;
+                    }
+                    let pool = self.pool_for(&tenant, previous);
+                    next.detach(&tenant.id);
+                    next.insert(Arc::new(TenantEntry { tenant, pool }));
+                    applied += 1;
                 }
                 Change::Remove { id, version } => {
-                    self.remove(&id, version);
+                    let held = next.by_id.get(&id);
+                    if held.is_some_and(|p| p.tenant.version >= version)
+                        || (held.is_none() && next.removed.get(&id).is_some_and(|&v| v >= version))
+                    {
+                        continue;
+                    }
+                    next.detach(&id);
+                    next.version = next.version.max(version);
+                    next.removed.insert(id, version);
+                    applied += 1;
                 }
             }
         }
+        if applied > 0 {
+            self.store(&old, next);
+        }
+        applied
     }
 
     fn pool_for(&self, tenant: &Tenant, previous: Option<&Arc<TenantEntry>>) -> Arc<LazyPool> {
@@ -285,18 +347,33 @@ impl Snapshot {
     }
 
     fn clone_without(&self, id: &TenantId) -> Snapshot {
-        let mut by_id = self.by_id.clone();
-        let mut by_host = self.by_host.clone();
-        if let Some(entry) = by_id.remove(id) {
-            for host in &entry.tenant.hosts {
-                by_host.remove(host.as_str());
-            }
-        }
+        let mut next = self.clone_without_none();
+        next.detach(id);
+        next
+    }
+
+    fn clone_without_none(&self) -> Snapshot {
         Snapshot {
             version: self.version,
-            by_id,
-            by_host,
+            by_id: self.by_id.clone(),
+            by_host: self.by_host.clone(),
             removed: self.removed.clone(),
+        }
+    }
+
+    /// Takes a tenant out, with the hosts that still point at it (a host another tenant has
+    /// claimed since stays with that tenant).
+    fn detach(&mut self, id: &TenantId) {
+        if let Some(entry) = self.by_id.remove(id) {
+            for host in &entry.tenant.hosts {
+                if self
+                    .by_host
+                    .get(host.as_str())
+                    .is_some_and(|e| Arc::ptr_eq(e, &entry))
+                {
+                    self.by_host.remove(host.as_str());
+                }
+            }
         }
     }
 }
@@ -343,10 +420,13 @@ mod tests {
     #[test]
     fn exact_host_then_wildcard() {
         let r = registry();
-        r.replace_all(vec![
-            tenant("t1", &["tenant-1.test.com"], "postgres://h/t1", 1),
-            tenant("acme", &["acme.example.org"], "postgres://h/acme", 2),
-        ]);
+        r.replace_all(
+            vec![
+                tenant("t1", &["tenant-1.test.com"], "postgres://h/t1", 1),
+                tenant("acme", &["acme.example.org"], "postgres://h/acme", 2),
+            ],
+            0,
+        );
         let id = |h: &str| r.resolve(h).map(|e| e.tenant().id.to_string());
         assert_eq!(id("tenant-1.test.com").as_deref(), Some("t1"));
         assert_eq!(id("acme.example.org").as_deref(), Some("acme"));
@@ -402,6 +482,31 @@ mod tests {
             r.resolve("a.x.org").is_none(),
             "an old upsert must not resurrect"
         );
+    }
+
+    #[test]
+    fn a_host_moved_to_another_tenant_stays_with_it() {
+        let r = registry();
+        r.apply(vec![
+            Change::Upsert(tenant("t1", &["a.x.org"], "postgres://h/t1", 1)),
+            // t1 gives a.x.org up, t2 takes it: one batch, in order.
+            Change::Upsert(tenant("t1", &["b.x.org"], "postgres://h/t1", 2)),
+            Change::Upsert(tenant("t2", &["a.x.org"], "postgres://h/t2", 3)),
+        ]);
+        // A late replay of t1's old self is refused, and removing t1 keeps t2's host.
+        r.upsert(tenant("t1", &["a.x.org"], "postgres://h/t1", 1));
+        assert!(r.remove(&TenantId::parse("t1").unwrap(), 4));
+        let owner = r.resolve("a.x.org").map(|e| e.tenant().id.to_string());
+        assert_eq!(owner.as_deref(), Some("t2"));
+        assert_eq!(r.version(), 4);
+        assert_eq!(*r.watch_version().borrow(), 4);
+    }
+
+    #[test]
+    fn a_full_load_takes_the_control_version() {
+        let r = registry();
+        r.replace_all(vec![tenant("t1", &["a.x.org"], "postgres://h/t1", 3)], 9);
+        assert_eq!(r.version(), 9, "a tombstone can be newer than every tenant");
     }
 
     #[test]

@@ -18,11 +18,14 @@ use tower_http::trace::TraceLayer;
 
 use crate::admin::{self, AdminState};
 use crate::app::{self, AppConfig};
+use crate::bus::Publisher;
 use crate::config::Settings;
 use crate::control::ControlDb;
 use crate::middleware::TenantLayer;
+use crate::operations::TenantOps;
 use crate::problem::problem_response;
 use crate::registry::{Registry, RegistryOptions};
+use crate::sync::{BusConfig, BusState, ConfigSync};
 
 /// What the non-tenant routes need.
 #[derive(Clone)]
@@ -31,6 +34,8 @@ pub struct ServerState {
     pub registry: Arc<Registry>,
     /// The control database.
     pub control: ControlDb,
+    /// The sync keeping the registry current, for its bus report.
+    pub sync: Option<Arc<ConfigSync>>,
 }
 
 /// The whole router: `/healthz` and `/readyz` answer on any host; everything else is
@@ -76,14 +81,21 @@ async fn healthz() -> Response {
     axum::Json(json!({ "status": "ok" })).into_response()
 }
 
+/// 200 while the instance can serve: the control database answers. A bus that is down does
+/// not make it unready (it serves what it holds and reconciles), but the answer says
+/// `"status": "degraded"` and why.
 async fn readyz(State(state): State<ServerState>) -> Response {
     let reachable = tokio::time::timeout(Duration::from_secs(2), state.control.ping())
         .await
         .unwrap_or(false);
     if reachable {
+        let bus = state.sync.as_ref().map(|s| s.report());
+        let degraded = bus.as_ref().is_some_and(|b| b.state == BusState::Degraded);
         axum::Json(json!({
-            "status": "ready",
+            "status": if degraded { "degraded" } else { "ready" },
             "control_database": "ok",
+            "bus": bus,
+            "version": state.registry.version(),
             "tenants": state.registry.snapshot().len(),
         }))
         .into_response()
@@ -103,6 +115,9 @@ pub struct Application {
     admin_listener: TcpListener,
     admin_router: Router,
     registry: Arc<Registry>,
+    sync: Arc<ConfigSync>,
+    bus: Option<BusConfig>,
+    reconcile_interval: Duration,
 }
 
 impl Application {
@@ -114,7 +129,20 @@ impl Application {
             base_domain: settings.base_domain.clone(),
             acquire_timeout: settings.acquire_timeout,
         }));
-        registry.replace_all(control.load_tenants().await?);
+        let sync = Arc::new(ConfigSync::new(Arc::clone(&registry), control.clone()));
+        sync.full_load().await?;
+        let publisher = settings
+            .redis_url
+            .as_deref()
+            .map(|url| Publisher::new(url, &settings.redis_channel))
+            .transpose()?;
+        let ops = TenantOps::new(
+            control.clone(),
+            settings.provision_server()?,
+            settings.tenant_migrations.clone(),
+        )
+        .with_publisher(publisher)
+        .with_local_sync(Arc::clone(&sync));
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -130,13 +158,17 @@ impl Application {
             admin::router(AdminState {
                 registry: Arc::clone(&registry),
                 control: control.clone(),
+                ops,
+                sync: Some(Arc::clone(&sync)),
                 token_hash: settings.admin_token_hash.clone().map(Arc::new),
+                verified: Arc::default(),
             }),
             settings.max_body_bytes,
         );
         let state = ServerState {
             registry: Arc::clone(&registry),
             control,
+            sync: Some(Arc::clone(&sync)),
         };
         let config = AppConfig {
             session_ttl: settings.session_ttl,
@@ -147,7 +179,15 @@ impl Application {
             admin_listener,
             admin_router,
             registry,
+            sync,
+            bus: settings.bus(),
+            reconcile_interval: settings.reconcile_interval,
         })
+    }
+
+    /// The sync that keeps its registry current.
+    pub fn sync(&self) -> &Arc<ConfigSync> {
+        &self.sync
     }
 
     /// The address it listens on.
@@ -178,11 +218,17 @@ impl Application {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
+        let sync = tokio::spawn(Arc::clone(&self.sync).run(
+            self.bus.clone(),
+            self.reconcile_interval,
+            stop_rx.clone(),
+        ));
         let main = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(stopped(stop_rx.clone()));
         let admin = axum::serve(self.admin_listener, self.admin_router)
             .with_graceful_shutdown(stopped(stop_rx));
         let (main, admin) = tokio::join!(main.into_future(), admin.into_future());
+        sync.abort();
         main.context("serving HTTP")?;
         admin.context("serving the admin API")
     }

@@ -70,6 +70,7 @@ pub async fn import(
     control: &ControlDb,
     provision_server: &DatabaseUrl,
     file: &TenantsFile,
+    migrator: &sqlx::migrate::Migrator,
 ) -> anyhow::Result<Vec<ImportLine>> {
     let mut lines = Vec::new();
     for t in &file.tenants {
@@ -79,7 +80,7 @@ pub async fn import(
                 let name = provision::database_name(&t.id);
                 provision::create_database_if_missing(provision_server, &name).await?;
                 let url = provision_server.with_database(&name);
-                let outcome = provision::migrate_tenant(&url).await;
+                let outcome = provision::migrate_tenant_with(&url, migrator).await;
                 if let MigrationOutcome::Failed(e) = &outcome {
                     anyhow::bail!("migrating tenant '{}': {e}", t.id);
                 }

@@ -127,8 +127,8 @@ impl TestApp {
 
     /// Reloads the registry from the control database, as a restart would.
     pub async fn reload(&self) {
-        self.registry
-            .replace_all(self.control.load_tenants().await.unwrap());
+        let (tenants, version) = self.control.load_all().await.unwrap();
+        self.registry.replace_all(tenants, version);
     }
 
     /// An admin API call; `token` overrides the right one (`Some("")` sends none).

@@ -3,6 +3,7 @@
 use std::process::Command;
 
 use tenant_router::control::ControlDb;
+use tenant_router::provision;
 use tenant_router::tenant::DatabaseUrl;
 
 use crate::harness::{shared_postgres, spec, unique_name};
@@ -133,10 +134,14 @@ async fn importing_the_tenants_file_twice_changes_nothing() {
     let file = TenantsFile::load(&path).unwrap();
     let server = pg.url("postgres");
 
-    let first = import(&control, &server, &file).await.unwrap();
+    let first = import(&control, &server, &file, &provision::TENANT_MIGRATOR)
+        .await
+        .unwrap();
     assert!(first.iter().all(|l| l.outcome == UpsertOutcome::Created));
     let before = control.load_tenants().await.unwrap();
-    let second = import(&control, &server, &file).await.unwrap();
+    let second = import(&control, &server, &file, &provision::TENANT_MIGRATOR)
+        .await
+        .unwrap();
     assert!(
         second.iter().all(|l| l.outcome == UpsertOutcome::Unchanged),
         "{second:?}"
@@ -154,9 +159,14 @@ async fn importing_the_tenants_file_twice_changes_nothing() {
         db1.expose()
     );
     std::fs::write(&path, clash).unwrap();
-    let err = import(&control, &server, &TenantsFile::load(&path).unwrap())
-        .await
-        .unwrap_err();
+    let err = import(
+        &control,
+        &server,
+        &TenantsFile::load(&path).unwrap(),
+        &provision::TENANT_MIGRATOR,
+    )
+    .await
+    .unwrap_err();
     assert!(
         format!("{err:#}").contains("already belongs to tenant 'imp-1'"),
         "{err:#}"
