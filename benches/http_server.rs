@@ -55,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
     let state = ServerState {
         registry: Arc::clone(&registry),
         control,
+        sync: None,
     };
 
     let routed = TcpListener::bind("127.0.0.1:0").await?;
