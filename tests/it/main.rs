@@ -3,10 +3,12 @@
 //! and Redis started from the binaries on PATH by `harness`.
 
 mod admin;
+mod cluster;
 mod demo;
 mod harness;
 mod local;
 mod migrate;
 mod notes;
+mod propagation;
 mod routing;
 mod serve;
