@@ -88,6 +88,14 @@ impl TestApp {
 
     /// An app over these tenants.
     pub async fn spawn(tenants: Vec<TenantSpec>) -> TestApp {
+        Self::spawn_with(tenants, |_| {}).await
+    }
+
+    /// An app over these tenants, with settings adjusted by `adjust`.
+    pub async fn spawn_with(
+        tenants: Vec<TenantSpec>,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> TestApp {
         let pg = shared_postgres().await;
         let control_url = pg.create_database(&unique_name("control")).await.unwrap();
         let control = ControlDb::connect_lazy(&control_url);
@@ -107,6 +115,7 @@ impl TestApp {
         })
         .unwrap();
         settings.max_body_bytes = 16 * 1024;
+        adjust(&mut settings);
         let app = Application::build(&settings).await.unwrap();
         let addr = app.local_addr();
         let admin_addr = app.admin_addr();
@@ -138,6 +147,23 @@ impl TestApp {
             Some("") => {}
             Some(t) => req = req.bearer_auth(t),
             None => req = req.bearer_auth(&self.admin_token),
+        }
+        req.send().await.unwrap()
+    }
+
+    /// An admin call with the right token and a JSON body.
+    pub async fn admin_send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Response {
+        let mut req = self
+            .client
+            .request(method, format!("http://{}{path}", self.admin_addr))
+            .bearer_auth(&self.admin_token);
+        if let Some(body) = body {
+            req = req.json(&body);
         }
         req.send().await.unwrap()
     }
