@@ -14,11 +14,15 @@ use tenant_router::local::free_port;
 struct Demo {
     child: Child,
     base: String,
+    admin: String,
+    stdout: std::path::PathBuf,
     client: reqwest::Client,
 }
 
 impl Demo {
     async fn start(data_dir: &std::path::Path, port: u16) -> Demo {
+        let admin_port = free_port().unwrap();
+        let stdout = data_dir.join(format!("stdout-{}.txt", free_port().unwrap()));
         let child = Command::new(env!("CARGO_BIN_EXE_tenant-router"))
             .arg("demo")
             .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -26,16 +30,20 @@ impl Demo {
             .env("TENANT_ROUTER_LISTEN", format!("127.0.0.1:{port}"))
             .env(
                 "TENANT_ROUTER_ADMIN_LISTEN",
-                format!("127.0.0.1:{}", free_port().unwrap()),
+                format!("127.0.0.1:{admin_port}"),
             )
             .env_remove("TENANT_ROUTER_DATABASE_URL")
-            .stdout(Stdio::null())
+            .env_remove("TENANT_ROUTER_REDIS_URL")
+            .env_remove("TENANT_ROUTER_ADMIN_TOKEN_HASH")
+            .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let mut demo = Demo {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            admin: format!("http://127.0.0.1:{admin_port}"),
+            stdout,
             client: reqwest::Client::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -61,6 +69,23 @@ impl Demo {
             .post(format!("{}{path}", self.base))
             .header("Host", host)
             .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The admin token, if this start printed one.
+    fn printed_token(&self) -> Option<String> {
+        let text = std::fs::read_to_string(&self.stdout).unwrap();
+        let mut lines = text.lines();
+        lines.find(|l| l.contains("admin token (shown this once"))?;
+        lines.next().map(|l| l.trim().to_string())
+    }
+
+    async fn admin_get(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.admin))
+            .bearer_auth(token)
             .send()
             .await
             .unwrap()
@@ -95,6 +120,34 @@ async fn demo_serves_both_tenants_and_keeps_data_across_restarts() {
             StatusCode::CREATED
         );
     }
+    // The first start made an admin token, printed it once, and kept only its hash.
+    let token = demo
+        .printed_token()
+        .expect("the first start prints a token");
+    assert!(token.starts_with("tra_"), "{token}");
+    let kept = std::fs::read_to_string(dir.path().join("admin-token.hash")).unwrap();
+    assert!(kept.starts_with("$argon2id$") && !kept.contains(&token));
+    let r = demo.admin_get("/admin/registry", &token).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let registry: Value = r.json().await.unwrap();
+    assert_eq!(registry["tenants"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        demo.admin_get("/admin/registry", "tra_wrong")
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // Its own Redis carries the bus.
+    let ready: Value = demo
+        .client
+        .get(format!("{}/readyz", demo.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["bus"]["state"], "connected", "{ready}");
     demo.interrupt();
 
     let demo = Demo::start(dir.path(), port).await;
@@ -111,5 +164,11 @@ async fn demo_serves_both_tenants_and_keeps_data_across_restarts() {
             StatusCode::CONFLICT
         );
     }
+    assert_eq!(demo.printed_token(), None, "the token is shown only once");
+    assert_eq!(
+        demo.admin_get("/admin/tenants", &token).await.status(),
+        StatusCode::OK,
+        "the first token stays valid"
+    );
     demo.interrupt();
 }
