@@ -184,7 +184,20 @@ impl Settings {
                 "database_url (TENANT_ROUTER_DATABASE_URL)",
                 args.database_url.clone().or(file.database_url),
             )?,
-            redis_url: args.redis_url.clone().or(file.redis_url),
+            redis_url: match args
+                .redis_url
+                .clone()
+                .or(file.redis_url)
+                .filter(|u| !u.trim().is_empty())
+            {
+                Some(url) => {
+                    redis::Client::open(url.as_str())
+                        .map_err(|e| anyhow::anyhow!("{e}"))
+                        .context("redis_url (TENANT_ROUTER_REDIS_URL) is not a Redis URL")?;
+                    Some(url)
+                }
+                None => None,
+            },
             provision_url: url(
                 "provision_url (TENANT_ROUTER_PROVISION_URL)",
                 args.provision_url.clone().or(file.provision_url),
@@ -193,7 +206,9 @@ impl Settings {
                 .admin_token_hash
                 .clone()
                 .or(file.admin_token_hash)
-                .map(|h| AdminTokenHash::parse(&h))
+                // An empty value (an unset compose variable, say) means none.
+                .filter(|h| !h.trim().is_empty())
+                .map(|h| AdminTokenHash::parse(h.trim()))
                 .transpose()
                 .context("admin_token_hash (TENANT_ROUTER_ADMIN_TOKEN_HASH)")?,
             data_dir: args
@@ -295,6 +310,44 @@ mod tests {
         std::fs::write(&path, "lisen = \"x\"\n").unwrap();
         let err = Settings::load(&args).unwrap_err();
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+    }
+
+    #[test]
+    fn empty_values_are_unset_and_bad_ones_are_named() {
+        let s = Settings::from_args(&SettingsArgs {
+            admin_token_hash: Some(String::new()),
+            redis_url: Some(" ".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(s.admin_token_hash.is_none() && s.redis_url.is_none() && s.bus().is_none());
+        assert_eq!(s.reconcile_interval, Duration::from_secs(30));
+
+        let err = |args: SettingsArgs| format!("{:#}", Settings::from_args(&args).unwrap_err());
+        assert!(
+            err(SettingsArgs {
+                redis_url: Some("http://nope".into()),
+                ..Default::default()
+            })
+            .contains("TENANT_ROUTER_REDIS_URL")
+        );
+        assert!(
+            err(SettingsArgs {
+                reconcile_interval: Some(0),
+                ..Default::default()
+            })
+            .contains("TENANT_ROUTER_RECONCILE_INTERVAL")
+        );
+
+        let s = Settings::from_args(&SettingsArgs {
+            redis_url: Some("redis://127.0.0.1:6390/".into()),
+            reconcile_interval: Some(5),
+            ..Default::default()
+        })
+        .unwrap();
+        let bus = s.bus().unwrap();
+        assert_eq!(bus.channel, "tenant-router:tenants");
+        assert_eq!(s.reconcile_interval, Duration::from_secs(5));
     }
 
     #[test]

@@ -398,6 +398,11 @@ async fn cli_writes_reach_a_running_instance() {
         )
     };
     let secret_db = db.expose().replace("postgres@", "postgres:s3cret@");
+    // Listen to the channel as any Redis client could.
+    let redis = redis::Client::open(cluster.redis.url()).unwrap();
+    let mut listener = redis.get_async_pubsub().await.unwrap();
+    listener.subscribe("tenant-router:tenants").await.unwrap();
+    let mut hints = listener.into_on_message();
     let (code, out, err) = run(&[
         "tenants",
         "add",
@@ -419,6 +424,17 @@ async fn cli_writes_reach_a_running_instance() {
             s == StatusCode::UNAUTHORIZED
         })
         .await;
+    // The hint is three fields and no secret.
+    let hint = tokio::time::timeout(Duration::from_secs(5), hints.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let payload: Value = serde_json::from_slice(hint.get_payload_bytes()).unwrap();
+    let version = cluster.control.max_version().await.unwrap();
+    assert_eq!(
+        payload,
+        json!({"op": "upsert", "tenant_id": "cli-t", "version": version})
+    );
 
     let (code, _, err) = run(&[
         "tenants",
@@ -470,4 +486,5 @@ async fn cli_writes_reach_a_running_instance() {
     let (code, _, _) = run(&["tenants", "remove", "cli-t"]);
     assert_eq!(code, Some(2), "removing twice: not found");
     cluster.assert_converged(&[&a], CONVERGE).await;
+    assert!(!a.log().contains("s3cret"), "{}", a.log());
 }
