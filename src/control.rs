@@ -15,6 +15,7 @@ pub static CONTROL_MIGRATOR: Migrator = sqlx::migrate!("./migrations/control");
 #[derive(Clone)]
 pub struct ControlDb {
     pool: PgPool,
+    url: DatabaseUrl,
 }
 
 /// What an import or update asks a tenant to look like.
@@ -86,7 +87,24 @@ impl ControlDb {
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(url.connect_options().application_name("tenant-router"));
-        Self { pool }
+        Self {
+            pool,
+            url: url.clone(),
+        }
+    }
+
+    /// A connection of its own, outside the pool: for a lock held across slow work
+    /// (provisioning), which must not take a pooled connection that the work itself needs.
+    pub async fn dedicated_connection(&self) -> anyhow::Result<sqlx::PgConnection> {
+        use sqlx::Connection as _;
+        sqlx::PgConnection::connect_with(
+            &self
+                .url
+                .connect_options()
+                .application_name("tenant-router-lock"),
+        )
+        .await
+        .context("connecting to the control database")
     }
 
     /// The underlying pool.

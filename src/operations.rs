@@ -289,22 +289,7 @@ impl TenantOps {
     /// Creates a tenant. Without a database, one is created and migrated first; on any
     /// failure what was created is dropped again.
     pub async fn create(&self, new: NewTenant) -> Result<Tenant, OpError> {
-        // Two creations of one id wait for each other here, so the loser sees the winner's
-        // tenant instead of dropping the winner's fresh database.
-        let mut guard = self
-            .control
-            .pool()
-            .begin()
-            .await
-            .context("beginning a transaction")?;
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtextextended('tenant-router:create:' || $1, 0))",
-        )
-        .bind(new.id.as_str())
-        .execute(&mut *guard)
-        .await
-        .context("taking the tenant's creation lock")?;
-
+        // Clear answers before any work; the write below re-checks atomically.
         if self.control.get_tenant(&new.id).await?.is_some() {
             return Err(OpError::Conflict(format!(
                 "a tenant '{}' already exists",
@@ -318,10 +303,28 @@ impl TenantOps {
                 )));
             }
         }
-
+        // Two provisionings of one id wait for each other here (on a connection of its own,
+        // outside the pool), so the loser sees the winner's tenant instead of dropping the
+        // winner's fresh database. Closing the connection releases the lock.
+        let mut lock = None;
         let (database, provisioned) = match new.database {
             Some(url) => (url, None),
             None => {
+                let mut conn = self.control.dedicated_connection().await?;
+                sqlx::query(
+                    "SELECT pg_advisory_lock(hashtextextended('tenant-router:create:' || $1, 0))",
+                )
+                .bind(new.id.as_str())
+                .execute(&mut conn)
+                .await
+                .context("taking the tenant's creation lock")?;
+                lock = Some(conn);
+                if self.control.get_tenant(&new.id).await?.is_some() {
+                    return Err(OpError::Conflict(format!(
+                        "a tenant '{}' already exists",
+                        new.id
+                    )));
+                }
                 let name = provision::database_name(&new.id);
                 if let Some(user) = self.control.tenant_using_database(&name).await? {
                     return Err(OpError::Conflict(format!(
@@ -359,10 +362,9 @@ impl TenantOps {
                 return Err(write_error(e, &new.id));
             }
         };
-        guard
-            .commit()
-            .await
-            .context("releasing the creation lock")?;
+        if let Some(conn) = lock.take() {
+            let _ = sqlx::Connection::close(conn).await;
+        }
         self.announce(HintOp::Upsert, &written.tenant.id, written.tenant.version)
             .await;
         Ok(written.tenant)

@@ -224,6 +224,41 @@ mod writes {
         .await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_creations_provision_once_per_id() {
+        let app = TestApp::spawn(vec![]).await;
+        let pid = std::process::id();
+        // Ten creations at once: five ids, each asked for twice.
+        let requests = (0..10).map(|n| {
+            let id = format!("race-{pid}-{}", n % 5);
+            app.admin_send(
+                Method::POST,
+                "/admin/tenants",
+                Some(json!({"id": id, "hosts": [format!("{id}.example.org")]})),
+            )
+        });
+        let statuses: Vec<StatusCode> = futures_util::future::join_all(requests)
+            .await
+            .into_iter()
+            .map(|r| r.status())
+            .collect();
+        let created = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count();
+        let conflicts = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CONFLICT)
+            .count();
+        assert_eq!((created, conflicts), (5, 5), "{statuses:?}");
+        for n in 0..5 {
+            let id = format!("race-{pid}-{n}");
+            assert!(database_exists(&format!("tenant_{}", id.replace('-', "_"))).await);
+            // The winner's database survived the loser: it serves.
+            app.user_token(&format!("{id}.example.org"), "racer").await;
+        }
+    }
+
     #[tokio::test]
     async fn provisioning_that_fails_halfway_leaves_nothing_and_a_retry_succeeds() {
         let dir = tempfile::tempdir().unwrap();
