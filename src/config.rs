@@ -83,6 +83,31 @@ pub struct SettingsArgs {
     /// for the reference app].
     #[arg(long, env = "TENANT_ROUTER_TENANT_MIGRATIONS", global = true)]
     pub tenant_migrations: Option<PathBuf>,
+    /// Worker: jobs running at once [default: 32].
+    #[arg(long, env = "TENANT_ROUTER_WORKER_CONCURRENCY", global = true)]
+    pub worker_concurrency: Option<usize>,
+    /// Worker: jobs of one tenant running at once [default: 8].
+    #[arg(long, env = "TENANT_ROUTER_WORKER_TENANT_CONCURRENCY", global = true)]
+    pub worker_tenant_concurrency: Option<usize>,
+    /// Worker: attempts before a job goes to the dead letters [default: 5].
+    #[arg(long, env = "TENANT_ROUTER_JOB_MAX_ATTEMPTS", global = true)]
+    pub job_max_attempts: Option<u32>,
+    /// Worker: milliseconds without a heartbeat before another worker takes a job over
+    /// [default: 30000].
+    #[arg(long, env = "TENANT_ROUTER_JOB_VISIBILITY_TIMEOUT_MS", global = true)]
+    pub job_visibility_timeout_ms: Option<u64>,
+    /// Worker: first retry delay in milliseconds, doubled per attempt [default: 500].
+    #[arg(long, env = "TENANT_ROUTER_JOB_BACKOFF_MS", global = true)]
+    pub job_backoff_ms: Option<u64>,
+    /// Worker: seconds running jobs get to finish on SIGTERM [default: 10].
+    #[arg(long, env = "TENANT_ROUTER_WORKER_GRACE_SECS", global = true)]
+    pub worker_grace_secs: Option<u64>,
+    /// Accept the diagnostic job kinds (`diag.*`) [default: false].
+    #[arg(long, env = "TENANT_ROUTER_DIAGNOSTIC_JOBS", global = true)]
+    pub diagnostic_jobs: Option<bool>,
+    /// Where jobs write files, one directory per tenant [default: <data_dir>/files].
+    #[arg(long, env = "TENANT_ROUTER_FILES_DIR", global = true)]
+    pub files_dir: Option<PathBuf>,
 }
 
 /// The settings file's shape; every key optional.
@@ -104,6 +129,14 @@ struct FileSettings {
     reconcile_interval: Option<u64>,
     redis_channel: Option<String>,
     tenant_migrations: Option<PathBuf>,
+    worker_concurrency: Option<usize>,
+    worker_tenant_concurrency: Option<usize>,
+    job_max_attempts: Option<u32>,
+    job_visibility_timeout_ms: Option<u64>,
+    job_backoff_ms: Option<u64>,
+    worker_grace_secs: Option<u64>,
+    diagnostic_jobs: Option<bool>,
+    files_dir: Option<PathBuf>,
 }
 
 /// The resolved settings.
@@ -139,6 +172,10 @@ pub struct Settings {
     pub redis_channel: String,
     /// Where tenant migrations come from.
     pub tenant_migrations: crate::provision::TenantMigrations,
+    /// How the worker runs (its consumer name is made at start).
+    pub worker: crate::jobs::WorkerOptions,
+    /// Whether the `diag.*` job kinds are accepted.
+    pub diagnostic_jobs: bool,
 }
 
 impl Settings {
@@ -168,6 +205,11 @@ impl Settings {
                 .transpose()
         };
         let base_domain = args.base_domain.clone().or(file.base_domain);
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(".tenant-router"));
         if let Some(d) = &base_domain {
             crate::tenant::TenantHost::parse(d).context("base_domain")?;
         }
@@ -211,11 +253,7 @@ impl Settings {
                 .map(|h| AdminTokenHash::parse(h.trim()))
                 .transpose()
                 .context("admin_token_hash (TENANT_ROUTER_ADMIN_TOKEN_HASH)")?,
-            data_dir: args
-                .data_dir
-                .clone()
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from(".tenant-router")),
+            data_dir: data_dir.clone(),
             base_domain,
             tenants_file: args
                 .tenants_file
@@ -249,6 +287,63 @@ impl Settings {
                 Some(dir) => crate::provision::TenantMigrations::Dir(dir),
                 None => crate::provision::TenantMigrations::BuiltIn,
             },
+            worker: {
+                let defaults = crate::jobs::WorkerOptions::default();
+                let concurrency = args
+                    .worker_concurrency
+                    .or(file.worker_concurrency)
+                    .unwrap_or(defaults.concurrency);
+                let per_tenant = args
+                    .worker_tenant_concurrency
+                    .or(file.worker_tenant_concurrency)
+                    .unwrap_or(defaults.per_tenant);
+                anyhow::ensure!(
+                    (1..=10_000).contains(&concurrency) && (1..=concurrency).contains(&per_tenant),
+                    "worker_concurrency must be 1 to 10000 and worker_tenant_concurrency 1 to \
+                     worker_concurrency (TENANT_ROUTER_WORKER_CONCURRENCY, \
+                     TENANT_ROUTER_WORKER_TENANT_CONCURRENCY)"
+                );
+                let max_attempts = args
+                    .job_max_attempts
+                    .or(file.job_max_attempts)
+                    .unwrap_or(defaults.max_attempts);
+                anyhow::ensure!(
+                    (1..=100).contains(&max_attempts),
+                    "job_max_attempts (TENANT_ROUTER_JOB_MAX_ATTEMPTS) must be 1 to 100"
+                );
+                let visibility = args
+                    .job_visibility_timeout_ms
+                    .or(file.job_visibility_timeout_ms)
+                    .unwrap_or(defaults.visibility_timeout.as_millis() as u64);
+                anyhow::ensure!(
+                    visibility >= 300,
+                    "job_visibility_timeout_ms (TENANT_ROUTER_JOB_VISIBILITY_TIMEOUT_MS) must be at least 300"
+                );
+                crate::jobs::WorkerOptions {
+                    concurrency,
+                    per_tenant,
+                    max_attempts,
+                    visibility_timeout: Duration::from_millis(visibility),
+                    backoff: args
+                        .job_backoff_ms
+                        .or(file.job_backoff_ms)
+                        .map_or(defaults.backoff, Duration::from_millis),
+                    grace: args
+                        .worker_grace_secs
+                        .or(file.worker_grace_secs)
+                        .map_or(defaults.grace, Duration::from_secs),
+                    files_dir: args
+                        .files_dir
+                        .clone()
+                        .or(file.files_dir)
+                        .unwrap_or_else(|| data_dir.join("files")),
+                    ..defaults
+                }
+            },
+            diagnostic_jobs: args
+                .diagnostic_jobs
+                .or(file.diagnostic_jobs)
+                .unwrap_or(false),
         })
     }
 

@@ -31,6 +31,7 @@ pub mod bus;
 pub mod config;
 pub mod control;
 pub mod host;
+pub mod jobs;
 pub mod local;
 pub mod middleware;
 pub mod operations;

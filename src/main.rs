@@ -36,6 +36,8 @@ enum Command {
     Serve,
     /// Bring up a demo with its own PostgreSQL: tenant-1.test.com and tenant-2.test.com.
     Demo,
+    /// Run background jobs (the same as the `tenant-router-worker` binary).
+    Worker,
     /// Migrate the control database, then every tenant's database.
     Migrate {
         /// How many tenants to migrate at once.
@@ -165,6 +167,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => demo(&mut settings).await,
+        Command::Worker => {
+            let kinds = tenant_router::jobs::reference::kinds_for(settings.diagnostic_jobs);
+            tenant_router::jobs::run_worker(&settings, kinds, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::AdminToken => {
             let (token, hash) = tenant_router::admin_token::generate();
             println!("token: {token}");

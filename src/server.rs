@@ -19,6 +19,7 @@ use tower_http::trace::TraceLayer;
 use crate::admin::{self, AdminState};
 use crate::app::{self, AppConfig};
 use crate::bus::Publisher;
+use crate::jobs::{JobQueue, Keys};
 use crate::config::Settings;
 use crate::control::ControlDb;
 use crate::middleware::TenantLayer;
@@ -172,6 +173,17 @@ impl Application {
         };
         let config = AppConfig {
             session_ttl: settings.session_ttl,
+            jobs: settings
+                .redis_url
+                .as_deref()
+                .map(|url| {
+                    JobQueue::new(
+                        url,
+                        Keys::default(),
+                        crate::jobs::reference::kinds_for(settings.diagnostic_jobs),
+                    )
+                })
+                .transpose()?,
         };
         Ok(Self {
             listener,

@@ -10,20 +10,24 @@ use axum::Router;
 use axum::routing::{get, post};
 
 pub mod auth;
+mod jobs;
 mod notes;
 mod users;
 
 /// Settings of the reference app.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AppConfig {
     /// How long a login token stays valid.
     pub session_ttl: Duration,
+    /// Where background jobs go; without it, job routes answer 503.
+    pub jobs: Option<crate::jobs::JobQueue>,
 }
 
 impl Default for AppConfig {
     fn default() -> Self {
         Self {
             session_ttl: Duration::from_secs(86_400),
+            jobs: None,
         }
     }
 }
@@ -34,6 +38,8 @@ pub fn router(config: AppConfig) -> Router {
         .route("/api/register", post(users::register))
         .route("/api/login", post(users::login))
         .route("/api/notes", get(notes::list).post(notes::create))
+        .route("/api/jobs", post(jobs::submit))
+        .route("/api/jobs/{id}", get(jobs::status))
         .route(
             "/api/notes/{id}",
             get(notes::show).put(notes::update).delete(notes::remove),

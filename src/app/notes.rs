@@ -1,10 +1,13 @@
 //! `/api/notes`: a user's notes, newest first, paginated by an id cursor.
 
 use axum::Json;
+use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::AppConfig;
 use super::auth::{AuthUser, BearerToken};
 use crate::middleware::CurrentTenant;
 use crate::problem::{ApiError, ApiJson, ApiPath, ApiQuery};
@@ -125,13 +128,28 @@ pub(super) async fn list(
     Ok(Json(NotePage { notes, next_cursor }))
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateQuery {
+    /// `?async=true`: create the note through a background job and answer 202.
+    #[serde(default, rename = "async")]
+    run_async: bool,
+}
+
 #[tracing::instrument(level = "debug", skip_all, fields(tenant.id = %tenant.id(), user.id = user.user_id))]
 pub(super) async fn create(
+    State(config): State<AppConfig>,
     tenant: CurrentTenant,
     user: AuthUser,
+    ApiQuery(q): ApiQuery<CreateQuery>,
     ApiJson(body): ApiJson<NoteBody>,
-) -> Result<(StatusCode, Json<Note>), ApiError> {
+) -> Result<Response, ApiError> {
     body.validate()?;
+    if q.run_async {
+        let queue = super::jobs::queue(&config)?;
+        let payload = serde_json::json!({ "content": body.content });
+        return super::jobs::submit_as(queue, &tenant, user, "notes.create", payload).await;
+    }
     let note: Note = sqlx::query_as(
         "INSERT INTO notes (user_id, content) VALUES ($1, $2)
          RETURNING id, content, created_at, updated_at",
@@ -140,7 +158,7 @@ pub(super) async fn create(
     .bind(&body.content)
     .fetch_one(tenant.pool())
     .await?;
-    Ok((StatusCode::CREATED, Json(note)))
+    Ok((StatusCode::CREATED, Json(note)).into_response())
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(tenant.id = %tenant.id(), user.id = user.user_id))]

@@ -1,0 +1,119 @@
+//! `/api/jobs`: submit a background job for the current tenant and user, and follow it.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::AppConfig;
+use super::auth::AuthUser;
+use crate::jobs::{JobQueue, JobStatus, KindError, QueueError};
+use crate::middleware::CurrentTenant;
+use crate::problem::{ApiError, ApiJson, ApiPath, FieldError};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SubmitBody {
+    kind: String,
+    #[serde(default = "empty_object")]
+    payload: Value,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+#[derive(Serialize)]
+struct Submitted {
+    job_id: String,
+    status_url: String,
+}
+
+pub(super) fn queue(config: &AppConfig) -> Result<&JobQueue, ApiError> {
+    config.jobs.as_ref().ok_or_else(|| {
+        ApiError::Client(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "background jobs are not configured on this server (they need Redis)".into(),
+        )
+    })
+}
+
+/// Submits `kind` for the tenant and user; 202 with where to follow it.
+pub(super) async fn submit_as(
+    queue: &JobQueue,
+    tenant: &CurrentTenant,
+    user: AuthUser,
+    kind: &str,
+    payload: Value,
+) -> Result<Response, ApiError> {
+    let job_id = match queue
+        .submit(tenant.id(), kind, payload, Some(user.user_id), None)
+        .await
+    {
+        Ok(id) => id,
+        Err(QueueError::Kind(KindError::UnknownKind)) => {
+            return Err(ApiError::Invalid(vec![FieldError::new(
+                "kind",
+                format!("unknown job kind; known: {}", queue.kinds().names().join(", ")),
+            )]));
+        }
+        Err(QueueError::Kind(KindError::BadPayload(msg))) => {
+            return Err(ApiError::invalid("payload", msg));
+        }
+        Err(QueueError::Unavailable(msg)) => {
+            tracing::warn!(error = %msg, "job queue unavailable");
+            return Err(ApiError::Client(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the job queue is unavailable; retry later".into(),
+            ));
+        }
+    };
+    let status_url = format!("/api/jobs/{job_id}");
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(Submitted {
+            job_id,
+            status_url: status_url.clone(),
+        }),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&status_url) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
+pub(super) async fn submit(
+    State(config): State<AppConfig>,
+    tenant: CurrentTenant,
+    user: AuthUser,
+    ApiJson(body): ApiJson<SubmitBody>,
+) -> Result<Response, ApiError> {
+    submit_as(queue(&config)?, &tenant, user, &body.kind, body.payload).await
+}
+
+/// A job's status; 404 for a job of another tenant (it is not in this tenant's namespace)
+/// or of another user.
+pub(super) async fn status(
+    State(config): State<AppConfig>,
+    tenant: CurrentTenant,
+    user: AuthUser,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<JobStatus>, ApiError> {
+    let found = queue(&config)?
+        .status(tenant.id(), &id)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "job queue unavailable");
+            ApiError::Client(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the job queue is unavailable; retry later".into(),
+            )
+        })?;
+    match found {
+        Some(status) if status.user_id == Some(user.user_id) => Ok(Json(status)),
+        _ => Err(ApiError::NotFound("no such job".into())),
+    }
+}

@@ -1,0 +1,379 @@
+//! The job queue on Redis: one stream per tenant (`<prefix>t:<tenant>:jobs`) read by one
+//! consumer group, a status hash per job in the tenant's namespace, a sorted set of delayed
+//! jobs (retries and `run_at`), and the dead-letter and parked streams.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use redis::AsyncCommands as _;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{Envelope, JobKinds, KindError};
+use crate::tenant::TenantId;
+
+/// The consumer group every worker joins.
+pub(crate) const GROUP: &str = "workers";
+
+/// How long a finished job's status is kept.
+const STATUS_TTL_SECS: i64 = 7 * 86_400;
+
+/// Redis key names, all under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self::new("tr:")
+    }
+}
+
+impl Keys {
+    /// Keys under `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// The prefix itself (scripts build stream keys from it).
+    pub(crate) fn stream_prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A tenant's job stream.
+    pub fn stream(&self, tenant: &TenantId) -> String {
+        format!("{}t:{tenant}:jobs", self.prefix)
+    }
+
+    /// The tenant of a stream key.
+    pub fn tenant_of_stream(&self, key: &str) -> Option<TenantId> {
+        let id = key
+            .strip_prefix(&self.prefix)?
+            .strip_prefix("t:")?
+            .strip_suffix(":jobs")?;
+        TenantId::parse(id).ok()
+    }
+
+    /// A job's status hash, in its tenant's namespace.
+    pub fn job(&self, tenant: &TenantId, job_id: &str) -> String {
+        format!("{}t:{tenant}:job:{job_id}", self.prefix)
+    }
+
+    /// The prefix of keys a tenant's jobs may use.
+    pub fn namespace(&self, tenant: &TenantId) -> String {
+        format!("{}t:{tenant}:ns:", self.prefix)
+    }
+
+    fn rung(&self, tenant: &TenantId) -> String {
+        format!("{}t:{tenant}:rung", self.prefix)
+    }
+
+    /// The stream that tells workers a tenant has new jobs.
+    pub fn doorbell(&self) -> String {
+        format!("{}jobs:doorbell", self.prefix)
+    }
+
+    /// Every tenant that ever had a job stream.
+    pub fn tenants(&self) -> String {
+        format!("{}jobs:tenants", self.prefix)
+    }
+
+    /// Jobs waiting for their time (retries, `run_at`).
+    pub fn delayed(&self) -> String {
+        format!("{}jobs:delayed", self.prefix)
+    }
+
+    /// Jobs that used up their attempts, with their last error.
+    pub fn dead(&self) -> String {
+        format!("{}jobs:dead", self.prefix)
+    }
+
+    /// Jobs that did not run because of their tenant, with the reason.
+    pub fn parked(&self) -> String {
+        format!("{}jobs:parked", self.prefix)
+    }
+}
+
+/// Why the queue could not take or report a job.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The kind or payload was refused.
+    #[error(transparent)]
+    Kind(#[from] KindError),
+    /// Redis failed.
+    #[error("the job queue is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<redis::RedisError> for QueueError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+impl From<deadpool_redis::PoolError> for QueueError {
+    fn from(e: deadpool_redis::PoolError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+/// A job's status, as `GET /api/jobs/{id}` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct JobStatus {
+    /// Id.
+    pub job_id: String,
+    /// Kind.
+    pub kind: String,
+    /// `queued`, `running`, `succeeded`, `failed` (will retry), `dead` or `parked`.
+    pub status: String,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Unix milliseconds.
+    pub enqueued_at: Option<i64>,
+    /// Unix milliseconds, of the latest attempt.
+    pub started_at: Option<i64>,
+    /// Unix milliseconds.
+    pub finished_at: Option<i64>,
+    /// Unix milliseconds, when a retry is scheduled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<i64>,
+    /// The last error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// What the job returned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// The submitting user.
+    #[serde(skip)]
+    pub user_id: Option<i64>,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn new_job_id() -> String {
+    let bits: u128 = rand::random();
+    format!("{bits:032x}")
+}
+
+/// Submits jobs and reads their status. Cheap to clone.
+#[derive(Clone)]
+pub struct JobQueue {
+    pool: deadpool_redis::Pool,
+    keys: Keys,
+    kinds: JobKinds,
+    /// Tenants whose stream and group this process has made sure of.
+    groups: Arc<Mutex<HashSet<TenantId>>>,
+}
+
+impl JobQueue {
+    /// A queue on Redis at `url` for these kinds.
+    pub fn new(url: &str, keys: Keys, kinds: JobKinds) -> anyhow::Result<Self> {
+        let mut config = deadpool_redis::Config::from_url(url);
+        config.pool = Some(deadpool_redis::PoolConfig {
+            max_size: 16,
+            timeouts: deadpool_redis::Timeouts {
+                wait: Some(Duration::from_secs(2)),
+                create: Some(Duration::from_secs(2)),
+                recycle: Some(Duration::from_secs(2)),
+            },
+            ..Default::default()
+        });
+        let pool = config.create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+        Ok(Self {
+            pool,
+            keys,
+            kinds,
+            groups: Arc::default(),
+        })
+    }
+
+    /// The key names.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The kinds it accepts.
+    pub fn kinds(&self) -> &JobKinds {
+        &self.kinds
+    }
+
+    pub(crate) fn pool(&self) -> &deadpool_redis::Pool {
+        &self.pool
+    }
+
+    /// Makes sure the tenant's stream and the workers' group on it exist.
+    pub(crate) async fn ensure_group(&self, tenant: &TenantId) -> Result<(), QueueError> {
+        if self
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(tenant)
+        {
+            return Ok(());
+        }
+        let mut conn = self.pool.get().await?;
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.keys.stream(tenant))
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut *conn)
+            .await;
+        match created {
+            Ok(()) => {}
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tenant.clone());
+        Ok(())
+    }
+
+    pub(crate) fn forget_group(&self, tenant: &TenantId) {
+        self.groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(tenant);
+    }
+
+    /// Submits a job for `tenant`, after checking the kind and payload. Returns its id.
+    pub async fn submit(
+        &self,
+        tenant: &TenantId,
+        kind: &str,
+        payload: Value,
+        user_id: Option<i64>,
+        run_at: Option<i64>,
+    ) -> Result<String, QueueError> {
+        self.kinds.check(kind, &payload)?;
+        let envelope = Envelope {
+            job_id: new_job_id(),
+            tenant_id: tenant.clone(),
+            kind: kind.to_string(),
+            payload,
+            attempt: 0,
+            enqueued_at: now_ms(),
+            run_at,
+            user_id,
+        };
+        self.enqueue(&envelope).await?;
+        Ok(envelope.job_id)
+    }
+
+    /// Puts an envelope on its tenant's stream (or in the delayed set), with a fresh status.
+    pub async fn enqueue(&self, envelope: &Envelope) -> Result<(), QueueError> {
+        let tenant = &envelope.tenant_id;
+        self.ensure_group(tenant).await?;
+        let json = serde_json::to_string(envelope).expect("an envelope serialises");
+        let status_key = self.keys.job(tenant, &envelope.job_id);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(
+                &status_key,
+                &[
+                    ("kind", envelope.kind.clone()),
+                    ("status", "queued".to_string()),
+                    ("attempts", "0".to_string()),
+                    ("enqueued_at", envelope.enqueued_at.to_string()),
+                    (
+                        "user_id",
+                        envelope.user_id.map(|u| u.to_string()).unwrap_or_default(),
+                    ),
+                ],
+            )
+            .ignore()
+            .expire(&status_key, STATUS_TTL_SECS)
+            .ignore();
+        let delayed = envelope.run_at.is_some_and(|t| t > now_ms());
+        if delayed {
+            pipe.zadd(
+                self.keys.delayed(),
+                format!("{tenant}\n{json}"),
+                envelope.run_at.unwrap_or_default(),
+            )
+            .ignore();
+        } else {
+            pipe.xadd(self.keys.stream(tenant), "*", &[("job", &json)])
+                .ignore();
+        }
+        pipe.sadd(self.keys.tenants(), tenant.as_str()).ignore();
+        pipe.cmd("SET")
+            .arg(self.keys.rung(tenant))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(200);
+        let mut conn = self.pool.get().await?;
+        let (rung,): (Option<String>,) = pipe.query_async(&mut *conn).await?;
+        if rung.is_some() && !delayed {
+            ring(&mut conn, &self.keys, std::slice::from_ref(tenant)).await?;
+        }
+        Ok(())
+    }
+
+    /// A job's status, if `tenant` has a job with this id.
+    pub async fn status(
+        &self,
+        tenant: &TenantId,
+        job_id: &str,
+    ) -> Result<Option<JobStatus>, QueueError> {
+        if job_id.is_empty() || job_id.len() > 64 || !job_id.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Ok(None);
+        }
+        let mut conn = self.pool.get().await?;
+        let fields: BTreeMap<String, String> =
+            conn.hgetall(self.keys.job(tenant, job_id)).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let num = |k: &str| fields.get(k).and_then(|v| v.parse::<i64>().ok());
+        Ok(Some(JobStatus {
+            job_id: job_id.to_string(),
+            kind: fields.get("kind").cloned().unwrap_or_default(),
+            status: fields.get("status").cloned().unwrap_or_default(),
+            attempts: num("attempts").unwrap_or(0) as u32,
+            enqueued_at: num("enqueued_at"),
+            started_at: num("started_at"),
+            finished_at: num("finished_at"),
+            next_attempt_at: num("next_attempt_at"),
+            last_error: fields.get("last_error").filter(|e| !e.is_empty()).cloned(),
+            result: fields
+                .get("result")
+                .and_then(|r| serde_json::from_str(r).ok()),
+            user_id: num("user_id"),
+        }))
+    }
+}
+
+/// Tells workers these tenants have new jobs (one doorbell entry each; the stream is capped).
+pub(crate) async fn ring(
+    conn: &mut deadpool_redis::Connection,
+    keys: &Keys,
+    tenants: &[TenantId],
+) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    for t in tenants {
+        pipe.cmd("XADD")
+            .arg(keys.doorbell())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(10_000)
+            .arg("*")
+            .arg("tenant")
+            .arg(t.as_str())
+            .ignore();
+    }
+    pipe.query_async(&mut **conn).await
+}

@@ -1,0 +1,843 @@
+//! The worker: reads jobs from every tenant's stream, fairly, and runs each in a context built
+//! for it alone.
+//!
+//! Three tasks cooperate:
+//! - the reader does `XREADGROUP` over the doorbell and the streams of active tenants that
+//!   are below their concurrency cap, at most `per_tenant` entries per stream per read, so
+//!   every round takes a little from every tenant with work (round-robin by construction);
+//! - the dispatcher keeps a local queue per tenant and starts jobs round-robin across
+//!   tenants, at most `per_tenant` at once for one tenant and `concurrency` in all;
+//! - housekeeping moves due retries back onto their streams and reclaims entries whose
+//!   worker stopped heartbeating (`XAUTOCLAIM` after the visibility timeout).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use redis::AsyncCommands as _;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::queue::{GROUP, JobQueue, now_ms, ring};
+use super::{Envelope, JobContext, JobError};
+use crate::sync::ConfigSync;
+use crate::tenant::{TenantId, TenantState};
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Consumer name; unique per process.
+    pub name: String,
+    /// Jobs running at once, in all.
+    pub concurrency: usize,
+    /// Jobs of one tenant running (or read and waiting) at once.
+    pub per_tenant: usize,
+    /// Attempts before a job goes to the dead letters.
+    pub max_attempts: u32,
+    /// How long a job may go without a heartbeat before another worker takes it over.
+    pub visibility_timeout: Duration,
+    /// First retry delay; it doubles per attempt (with jitter), up to five minutes.
+    pub backoff: Duration,
+    /// On shutdown, how long running jobs get to finish.
+    pub grace: Duration,
+    /// Where jobs write files, one directory per tenant.
+    pub files_dir: std::path::PathBuf,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            name: format!(
+                "{}-{}-{:04x}",
+                hostname(),
+                std::process::id(),
+                rand::random::<u16>()
+            ),
+            concurrency: 32,
+            per_tenant: 8,
+            max_attempts: 5,
+            visibility_timeout: Duration::from_secs(30),
+            backoff: Duration::from_millis(500),
+            grace: Duration::from_secs(10),
+            files_dir: std::path::PathBuf::from(".tenant-router/files"),
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into())
+}
+
+/// One job read from a stream.
+struct Delivery {
+    stream_id: String,
+    envelope: Envelope,
+}
+
+/// What the reader and the dispatcher share.
+#[derive(Default)]
+struct Load {
+    /// Tenants worth reading, in rotation order.
+    active: Vec<TenantId>,
+    idle_rounds: HashMap<TenantId, u32>,
+    /// Jobs read and not finished, per tenant and in all.
+    per_tenant: HashMap<TenantId, usize>,
+    total: usize,
+    rotate: usize,
+}
+
+impl Load {
+    fn activate(&mut self, tenant: TenantId) {
+        self.idle_rounds.insert(tenant.clone(), 0);
+        if !self.active.contains(&tenant) {
+            self.active.push(tenant);
+        }
+    }
+
+    fn add(&mut self, tenant: &TenantId, n: usize) {
+        *self.per_tenant.entry(tenant.clone()).or_default() += n;
+        self.total += n;
+    }
+
+    fn done(&mut self, tenant: &TenantId) {
+        if let Some(n) = self.per_tenant.get_mut(tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_tenant.remove(tenant);
+            }
+        }
+        self.total = self.total.saturating_sub(1);
+    }
+}
+
+/// Runs jobs until shut down. See the module documentation.
+pub struct Worker {
+    queue: JobQueue,
+    sync: Arc<ConfigSync>,
+    options: WorkerOptions,
+    name: Arc<str>,
+    files_root: Arc<std::path::Path>,
+}
+
+/// Most streams named in one read.
+const STREAMS_PER_READ: usize = 128;
+
+impl Worker {
+    /// A worker over `queue`, resolving tenants through `sync`'s registry.
+    pub fn new(queue: JobQueue, sync: Arc<ConfigSync>, options: WorkerOptions) -> Self {
+        let name = Arc::from(options.name.as_str());
+        let files_root = Arc::from(options.files_dir.as_path());
+        Self {
+            queue,
+            sync,
+            options,
+            name,
+            files_root,
+        }
+    }
+
+    /// Its consumer name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs until `shutdown` turns true, then stops reading, puts back what it had read but
+    /// not started, and gives running jobs `grace` to finish. What does not finish stays
+    /// pending and is reclaimed by another worker.
+    pub async fn run(self, redis_url: &str, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let client = redis::Client::open(redis_url).context("the Redis URL")?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(5)));
+        let reader_conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .context("connecting to Redis")?;
+        let this = Arc::new(self);
+        this.ensure_doorbell().await?;
+
+        let load = Arc::new(Mutex::new(Load::default()));
+        let capacity = Arc::new(Notify::new());
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Delivery>>();
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        let reader = tokio::spawn(Arc::clone(&this).read_loop(
+            reader_conn,
+            Arc::clone(&load),
+            Arc::clone(&capacity),
+            tx.clone(),
+            stop_rx.clone(),
+        ));
+        let housekeeping = tokio::spawn(Arc::clone(&this).housekeeping(
+            Arc::clone(&load),
+            tx,
+            stop_rx,
+        ));
+        tracing::info!(worker = %this.name, "worker started");
+
+        let mut local: HashMap<TenantId, VecDeque<Delivery>> = HashMap::new();
+        let mut order: VecDeque<TenantId> = VecDeque::new();
+        let mut known: HashSet<String> = HashSet::new();
+        let mut running_per_tenant: HashMap<TenantId, usize> = HashMap::new();
+        let mut running: JoinSet<(TenantId, String)> = JoinSet::new();
+        loop {
+            tokio::select! {
+                batch = rx.recv() => {
+                    let Some(batch) = batch else { break };
+                    for d in batch {
+                        // A reclaim can hand back an entry this worker already holds.
+                        if !known.insert(d.stream_id.clone()) {
+                            load.lock().unwrap_or_else(|e| e.into_inner()).done(&d.envelope.tenant_id);
+                            continue;
+                        }
+                        let t = d.envelope.tenant_id.clone();
+                        if !order.contains(&t) {
+                            order.push_back(t.clone());
+                        }
+                        local.entry(t).or_default().push_back(d);
+                    }
+                }
+                Some(done) = running.join_next() => {
+                    if let Ok((tenant, stream_id)) = done {
+                        known.remove(&stream_id);
+                        if let Some(n) = running_per_tenant.get_mut(&tenant) {
+                            *n -= 1;
+                        }
+                        load.lock().unwrap_or_else(|e| e.into_inner()).done(&tenant);
+                        capacity.notify_one();
+                    }
+                }
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+            // Start what may start, one job per tenant per turn.
+            let mut idle_turns = 0;
+            while running.len() < this.options.concurrency && idle_turns < order.len() {
+                let Some(tenant) = order.pop_front() else { break };
+                let busy = running_per_tenant.get(&tenant).copied().unwrap_or(0);
+                let queue = local.get_mut(&tenant);
+                match queue {
+                    Some(q) if !q.is_empty() && busy < this.options.per_tenant => {
+                        let d = q.pop_front().expect("not empty");
+                        *running_per_tenant.entry(tenant.clone()).or_default() += 1;
+                        let worker = Arc::clone(&this);
+                        running.spawn(async move {
+                            let stream_id = d.stream_id.clone();
+                            let tenant = d.envelope.tenant_id.clone();
+                            worker.run_one(d).await;
+                            (tenant, stream_id)
+                        });
+                        idle_turns = 0;
+                        order.push_back(tenant);
+                    }
+                    Some(q) if q.is_empty() && busy == 0 => {
+                        local.remove(&tenant);
+                        running_per_tenant.remove(&tenant);
+                    }
+                    _ => {
+                        idle_turns += 1;
+                        order.push_back(tenant);
+                    }
+                }
+            }
+        }
+
+        // Shutdown: stop reading, hand back what never started, let running jobs finish.
+        let _ = stop_tx.send(true);
+        let _ = reader.await;
+        let _ = housekeeping.await;
+        while let Ok(batch) = rx.try_recv() {
+            for d in batch {
+                local.entry(d.envelope.tenant_id.clone()).or_default().push_back(d);
+            }
+        }
+        let unstarted: Vec<Delivery> = local.into_values().flatten().collect();
+        let handed_back = unstarted.len();
+        for d in unstarted {
+            if let Err(e) = this.requeue(&d).await {
+                tracing::warn!(job_id = %d.envelope.job_id, error = %e,
+                    "could not hand a job back; it will be reclaimed after the visibility timeout");
+            }
+        }
+        let in_flight = running.len();
+        let finished = tokio::time::timeout(this.options.grace, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok();
+        if !finished {
+            running.abort_all();
+        }
+        tracing::info!(worker = %this.name, handed_back, in_flight, finished_in_grace = finished, "worker stopped");
+        Ok(())
+    }
+
+    async fn ensure_doorbell(&self) -> anyhow::Result<()> {
+        let mut conn = self.queue.pool().get().await?;
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.queue.keys().doorbell())
+            .arg(GROUP)
+            .arg("$")
+            .arg("MKSTREAM")
+            .query_async(&mut *conn)
+            .await;
+        match created {
+            Err(e) if e.code() != Some("BUSYGROUP") => Err(e).context("creating the doorbell group"),
+            _ => Ok(()),
+        }
+    }
+
+    async fn read_loop(
+        self: Arc<Self>,
+        mut conn: redis::aio::MultiplexedConnection,
+        load: Arc<Mutex<Load>>,
+        capacity: Arc<Notify>,
+        tx: mpsc::UnboundedSender<Vec<Delivery>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let keys = self.queue.keys().clone();
+        let doorbell = keys.doorbell();
+        let per_tenant = self.options.per_tenant;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            // Which streams to read: active tenants below their cap, a window at a time.
+            let (streams, capped, full) = {
+                let mut l = load.lock().unwrap_or_else(|e| e.into_inner());
+                let full = l.total >= self.options.concurrency;
+                let eligible: Vec<TenantId> = l
+                    .active
+                    .iter()
+                    .filter(|t| l.per_tenant.get(*t).copied().unwrap_or(0) < per_tenant)
+                    .cloned()
+                    .collect();
+                let capped = l.active.len() - eligible.len();
+                let n = eligible.len();
+                let start = if n == 0 { 0 } else { l.rotate % n };
+                l.rotate = l.rotate.wrapping_add(STREAMS_PER_READ);
+                let window: Vec<TenantId> = (0..n.min(STREAMS_PER_READ))
+                    .map(|i| eligible[(start + i) % n].clone())
+                    .collect();
+                (window, capped, full)
+            };
+            if full {
+                tokio::select! {
+                    () = capacity.notified() => {},
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {},
+                    _ = stop.changed() => {},
+                }
+                continue;
+            }
+            // Block only when no tenant is held back by its cap: a capped tenant with a
+            // backlog must be read again as soon as one of its jobs finishes.
+            let blocking = capped == 0;
+            let mut opts = StreamReadOptions::default()
+                .group(GROUP, &*self.name)
+                .count(per_tenant);
+            if blocking {
+                opts = opts.block(250);
+            }
+            let mut keys_arg: Vec<String> = Vec::with_capacity(streams.len() + 1);
+            keys_arg.push(doorbell.clone());
+            keys_arg.extend(streams.iter().map(|t| keys.stream(t)));
+            let ids: Vec<&str> = vec![">"; keys_arg.len()];
+            let reply: redis::RedisResult<Option<StreamReadReply>> =
+                conn.xread_options(&keys_arg, &ids, &opts).await;
+            let reply = match reply {
+                Ok(r) => r.unwrap_or_default(),
+                Err(e) => {
+                    if e.code() == Some("NOGROUP") {
+                        for t in &streams {
+                            self.queue.forget_group(t);
+                            let _ = self.queue.ensure_group(t).await;
+                        }
+                        let _ = self.ensure_doorbell().await;
+                    } else {
+                        tracing::warn!(error = %e, "reading jobs failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    continue;
+                }
+            };
+
+            let mut rung: Vec<TenantId> = Vec::new();
+            let mut doorbell_ids: Vec<String> = Vec::new();
+            let mut batch: Vec<Delivery> = Vec::new();
+            let mut returned: HashSet<TenantId> = HashSet::new();
+            for stream in reply.keys {
+                if stream.key == doorbell {
+                    for entry in stream.ids {
+                        if let Some(t) = entry
+                            .get::<String>("tenant")
+                            .and_then(|t| TenantId::parse(&t).ok())
+                        {
+                            rung.push(t);
+                        }
+                        doorbell_ids.push(entry.id);
+                    }
+                    continue;
+                }
+                let Some(tenant) = keys.tenant_of_stream(&stream.key) else {
+                    continue;
+                };
+                returned.insert(tenant.clone());
+                for entry in stream.ids {
+                    match entry
+                        .get::<String>("job")
+                        .and_then(|j| serde_json::from_str::<Envelope>(&j).ok())
+                    {
+                        // The stream decides the tenant, never the payload: an envelope
+                        // naming another tenant is refused.
+                        Some(envelope) if envelope.tenant_id == tenant => batch.push(Delivery {
+                            stream_id: entry.id,
+                            envelope,
+                        }),
+                        _ => self.discard_malformed(&tenant, &entry.id).await,
+                    }
+                }
+            }
+            if !doorbell_ids.is_empty() {
+                let _: redis::RedisResult<()> = redis::pipe()
+                    .xack(&doorbell, GROUP, &doorbell_ids)
+                    .ignore()
+                    .xdel(&doorbell, &doorbell_ids)
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await;
+            }
+            for t in &rung {
+                let _ = self.queue.ensure_group(t).await;
+            }
+            let got_jobs = !batch.is_empty();
+            {
+                let mut l = load.lock().unwrap_or_else(|e| e.into_inner());
+                for t in rung {
+                    l.activate(t);
+                }
+                for d in &batch {
+                    l.add(&d.envelope.tenant_id, 1);
+                }
+                for t in &streams {
+                    if returned.contains(t) {
+                        l.idle_rounds.insert(t.clone(), 0);
+                    } else {
+                        let idle = l.idle_rounds.entry(t.clone()).or_default();
+                        *idle += 1;
+                        if *idle > 3 && !l.per_tenant.contains_key(t) {
+                            l.idle_rounds.remove(t);
+                            l.active.retain(|a| a != t);
+                        }
+                    }
+                }
+            }
+            if got_jobs && tx.send(batch).is_err() {
+                return;
+            }
+            if !got_jobs && !blocking {
+                tokio::select! {
+                    () = capacity.notified() => {},
+                    () = tokio::time::sleep(Duration::from_millis(20)) => {},
+                    _ = stop.changed() => {},
+                }
+            }
+        }
+    }
+
+    async fn discard_malformed(&self, tenant: &TenantId, stream_id: &str) {
+        tracing::error!(tenant.id = %tenant, stream_id, "dropping a stream entry that is not a job of this tenant");
+        if let Ok(mut conn) = self.queue.pool().get().await {
+            let stream = self.queue.keys().stream(tenant);
+            let _: redis::RedisResult<()> = redis::pipe()
+                .atomic()
+                .xadd(
+                    self.queue.keys().dead(),
+                    "*",
+                    &[("tenant_id", tenant.as_str()), ("error", "malformed entry"), ("stream_id", stream_id)],
+                )
+                .ignore()
+                .xack(&stream, GROUP, &[stream_id])
+                .ignore()
+                .xdel(&stream, &[stream_id])
+                .ignore()
+                .query_async(&mut *conn)
+                .await;
+        }
+    }
+
+    async fn housekeeping(
+        self: Arc<Self>,
+        load: Arc<Mutex<Load>>,
+        tx: mpsc::UnboundedSender<Vec<Delivery>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let reclaim_every = (self.options.visibility_timeout / 2).max(Duration::from_millis(200));
+        let mut last_reclaim = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {},
+                _ = stop.changed() => return,
+            }
+            if let Err(e) = self.move_due().await {
+                tracing::warn!(error = %e, "moving due retries failed");
+            }
+            if last_reclaim.elapsed() >= reclaim_every {
+                last_reclaim = tokio::time::Instant::now();
+                match self.reclaim().await {
+                    Ok((tenants, batch)) => {
+                        {
+                            let mut l = load.lock().unwrap_or_else(|e| e.into_inner());
+                            for t in tenants {
+                                l.activate(t);
+                            }
+                            for d in &batch {
+                                l.add(&d.envelope.tenant_id, 1);
+                            }
+                        }
+                        if !batch.is_empty() {
+                            tracing::info!(jobs = batch.len(), "reclaimed jobs of a worker that stopped");
+                            if tx.send(batch).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reclaiming failed"),
+                }
+            }
+        }
+    }
+
+    /// Moves retries and scheduled jobs whose time has come onto their streams, atomically.
+    async fn move_due(&self) -> anyhow::Result<()> {
+        const MOVE: &str = r"
+            local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 200)
+            local moved = {}
+            for _, m in ipairs(due) do
+              local nl = string.find(m, '\n', 1, true)
+              if nl then
+                local t = string.sub(m, 1, nl - 1)
+                redis.call('XADD', ARGV[2] .. 't:' .. t .. ':jobs', '*', 'job', string.sub(m, nl + 1))
+                table.insert(moved, t)
+              end
+              redis.call('ZREM', KEYS[1], m)
+            end
+            return moved";
+        let keys = self.queue.keys();
+        let mut conn = self.queue.pool().get().await?;
+        let moved: Vec<String> = redis::cmd("EVAL")
+            .arg(MOVE)
+            .arg(1)
+            .arg(keys.delayed())
+            .arg(now_ms())
+            .arg(keys.stream_prefix())
+            .query_async(&mut *conn)
+            .await?;
+        if !moved.is_empty() {
+            let mut tenants: Vec<TenantId> =
+                moved.iter().filter_map(|t| TenantId::parse(t).ok()).collect();
+            tenants.sort();
+            tenants.dedup();
+            ring(&mut conn, keys, &tenants).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes over entries idle past the visibility timeout, on every tenant's stream.
+    async fn reclaim(&self) -> anyhow::Result<(Vec<TenantId>, Vec<Delivery>)> {
+        let keys = self.queue.keys();
+        let mut conn = self.queue.pool().get().await?;
+        let tenants: Vec<String> = conn.smembers(keys.tenants()).await?;
+        let tenants: Vec<TenantId> = tenants.iter().filter_map(|t| TenantId::parse(t).ok()).collect();
+        let min_idle = self.options.visibility_timeout.as_millis() as u64;
+        let mut batch = Vec::new();
+        for tenant in &tenants {
+            let stream = keys.stream(tenant);
+            let reply: redis::RedisResult<redis::streams::StreamAutoClaimReply> = redis::cmd("XAUTOCLAIM")
+                .arg(&stream)
+                .arg(GROUP)
+                .arg(&*self.name)
+                .arg(min_idle)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(self.options.per_tenant)
+                .query_async(&mut *conn)
+                .await;
+            let reply = match reply {
+                Ok(r) => r,
+                Err(e) if e.code() == Some("NOGROUP") => {
+                    self.queue.forget_group(tenant);
+                    let _ = self.queue.ensure_group(tenant).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            for entry in reply.claimed {
+                match entry
+                    .get::<String>("job")
+                    .and_then(|j| serde_json::from_str::<Envelope>(&j).ok())
+                {
+                    Some(envelope) if &envelope.tenant_id == tenant => batch.push(Delivery {
+                        stream_id: entry.id,
+                        envelope,
+                    }),
+                    _ => self.discard_malformed(tenant, &entry.id).await,
+                }
+            }
+        }
+        Ok((tenants, batch))
+    }
+
+    async fn requeue(&self, d: &Delivery) -> anyhow::Result<()> {
+        let keys = self.queue.keys();
+        let stream = keys.stream(&d.envelope.tenant_id);
+        let json = serde_json::to_string(&d.envelope)?;
+        let mut conn = self.queue.pool().get().await?;
+        let _: () = redis::pipe()
+            .atomic()
+            .xadd(&stream, "*", &[("job", &json)])
+            .ignore()
+            .xack(&stream, GROUP, &[&d.stream_id])
+            .ignore()
+            .xdel(&stream, &[&d.stream_id])
+            .ignore()
+            .query_async(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs one delivery to its end: parked, succeeded, retried or dead. Never panics.
+    async fn run_one(self: Arc<Self>, d: Delivery) {
+        let Delivery {
+            stream_id,
+            envelope,
+        } = d;
+        let tenant = envelope.tenant_id.clone();
+        // Fail closed: the tenant comes from this worker's registry or the job does not run.
+        let mut entry = self.sync.registry().snapshot().get(&tenant).cloned();
+        if entry.is_none() {
+            // Maybe this worker is a moment behind: ask the control database once.
+            let _ = self.sync.catch_up().await;
+            entry = self.sync.registry().snapshot().get(&tenant).cloned();
+        }
+        let entry = match entry {
+            None => {
+                return self
+                    .finish(&envelope, &stream_id, Finish::Parked("the tenant is unknown or was deleted".into()))
+                    .await;
+            }
+            Some(e) if e.tenant().state == TenantState::Suspended => {
+                return self
+                    .finish(&envelope, &stream_id, Finish::Parked("the tenant is suspended".into()))
+                    .await;
+            }
+            Some(e) => e,
+        };
+        let attempts = match self.mark_running(&envelope).await {
+            Ok(n) => n,
+            Err(e) => {
+                // Leave it pending: it is reclaimed after the visibility timeout.
+                tracing::warn!(job_id = %envelope.job_id, error = %e, "could not mark a job running");
+                return;
+            }
+        };
+        let ctx = JobContext::new(
+            entry,
+            envelope.clone(),
+            self.queue.pool().clone(),
+            self.queue.keys(),
+            Arc::clone(&self.name),
+            Arc::clone(&self.files_root),
+        );
+        let outcome = match self.queue.kinds().run(&envelope.kind, envelope.payload.clone(), ctx) {
+            None => Err(JobError::fatal(format!("this worker has no job kind '{}'", envelope.kind))),
+            Some(fut) => {
+                let handle = tokio::spawn(fut);
+                let heartbeat = self.heartbeat(&tenant, &stream_id);
+                tokio::pin!(heartbeat);
+                tokio::pin!(handle);
+                let joined = tokio::select! {
+                    joined = &mut handle => joined,
+                    () = &mut heartbeat => unreachable!("the heartbeat never ends"),
+                };
+                match joined {
+                    Ok(result) => result,
+                    Err(e) if e.is_panic() => Err(JobError::retry("the job panicked")),
+                    Err(_) => Err(JobError::retry("the job was cancelled")),
+                }
+            }
+        };
+        let finish = match outcome {
+            Ok(result) => Finish::Succeeded(result),
+            Err(e) if e.retryable && attempts < self.options.max_attempts => {
+                Finish::Retry(e.message, self.backoff(attempts))
+            }
+            Err(e) => Finish::Dead(e.message),
+        };
+        self.finish(&envelope, &stream_id, finish).await;
+    }
+
+    /// Keeps the entry ours while the job runs: resets its idle time every third of the
+    /// visibility timeout, so no other worker reclaims a job that is still running.
+    async fn heartbeat(&self, tenant: &TenantId, stream_id: &str) {
+        let every = (self.options.visibility_timeout / 3).max(Duration::from_millis(50));
+        let stream = self.queue.keys().stream(tenant);
+        loop {
+            tokio::time::sleep(every).await;
+            if let Ok(mut conn) = self.queue.pool().get().await {
+                let _: redis::RedisResult<redis::Value> = redis::cmd("XCLAIM")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .arg(&*self.name)
+                    .arg(0)
+                    .arg(stream_id)
+                    .arg("JUSTID")
+                    .query_async(&mut *conn)
+                    .await;
+            }
+        }
+    }
+
+    fn backoff(&self, attempts: u32) -> Duration {
+        let base = self.options.backoff.as_millis() as u64;
+        let exp = base.saturating_mul(1u64 << attempts.saturating_sub(1).min(20));
+        let capped = exp.min(300_000);
+        // Equal jitter: half fixed, half random, so retries of a burst spread out.
+        let jitter = rand::random::<u64>() % (capped / 2 + 1);
+        Duration::from_millis(capped / 2 + jitter)
+    }
+
+    async fn mark_running(&self, envelope: &Envelope) -> anyhow::Result<u32> {
+        let key = self.queue.keys().job(&envelope.tenant_id, &envelope.job_id);
+        let mut conn = self.queue.pool().get().await?;
+        let (attempts,): (u32,) = redis::pipe()
+            .atomic()
+            .hset_multiple(
+                &key,
+                &[("status", "running".to_string()), ("started_at", now_ms().to_string())],
+            )
+            .ignore()
+            .hincr(&key, "attempts", 1)
+            .query_async(&mut *conn)
+            .await?;
+        Ok(attempts)
+    }
+
+    async fn finish(&self, envelope: &Envelope, stream_id: &str, finish: Finish) {
+        let keys = self.queue.keys();
+        let stream = keys.stream(&envelope.tenant_id);
+        let status_key = keys.job(&envelope.tenant_id, &envelope.job_id);
+        let now = now_ms().to_string();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        match &finish {
+            Finish::Succeeded(result) => {
+                pipe.hset_multiple(
+                    &status_key,
+                    &[
+                        ("status", "succeeded".to_string()),
+                        ("finished_at", now),
+                        ("result", result.to_string()),
+                    ],
+                )
+                .ignore();
+            }
+            Finish::Retry(error, delay) => {
+                let run_at = now_ms() + delay.as_millis() as i64;
+                let next = Envelope {
+                    attempt: envelope.attempt + 1,
+                    run_at: Some(run_at),
+                    ..envelope.clone()
+                };
+                let json = serde_json::to_string(&next).expect("an envelope serialises");
+                pipe.zadd(keys.delayed(), format!("{}\n{json}", envelope.tenant_id), run_at)
+                    .ignore()
+                    .hset_multiple(
+                        &status_key,
+                        &[
+                            ("status", "failed".to_string()),
+                            ("last_error", error.clone()),
+                            ("next_attempt_at", run_at.to_string()),
+                        ],
+                    )
+                    .ignore();
+            }
+            Finish::Dead(error) => {
+                let json = serde_json::to_string(envelope).expect("an envelope serialises");
+                pipe.xadd(
+                    keys.dead(),
+                    "*",
+                    &[
+                        ("tenant_id", envelope.tenant_id.as_str()),
+                        ("job_id", envelope.job_id.as_str()),
+                        ("error", error.as_str()),
+                        ("job", json.as_str()),
+                    ],
+                )
+                .ignore()
+                .hset_multiple(
+                    &status_key,
+                    &[
+                        ("status", "dead".to_string()),
+                        ("last_error", error.clone()),
+                        ("finished_at", now),
+                    ],
+                )
+                .ignore()
+                .hdel(&status_key, "next_attempt_at")
+                .ignore();
+            }
+            Finish::Parked(reason) => {
+                let json = serde_json::to_string(envelope).expect("an envelope serialises");
+                pipe.xadd(
+                    keys.parked(),
+                    "*",
+                    &[
+                        ("tenant_id", envelope.tenant_id.as_str()),
+                        ("job_id", envelope.job_id.as_str()),
+                        ("reason", reason.as_str()),
+                        ("job", json.as_str()),
+                    ],
+                )
+                .ignore()
+                .hset_multiple(
+                    &status_key,
+                    &[("status", "parked".to_string()), ("last_error", reason.clone())],
+                )
+                .ignore();
+            }
+        }
+        pipe.xack(&stream, GROUP, &[stream_id])
+            .ignore()
+            .xdel(&stream, &[stream_id])
+            .ignore();
+        let result: anyhow::Result<()> = async {
+            let mut conn = self.queue.pool().get().await?;
+            pipe.query_async::<()>(&mut *conn).await?;
+            Ok(())
+        }
+        .await;
+        match (&finish, result) {
+            (_, Err(e)) => tracing::warn!(job_id = %envelope.job_id, error = %e,
+                "could not record a job's end; it will be redelivered (its effect is recorded once)"),
+            (Finish::Parked(reason), Ok(())) => tracing::warn!(tenant.id = %envelope.tenant_id,
+                job_id = %envelope.job_id, reason = %reason, "job parked"),
+            (Finish::Dead(error), Ok(())) => tracing::warn!(tenant.id = %envelope.tenant_id,
+                job_id = %envelope.job_id, error = %error, "job dead"),
+            _ => {}
+        }
+    }
+}
+
+enum Finish {
+    Succeeded(serde_json::Value),
+    Retry(String, Duration),
+    Dead(String),
+    Parked(String),
+}

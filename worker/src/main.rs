@@ -1,0 +1,48 @@
+//! `tenant-router-worker`: runs background jobs, each in its own tenant's context. Settings
+//! are the router's (`tenant-config/router.toml`, `TENANT_ROUTER_*`, flags); it needs the
+//! control database and Redis. An app with its own job kinds builds its own binary like this
+//! one, passing its `JobKinds` to `run_worker`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tenant_router::config::{Settings, SettingsArgs};
+use tenant_router::jobs::{reference, run_worker};
+use tenant_router::server::shutdown_signal;
+
+/// Run tenant-router background jobs until SIGTERM or Ctrl-C.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    settings: SettingsArgs,
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TENANT_ROUTER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let settings = Settings::load(&cli.settings)?;
+        let kinds = reference::kinds_for(settings.diagnostic_jobs);
+        run_worker(&settings, kinds, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
