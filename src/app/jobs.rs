@@ -56,7 +56,10 @@ pub(super) async fn submit_as(
         Err(QueueError::Kind(KindError::UnknownKind)) => {
             return Err(ApiError::Invalid(vec![FieldError::new(
                 "kind",
-                format!("unknown job kind; known: {}", queue.kinds().names().join(", ")),
+                format!(
+                    "unknown job kind; known: {}",
+                    queue.kinds().names().join(", ")
+                ),
             )]));
         }
         Err(QueueError::Kind(KindError::BadPayload(msg))) => {

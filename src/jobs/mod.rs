@@ -53,8 +53,8 @@ pub mod reference;
 mod service;
 mod worker;
 
-pub use service::run_worker;
 pub use queue::{JobQueue, JobStatus, Keys, QueueError};
+pub use service::run_worker;
 pub use worker::{Worker, WorkerOptions};
 
 /// A kind of job: a serialisable payload and what to do with it, in one tenant's context.
@@ -314,7 +314,8 @@ impl JobKinds {
 
     /// Adds kind `J`.
     pub fn with<J: Job>(mut self) -> Self {
-        self.kinds.insert(J::KIND, Arc::new(Typed::<J>(PhantomData)));
+        self.kinds
+            .insert(J::KIND, Arc::new(Typed::<J>(PhantomData)));
         self
     }
 

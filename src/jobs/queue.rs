@@ -333,8 +333,7 @@ impl JobQueue {
             return Ok(None);
         }
         let mut conn = self.pool.get().await?;
-        let fields: BTreeMap<String, String> =
-            conn.hgetall(self.keys.job(tenant, job_id)).await?;
+        let fields: BTreeMap<String, String> = conn.hgetall(self.keys.job(tenant, job_id)).await?;
         if fields.is_empty() {
             return Ok(None);
         }

@@ -101,7 +101,9 @@ impl Job for ExportNotes {
         .await?;
         let mut lines = String::new();
         for note in &notes {
-            lines.push_str(&serde_json::to_string(note).map_err(|e| JobError::fatal(e.to_string()))?);
+            lines.push_str(
+                &serde_json::to_string(note).map_err(|e| JobError::fatal(e.to_string()))?,
+            );
             lines.push('\n');
         }
         let dir = ctx.files_dir()?;

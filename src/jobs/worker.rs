@@ -125,6 +125,9 @@ pub struct Worker {
     files_root: Arc<std::path::Path>,
 }
 
+/// How often a worker looks for tenants with streams it does not read yet.
+const REFRESH_EVERY: Duration = Duration::from_millis(500);
+
 /// Most streams named in one read.
 const STREAMS_PER_READ: usize = 128;
 
@@ -150,10 +153,14 @@ impl Worker {
     /// Runs until `shutdown` turns true, then stops reading, puts back what it had read but
     /// not started, and gives running jobs `grace` to finish. What does not finish stays
     /// pending and is reclaimed by another worker.
-    pub async fn run(self, redis_url: &str, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        redis_url: &str,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
         let client = redis::Client::open(redis_url).context("the Redis URL")?;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(5)));
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
         let reader_conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
@@ -162,6 +169,15 @@ impl Worker {
         this.ensure_doorbell().await?;
 
         let load = Arc::new(Mutex::new(Load::default()));
+        // Every tenant that has a stream is worth one look at start-up.
+        {
+            let mut conn = this.queue.pool().get().await?;
+            let tenants: Vec<String> = conn.smembers(this.queue.keys().tenants()).await?;
+            let mut l = load.lock().unwrap_or_else(|e| e.into_inner());
+            for t in tenants.iter().filter_map(|t| TenantId::parse(t).ok()) {
+                l.activate(t);
+            }
+        }
         let capacity = Arc::new(Notify::new());
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Delivery>>();
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -173,11 +189,8 @@ impl Worker {
             tx.clone(),
             stop_rx.clone(),
         ));
-        let housekeeping = tokio::spawn(Arc::clone(&this).housekeeping(
-            Arc::clone(&load),
-            tx,
-            stop_rx,
-        ));
+        let housekeeping =
+            tokio::spawn(Arc::clone(&this).housekeeping(Arc::clone(&load), tx, stop_rx));
         tracing::info!(worker = %this.name, "worker started");
 
         let mut local: HashMap<TenantId, VecDeque<Delivery>> = HashMap::new();
@@ -217,7 +230,9 @@ impl Worker {
             // Start what may start, one job per tenant per turn.
             let mut idle_turns = 0;
             while running.len() < this.options.concurrency && idle_turns < order.len() {
-                let Some(tenant) = order.pop_front() else { break };
+                let Some(tenant) = order.pop_front() else {
+                    break;
+                };
                 let busy = running_per_tenant.get(&tenant).copied().unwrap_or(0);
                 let queue = local.get_mut(&tenant);
                 match queue {
@@ -252,7 +267,10 @@ impl Worker {
         let _ = housekeeping.await;
         while let Ok(batch) = rx.try_recv() {
             for d in batch {
-                local.entry(d.envelope.tenant_id.clone()).or_default().push_back(d);
+                local
+                    .entry(d.envelope.tenant_id.clone())
+                    .or_default()
+                    .push_back(d);
             }
         }
         let unstarted: Vec<Delivery> = local.into_values().flatten().collect();
@@ -282,12 +300,14 @@ impl Worker {
             .arg("CREATE")
             .arg(self.queue.keys().doorbell())
             .arg(GROUP)
-            .arg("$")
+            .arg("0")
             .arg("MKSTREAM")
             .query_async(&mut *conn)
             .await;
         match created {
-            Err(e) if e.code() != Some("BUSYGROUP") => Err(e).context("creating the doorbell group"),
+            Err(e) if e.code() != Some("BUSYGROUP") => {
+                Err(e).context("creating the doorbell group")
+            }
             _ => Ok(()),
         }
     }
@@ -458,7 +478,11 @@ impl Worker {
                 .xadd(
                     self.queue.keys().dead(),
                     "*",
-                    &[("tenant_id", tenant.as_str()), ("error", "malformed entry"), ("stream_id", stream_id)],
+                    &[
+                        ("tenant_id", tenant.as_str()),
+                        ("error", "malformed entry"),
+                        ("stream_id", stream_id),
+                    ],
                 )
                 .ignore()
                 .xack(&stream, GROUP, &[stream_id])
@@ -480,6 +504,7 @@ impl Worker {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let reclaim_every = (self.options.visibility_timeout / 2).max(Duration::from_millis(200));
         let mut last_reclaim = tokio::time::Instant::now();
+        let mut last_refresh = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {},
@@ -487,6 +512,18 @@ impl Worker {
             }
             if let Err(e) = self.move_due().await {
                 tracing::warn!(error = %e, "moving due retries failed");
+            }
+            // A doorbell entry reaches one worker; the others learn of a busy tenant here.
+            if last_refresh.elapsed() >= REFRESH_EVERY {
+                last_refresh = tokio::time::Instant::now();
+                if let Ok(tenants) = self.tenants_with_streams().await {
+                    let mut l = load.lock().unwrap_or_else(|e| e.into_inner());
+                    for t in tenants {
+                        if !l.active.contains(&t) {
+                            l.activate(t);
+                        }
+                    }
+                }
             }
             if last_reclaim.elapsed() >= reclaim_every {
                 last_reclaim = tokio::time::Instant::now();
@@ -502,7 +539,10 @@ impl Worker {
                             }
                         }
                         if !batch.is_empty() {
-                            tracing::info!(jobs = batch.len(), "reclaimed jobs of a worker that stopped");
+                            tracing::info!(
+                                jobs = batch.len(),
+                                "reclaimed jobs of a worker that stopped"
+                            );
                             if tx.send(batch).is_err() {
                                 return;
                             }
@@ -540,8 +580,10 @@ impl Worker {
             .query_async(&mut *conn)
             .await?;
         if !moved.is_empty() {
-            let mut tenants: Vec<TenantId> =
-                moved.iter().filter_map(|t| TenantId::parse(t).ok()).collect();
+            let mut tenants: Vec<TenantId> = moved
+                .iter()
+                .filter_map(|t| TenantId::parse(t).ok())
+                .collect();
             tenants.sort();
             tenants.dedup();
             ring(&mut conn, keys, &tenants).await?;
@@ -549,26 +591,39 @@ impl Worker {
         Ok(())
     }
 
+    async fn tenants_with_streams(&self) -> anyhow::Result<Vec<TenantId>> {
+        let mut conn = self.queue.pool().get().await?;
+        let tenants: Vec<String> = conn.smembers(self.queue.keys().tenants()).await?;
+        Ok(tenants
+            .iter()
+            .filter_map(|t| TenantId::parse(t).ok())
+            .collect())
+    }
+
     /// Takes over entries idle past the visibility timeout, on every tenant's stream.
     async fn reclaim(&self) -> anyhow::Result<(Vec<TenantId>, Vec<Delivery>)> {
         let keys = self.queue.keys();
         let mut conn = self.queue.pool().get().await?;
         let tenants: Vec<String> = conn.smembers(keys.tenants()).await?;
-        let tenants: Vec<TenantId> = tenants.iter().filter_map(|t| TenantId::parse(t).ok()).collect();
+        let tenants: Vec<TenantId> = tenants
+            .iter()
+            .filter_map(|t| TenantId::parse(t).ok())
+            .collect();
         let min_idle = self.options.visibility_timeout.as_millis() as u64;
         let mut batch = Vec::new();
         for tenant in &tenants {
             let stream = keys.stream(tenant);
-            let reply: redis::RedisResult<redis::streams::StreamAutoClaimReply> = redis::cmd("XAUTOCLAIM")
-                .arg(&stream)
-                .arg(GROUP)
-                .arg(&*self.name)
-                .arg(min_idle)
-                .arg("0-0")
-                .arg("COUNT")
-                .arg(self.options.per_tenant)
-                .query_async(&mut *conn)
-                .await;
+            let reply: redis::RedisResult<redis::streams::StreamAutoClaimReply> =
+                redis::cmd("XAUTOCLAIM")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .arg(&*self.name)
+                    .arg(min_idle)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(self.options.per_tenant)
+                    .query_async(&mut *conn)
+                    .await;
             let reply = match reply {
                 Ok(r) => r,
                 Err(e) if e.code() == Some("NOGROUP") => {
@@ -629,12 +684,20 @@ impl Worker {
         let entry = match entry {
             None => {
                 return self
-                    .finish(&envelope, &stream_id, Finish::Parked("the tenant is unknown or was deleted".into()))
+                    .finish(
+                        &envelope,
+                        &stream_id,
+                        Finish::Parked("the tenant is unknown or was deleted".into()),
+                    )
                     .await;
             }
             Some(e) if e.tenant().state == TenantState::Suspended => {
                 return self
-                    .finish(&envelope, &stream_id, Finish::Parked("the tenant is suspended".into()))
+                    .finish(
+                        &envelope,
+                        &stream_id,
+                        Finish::Parked("the tenant is suspended".into()),
+                    )
                     .await;
             }
             Some(e) => e,
@@ -655,8 +718,15 @@ impl Worker {
             Arc::clone(&self.name),
             Arc::clone(&self.files_root),
         );
-        let outcome = match self.queue.kinds().run(&envelope.kind, envelope.payload.clone(), ctx) {
-            None => Err(JobError::fatal(format!("this worker has no job kind '{}'", envelope.kind))),
+        let outcome = match self
+            .queue
+            .kinds()
+            .run(&envelope.kind, envelope.payload.clone(), ctx)
+        {
+            None => Err(JobError::fatal(format!(
+                "this worker has no job kind '{}'",
+                envelope.kind
+            ))),
             Some(fut) => {
                 let handle = tokio::spawn(fut);
                 let heartbeat = self.heartbeat(&tenant, &stream_id);
@@ -720,7 +790,10 @@ impl Worker {
             .atomic()
             .hset_multiple(
                 &key,
-                &[("status", "running".to_string()), ("started_at", now_ms().to_string())],
+                &[
+                    ("status", "running".to_string()),
+                    ("started_at", now_ms().to_string()),
+                ],
             )
             .ignore()
             .hincr(&key, "attempts", 1)
@@ -756,17 +829,21 @@ impl Worker {
                     ..envelope.clone()
                 };
                 let json = serde_json::to_string(&next).expect("an envelope serialises");
-                pipe.zadd(keys.delayed(), format!("{}\n{json}", envelope.tenant_id), run_at)
-                    .ignore()
-                    .hset_multiple(
-                        &status_key,
-                        &[
-                            ("status", "failed".to_string()),
-                            ("last_error", error.clone()),
-                            ("next_attempt_at", run_at.to_string()),
-                        ],
-                    )
-                    .ignore();
+                pipe.zadd(
+                    keys.delayed(),
+                    format!("{}\n{json}", envelope.tenant_id),
+                    run_at,
+                )
+                .ignore()
+                .hset_multiple(
+                    &status_key,
+                    &[
+                        ("status", "failed".to_string()),
+                        ("last_error", error.clone()),
+                        ("next_attempt_at", run_at.to_string()),
+                    ],
+                )
+                .ignore();
             }
             Finish::Dead(error) => {
                 let json = serde_json::to_string(envelope).expect("an envelope serialises");
@@ -808,7 +885,10 @@ impl Worker {
                 .ignore()
                 .hset_multiple(
                     &status_key,
-                    &[("status", "parked".to_string()), ("last_error", reason.clone())],
+                    &[
+                        ("status", "parked".to_string()),
+                        ("last_error", reason.clone()),
+                    ],
                 )
                 .ignore();
             }

@@ -46,6 +46,23 @@ impl Drop for Instance {
 }
 
 impl Instance {
+    /// Waits for the process to exit (after a signal), with a deadline.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit:\n{}",
+                self.name,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
     }
@@ -106,6 +123,12 @@ impl Cluster {
                 self.reconcile_secs.to_string(),
             )
             .env("TENANT_ROUTER_LOG", "info,sqlx=warn")
+            .env("TENANT_ROUTER_DIAGNOSTIC_JOBS", "true")
+            .env("TENANT_ROUTER_DATA_DIR", self.logs.path())
+            .env("TENANT_ROUTER_JOB_VISIBILITY_TIMEOUT_MS", "1500")
+            .env("TENANT_ROUTER_JOB_BACKOFF_MS", "50")
+            .env("TENANT_ROUTER_JOB_MAX_ATTEMPTS", "3")
+            .env("TENANT_ROUTER_WORKER_GRACE_SECS", "10")
             .env_remove("TENANT_ROUTER_CONFIG");
         cmd
     }
@@ -150,6 +173,38 @@ impl Cluster {
                 instance.log()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        instance
+    }
+
+    /// Starts `tenant-router worker` with extra environment; returns once it logged that
+    /// it started.
+    pub async fn start_worker(&self, name: &str, env: &[(&str, &str)]) -> Instance {
+        let log = self.logs.path().join(format!("{name}.log"));
+        let mut cmd = self.command(&["worker"]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let instance = Instance {
+            name: name.to_string(),
+            child,
+            port: 0,
+            admin_port: 0,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !instance.log().contains("worker started") {
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not start:\n{}",
+                instance.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         instance
     }

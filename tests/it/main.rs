@@ -6,6 +6,7 @@ mod admin;
 mod cluster;
 mod demo;
 mod harness;
+mod jobs;
 mod local;
 mod migrate;
 mod notes;

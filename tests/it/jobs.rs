@@ -1,0 +1,639 @@
+//! Background jobs with real worker processes: the right tenant every time, crash recovery,
+//! retries and dead letters, parking, two workers, fairness and graceful shutdown.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tenant_router::jobs::{JobQueue, Keys, reference};
+use tenant_router::tenant::{DatabaseUrl, TenantId};
+
+use crate::cluster::{Cluster, Instance};
+use crate::harness::{problem, shared_postgres, tenant_database};
+
+struct Site {
+    host: String,
+    db: DatabaseUrl,
+    token: String,
+}
+
+async fn add_tenant(cluster: &Cluster, server: &Instance, id: &str) -> Site {
+    let db = tenant_database(shared_postgres().await, id).await;
+    let host = format!("{id}.example.org");
+    let r = cluster
+        .admin(
+            server,
+            Method::POST,
+            "/admin/tenants",
+            Some(json!({"id": id, "hosts": [host], "database": db.expose()})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let post = |path: &str, body: Value| {
+        cluster
+            .client
+            .post(server.url(path))
+            .header("Host", &host)
+            .json(&body)
+            .send()
+    };
+    let r = post(
+        "/api/register",
+        json!({"username": "jobuser", "email": "u@example.com", "password": "correct horse"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = post(
+        "/api/login",
+        json!({"email": "u@example.com", "password": "correct horse"}),
+    )
+    .await
+    .unwrap();
+    let token = r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    Site { host, db, token }
+}
+
+async fn submit(
+    cluster: &Cluster,
+    server: &Instance,
+    site: &Site,
+    kind: &str,
+    payload: Value,
+) -> String {
+    let r = cluster
+        .client
+        .post(server.url("/api/jobs"))
+        .header("Host", &site.host)
+        .bearer_auth(&site.token)
+        .json(&json!({"kind": kind, "payload": payload}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::ACCEPTED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["status_url"],
+        format!("/api/jobs/{}", body["job_id"].as_str().unwrap())
+    );
+    body["job_id"].as_str().unwrap().to_string()
+}
+
+async fn status(cluster: &Cluster, server: &Instance, site: &Site, job_id: &str) -> Value {
+    let r = cluster
+        .client
+        .get(server.url(&format!("/api/jobs/{job_id}")))
+        .header("Host", &site.host)
+        .bearer_auth(&site.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+async fn wait_for(
+    cluster: &Cluster,
+    server: &Instance,
+    site: &Site,
+    job_id: &str,
+    want: &str,
+    within: Duration,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = status(cluster, server, site, job_id).await;
+        if s["status"] == want {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "job {job_id} is {s}, not {want}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn pool(db: &DatabaseUrl) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(db.connect_options())
+        .await
+        .unwrap()
+}
+
+async fn count(db: &DatabaseUrl, sql: &'static str) -> i64 {
+    let p = pool(db).await;
+    let n = sqlx::query_scalar(sql).fetch_one(&p).await.unwrap();
+    p.close().await;
+    n
+}
+
+fn queue(cluster: &Cluster) -> JobQueue {
+    JobQueue::new(
+        &cluster.redis.url(),
+        Keys::default(),
+        reference::kinds_with_diagnostics(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_jobs_land_in_their_own_tenants_database() {
+    let cluster = Cluster::new().await;
+    let server = cluster.start("server").await;
+    let one = add_tenant(&cluster, &server, "jobs-one").await;
+    let two = add_tenant(&cluster, &server, "jobs-two").await;
+    let _worker = cluster.start_worker("worker", &[]).await;
+
+    let mut jobs = Vec::new();
+    for n in 0..20 {
+        for (site, name) in [(&one, "one"), (&two, "two")] {
+            let r = cluster
+                .client
+                .post(server.url("/api/notes?async=true"))
+                .header("Host", &site.host)
+                .bearer_auth(&site.token)
+                .json(&json!({"content": format!("{name} {n}")}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::ACCEPTED);
+            let id = r.json::<Value>().await.unwrap()["job_id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            jobs.push((site, id));
+        }
+    }
+    for (site, id) in &jobs {
+        let s = wait_for(
+            &cluster,
+            &server,
+            site,
+            id,
+            "succeeded",
+            Duration::from_secs(20),
+        )
+        .await;
+        assert_eq!(s["attempts"], 1);
+        assert!(s["result"]["note_id"].is_i64(), "{s}");
+    }
+    for (site, mine, theirs) in [(&one, "one %", "two %"), (&two, "two %", "one %")] {
+        let p = pool(&site.db).await;
+        let (m, t): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE content LIKE $1), count(*) FILTER (WHERE content LIKE $2) FROM notes",
+        )
+        .bind(mine)
+        .bind(theirs)
+        .fetch_one(&p)
+        .await
+        .unwrap();
+        assert_eq!((m, t), (20, 0), "{}", site.host);
+    }
+    // A job of tenant one is not visible from tenant two, even with the id.
+    let r = cluster
+        .client
+        .get(server.url(&format!("/api/jobs/{}", jobs[0].1)))
+        .header("Host", &two.host)
+        .bearer_auth(&two.token)
+        .send()
+        .await
+        .unwrap();
+    problem(r, StatusCode::NOT_FOUND).await;
+
+    // The export writes the user's notes into the tenant's own directory.
+    let id = submit(&cluster, &server, &one, "notes.export", json!({})).await;
+    let s = wait_for(
+        &cluster,
+        &server,
+        &one,
+        &id,
+        "succeeded",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(s["result"]["rows"], 20);
+    let file = cluster
+        .logs
+        .path()
+        .join("files/jobs-one")
+        .join(s["result"]["file"].as_str().unwrap());
+    let text = std::fs::read_to_string(file).unwrap();
+    assert_eq!(text.lines().count(), 20);
+    assert!(text.lines().all(|l| l.contains("\"one ")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_submissions_are_4xx() {
+    let cluster = Cluster::new().await;
+    let server = cluster.start("server").await;
+    let site = add_tenant(&cluster, &server, "jobs-bad").await;
+    let post = |body: Value, token: Option<&str>| {
+        let mut req = cluster
+            .client
+            .post(server.url("/api/jobs"))
+            .header("Host", &site.host)
+            .json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move { req.send().await.unwrap() }
+    };
+    let body = problem(
+        post(json!({"kind": "nope"}), Some(&site.token)).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "kind");
+    let body = problem(
+        post(
+            json!({"kind": "notes.create", "payload": {"content": 5}}),
+            Some(&site.token),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "payload");
+    problem(
+        post(
+            json!({"kind": "notes.create", "payload": {"content": "x"}, "tenant": "other"}),
+            Some(&site.token),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    problem(
+        post(json!({"kind": "diag.noop"}), None).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    let r = cluster
+        .client
+        .get(server.url("/api/jobs/00000000000000000000000000000000"))
+        .header("Host", &site.host)
+        .bearer_auth(&site.token)
+        .send()
+        .await
+        .unwrap();
+    problem(r, StatusCode::NOT_FOUND).await;
+    let r = cluster
+        .client
+        .post(server.url("/api/notes?async=true"))
+        .header("Host", &site.host)
+        .bearer_auth(&site.token)
+        .json(&json!({"content": "   "}))
+        .send()
+        .await
+        .unwrap();
+    problem(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_then_success_and_dead_letters_after_the_last_attempt() {
+    let cluster = Cluster::new().await;
+    let server = cluster.start("server").await;
+    let site = add_tenant(&cluster, &server, "jobs-retry").await;
+    let _worker = cluster.start_worker("worker", &[]).await;
+
+    let flaky = submit(
+        &cluster,
+        &server,
+        &site,
+        "diag.flaky",
+        json!({"failures": 2}),
+    )
+    .await;
+    let s = wait_for(
+        &cluster,
+        &server,
+        &site,
+        &flaky,
+        "succeeded",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(s["attempts"], 3, "{s}");
+    assert_eq!(s["last_error"], "planned failure 2 of 2");
+
+    let doomed = submit(
+        &cluster,
+        &server,
+        &site,
+        "diag.fail",
+        json!({"message": "always broken"}),
+    )
+    .await;
+    let s = wait_for(
+        &cluster,
+        &server,
+        &site,
+        &doomed,
+        "dead",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(s["attempts"], 3, "max attempts is 3 here: {s}");
+    assert_eq!(s["last_error"], "always broken");
+    let redis = redis::Client::open(cluster.redis.url()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let dead: redis::streams::StreamRangeReply =
+        redis::AsyncCommands::xrange_all(&mut conn, Keys::default().dead())
+            .await
+            .unwrap();
+    let entry = dead
+        .ids
+        .iter()
+        .find(|e| e.get::<String>("job_id").as_deref() == Some(doomed.as_str()))
+        .expect("the dead job is in the dead-letter stream");
+    assert_eq!(
+        entry.get::<String>("error").as_deref(),
+        Some("always broken")
+    );
+    assert_eq!(
+        entry.get::<String>("tenant_id").as_deref(),
+        Some("jobs-retry")
+    );
+    assert_eq!(
+        count(&site.db, "SELECT count(*) FROM job_runs").await,
+        1,
+        "only the flaky job's effect"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_of_a_deleted_or_unknown_tenant_are_parked_and_write_nothing() {
+    let cluster = Cluster::new().await;
+    let server = cluster.start("server").await;
+    let doomed = add_tenant(&cluster, &server, "jobs-doomed").await;
+    let other = add_tenant(&cluster, &server, "jobs-other").await;
+    // Queued while no worker runs, then the tenant is deleted.
+    let mut queued = Vec::new();
+    for _ in 0..5 {
+        queued.push(submit(&cluster, &server, &doomed, "diag.record", json!({})).await);
+    }
+    let r = cluster
+        .admin(&server, Method::DELETE, "/admin/tenants/jobs-doomed", None)
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // The worker runs another tenant's job first: the Celery failure mode would reuse it.
+    let first = submit(&cluster, &server, &other, "diag.record", json!({})).await;
+    // And a job naming a tenant that never existed.
+    let ghost = queue(&cluster)
+        .submit(
+            &TenantId::parse("ghost").unwrap(),
+            "diag.record",
+            json!({}),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+
+    let _worker = cluster.start_worker("worker", &[]).await;
+    wait_for(
+        &cluster,
+        &server,
+        &other,
+        &first,
+        "succeeded",
+        Duration::from_secs(20),
+    )
+    .await;
+    let q = queue(&cluster);
+    for (tenant, id) in queued
+        .iter()
+        .map(|id| ("jobs-doomed", id.clone()))
+        .chain([("ghost", ghost)])
+    {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = q
+                .status(&TenantId::parse(tenant).unwrap(), &id)
+                .await
+                .unwrap()
+                .unwrap();
+            if s.status == "parked" {
+                assert_eq!(s.attempts, 0, "a parked job never started");
+                assert!(s.last_error.unwrap().contains("unknown or was deleted"));
+                break;
+            }
+            assert!(Instant::now() < deadline, "{tenant}/{id} is {}", s.status);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(count(&doomed.db, "SELECT count(*) FROM job_runs").await, 0);
+    assert_eq!(
+        count(&other.db, "SELECT count(*) FROM job_runs").await,
+        1,
+        "only its own job"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_a_killed_worker_is_reclaimed_and_applied_once() {
+    let cluster = Cluster::new().await;
+    let server = cluster.start("server").await;
+    let site = add_tenant(&cluster, &server, "jobs-crash").await;
+    let first = cluster.start_worker("first", &[]).await;
+    let id = submit(&cluster, &server, &site, "diag.sleep", json!({"ms": 2500})).await;
+    wait_for(
+        &cluster,
+        &server,
+        &site,
+        &id,
+        "running",
+        Duration::from_secs(20),
+    )
+    .await;
+    // Mid-job: its transaction is open, its effect not committed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.signal(Signal::SIGKILL);
+    let second = cluster.start_worker("second", &[]).await;
+    let s = wait_for(
+        &cluster,
+        &server,
+        &site,
+        &id,
+        "succeeded",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        s["result"]["worker"]
+            .as_str()
+            .map(|w| w.contains(&format!("-{}-", second.pid()))),
+        Some(true),
+        "finished by the second worker: {s}"
+    );
+    assert_eq!(count(&site.db, "SELECT count(*) FROM job_runs").await, 1);
+    // Both workers started it; only the second finished it.
+    let redis = redis::Client::open(cluster.redis.url()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let log: Vec<String> = redis::AsyncCommands::lrange(
+        &mut conn,
+        format!(
+            "{}diag:runs",
+            Keys::default().namespace(&TenantId::parse("jobs-crash").unwrap())
+        ),
+        0,
+        -1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        log.iter().filter(|l| l.starts_with("start")).count(),
+        2,
+        "{log:?}"
+    );
+    assert_eq!(
+        log.iter().filter(|l| l.starts_with("end")).count(),
+        1,
+        "{log:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_the_load_and_never_run_a_job_twice() {
+    let cluster = Cluster::new().await;
+    let server = cluster.start("server").await;
+    let site = add_tenant(&cluster, &server, "jobs-pair").await;
+    let _a = cluster
+        .start_worker("w-a", &[("TENANT_ROUTER_WORKER_TENANT_CONCURRENCY", "4")])
+        .await;
+    let _b = cluster
+        .start_worker("w-b", &[("TENANT_ROUTER_WORKER_TENANT_CONCURRENCY", "4")])
+        .await;
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        ids.push(submit(&cluster, &server, &site, "diag.sleep", json!({"ms": 50})).await);
+    }
+    for id in &ids {
+        wait_for(
+            &cluster,
+            &server,
+            &site,
+            id,
+            "succeeded",
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+    let p = pool(&site.db).await;
+    let by_worker: Vec<(Option<String>, i64)> =
+        sqlx::query_as("SELECT result->>'worker', count(*) FROM job_runs GROUP BY 1 ORDER BY 1")
+            .fetch_all(&p)
+            .await
+            .unwrap();
+    assert_eq!(by_worker.len(), 2, "both workers took jobs: {by_worker:?}");
+    assert_eq!(by_worker.iter().map(|(_, n)| n).sum::<i64>(), 100);
+    let redis = redis::Client::open(cluster.redis.url()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let log: Vec<String> = redis::AsyncCommands::lrange(
+        &mut conn,
+        format!(
+            "{}diag:runs",
+            Keys::default().namespace(&TenantId::parse("jobs-pair").unwrap())
+        ),
+        0,
+        -1,
+    )
+    .await
+    .unwrap();
+    for id in &ids {
+        let starts = log
+            .iter()
+            .filter(|l| l.starts_with(&format!("start {id} ")))
+            .count();
+        assert_eq!(starts, 1, "job {id} started {starts} times");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenants_backlog_does_not_starve_another() {
+    let cluster = Cluster::new().await;
+    let server = cluster.start("server").await;
+    let flood = add_tenant(&cluster, &server, "jobs-flood").await;
+    let single = add_tenant(&cluster, &server, "jobs-single").await;
+    let q = queue(&cluster);
+    let flood_id = TenantId::parse("jobs-flood").unwrap();
+    // 10,000 jobs queued for one tenant before any worker runs.
+    for _ in 0..20 {
+        let batch = (0..500).map(|_| q.submit(&flood_id, "diag.record", json!({}), None, None));
+        for r in futures_util::future::join_all(batch).await {
+            r.unwrap();
+        }
+    }
+    let _worker = cluster
+        .start_worker(
+            "worker",
+            &[("TENANT_ROUTER_WORKER_TENANT_CONCURRENCY", "4")],
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let id = submit(&cluster, &server, &single, "diag.record", json!({})).await;
+    wait_for(
+        &cluster,
+        &server,
+        &single,
+        &id,
+        "succeeded",
+        Duration::from_secs(60),
+    )
+    .await;
+    let drained = count(&flood.db, "SELECT count(*) FROM job_runs").await;
+    assert!(
+        drained < 5_000,
+        "the single job waited for {drained} of the backlog"
+    );
+    assert!(drained > 0, "the backlog was being worked on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_load_loses_no_job() {
+    let cluster = Cluster::new().await;
+    let server = cluster.start("server").await;
+    let site = add_tenant(&cluster, &server, "jobs-term").await;
+    let mut first = cluster
+        .start_worker("first", &[("TENANT_ROUTER_WORKER_TENANT_CONCURRENCY", "4")])
+        .await;
+    let mut ids = Vec::new();
+    for _ in 0..80 {
+        ids.push(submit(&cluster, &server, &site, "diag.sleep", json!({"ms": 40})).await);
+    }
+    // Let it get going, then ask it to stop.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(&site.db, "SELECT count(*) FROM job_runs").await < 8 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.signal(Signal::SIGTERM);
+    let exit = first.wait_exit(Duration::from_secs(20)).await;
+    assert!(exit.success(), "{exit}:\n{}", first.log());
+    assert!(first.log().contains("worker stopped"), "{}", first.log());
+    let done_by_first = count(&site.db, "SELECT count(*) FROM job_runs").await;
+    assert!(done_by_first < 80, "stopped before the end of the load");
+
+    let _second = cluster.start_worker("second", &[]).await;
+    for id in &ids {
+        wait_for(
+            &cluster,
+            &server,
+            &site,
+            id,
+            "succeeded",
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+    assert_eq!(count(&site.db, "SELECT count(*) FROM job_runs").await, 80);
+}
