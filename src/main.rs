@@ -461,7 +461,30 @@ async fn demo(settings: &mut Settings) -> anyhow::Result<ExitCode> {
         ),
         None => println!("  admin token: the one printed on the demo's first start"),
     }
-    app.run_until(shutdown_signal()).await?;
+    // One Ctrl-C stops the server and the in-process worker alike.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let worker_settings = settings.clone();
+    let worker_stop = stopped(stop_rx.clone());
+    let worker = tokio::spawn(async move {
+        let kinds = tenant_router::jobs::reference::kinds_for(worker_settings.diagnostic_jobs);
+        tenant_router::jobs::run_worker(&worker_settings, kinds, worker_stop).await
+    });
+    println!(
+        "  background jobs: a worker runs in this process (POST /api/jobs, /api/notes?async=true)"
+    );
+    app.run_until(stopped(stop_rx)).await?;
+    match worker.await {
+        Ok(Err(e)) => eprintln!("worker: {e:#}"),
+        Err(e) => eprintln!("worker: {e}"),
+        Ok(Ok(())) => {}
+    }
     drop(own_redis);
     drop(own_postgres);
     println!("stopped");

@@ -101,6 +101,10 @@ impl Demo {
     }
 }
 
+fn host_1() -> &'static str {
+    "tenant-1.test.com"
+}
+
 #[tokio::test]
 async fn demo_serves_both_tenants_and_keeps_data_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
@@ -148,6 +152,47 @@ async fn demo_serves_both_tenants_and_keeps_data_across_restarts() {
         .await
         .unwrap();
     assert_eq!(ready["bus"]["state"], "connected", "{ready}");
+    // Its worker runs background jobs: a note created through one.
+    let r = demo
+        .post(host_1(), "/api/login", login.clone())
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let user_token = r["token"].as_str().unwrap().to_string();
+    let r = demo
+        .client
+        .post(format!("{}/api/notes?async=true", demo.base))
+        .header("Host", host_1())
+        .bearer_auth(&user_token)
+        .json(&json!({"content": "written by the worker"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let status_url = r.json::<Value>().await.unwrap()["status_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s: Value = demo
+            .client
+            .get(format!("{}{status_url}", demo.base))
+            .header("Host", host_1())
+            .bearer_auth(&user_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if s["status"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     demo.interrupt();
 
     let demo = Demo::start(dir.path(), port).await;
