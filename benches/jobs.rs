@@ -135,6 +135,8 @@ async fn raw_rate_per_message(url: &str, n: u64) -> anyhow::Result<f64> {
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
+type WorkerTask = tokio::task::JoinHandle<anyhow::Result<()>>;
+
 struct Setup {
     redis_url: String,
     sync: Arc<ConfigSync>,
@@ -147,10 +149,7 @@ fn start_workers(
     setup: &Setup,
     kinds: &JobKinds,
     n: usize,
-) -> anyhow::Result<(
-    watch::Sender<bool>,
-    Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
-)> {
+) -> anyhow::Result<(watch::Sender<bool>, Vec<WorkerTask>)> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut handles = Vec::new();
     for i in 0..n {
@@ -169,10 +168,7 @@ fn start_workers(
     Ok((stop_tx, handles))
 }
 
-async fn stop(
-    stop_tx: watch::Sender<bool>,
-    handles: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
-) -> anyhow::Result<()> {
+async fn stop(stop_tx: watch::Sender<bool>, handles: Vec<WorkerTask>) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     for h in handles {
         h.await??;

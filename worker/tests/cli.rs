@@ -19,7 +19,10 @@ fn without_redis_it_says_what_is_missing() {
     let out = Command::new(env!("CARGO_BIN_EXE_tenant-router-worker"))
         .env_remove("TENANT_ROUTER_REDIS_URL")
         .env_remove("TENANT_ROUTER_CONFIG")
-        .env("TENANT_ROUTER_DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .env(
+            "TENANT_ROUTER_DATABASE_URL",
+            "postgres://nobody@127.0.0.1:1/none",
+        )
         .current_dir(std::env::temp_dir())
         .output()
         .unwrap();
