@@ -19,6 +19,8 @@ pub(super) struct SubmitBody {
     kind: String,
     #[serde(default = "empty_object")]
     payload: Value,
+    /// Not before this time (RFC 3339), at most 7 days ahead.
+    run_at: Option<String>,
 }
 
 fn empty_object() -> Value {
@@ -47,9 +49,10 @@ pub(super) async fn submit_as(
     user: AuthUser,
     kind: &str,
     payload: Value,
+    run_at: Option<i64>,
 ) -> Result<Response, ApiError> {
     let job_id = match queue
-        .submit(tenant.id(), kind, payload, Some(user.user_id), None)
+        .submit(tenant.id(), kind, payload, Some(user.user_id), run_at)
         .await
     {
         Ok(id) => id,
@@ -94,7 +97,32 @@ pub(super) async fn submit(
     user: AuthUser,
     ApiJson(body): ApiJson<SubmitBody>,
 ) -> Result<Response, ApiError> {
-    submit_as(queue(&config)?, &tenant, user, &body.kind, body.payload).await
+    let run_at = body.run_at.as_deref().map(parse_run_at).transpose()?;
+    submit_as(
+        queue(&config)?,
+        &tenant,
+        user,
+        &body.kind,
+        body.payload,
+        run_at,
+    )
+    .await
+}
+
+fn parse_run_at(text: &str) -> Result<i64, ApiError> {
+    let at = chrono::DateTime::parse_from_rfc3339(text)
+        .map_err(|_| {
+            ApiError::invalid(
+                "run_at",
+                "must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z",
+            )
+        })?
+        .timestamp_millis();
+    let latest = chrono::Utc::now().timestamp_millis() + 7 * 86_400_000;
+    if at > latest {
+        return Err(ApiError::invalid("run_at", "must be at most 7 days ahead"));
+    }
+    Ok(at)
 }
 
 /// A job's status; 404 for a job of another tenant (it is not in this tenant's namespace)

@@ -148,7 +148,7 @@ pub(super) async fn create(
     if q.run_async {
         let queue = super::jobs::queue(&config)?;
         let payload = serde_json::json!({ "content": body.content });
-        return super::jobs::submit_as(queue, &tenant, user, "notes.create", payload).await;
+        return super::jobs::submit_as(queue, &tenant, user, "notes.create", payload, None).await;
     }
     let note: Note = sqlx::query_as(
         "INSERT INTO notes (user_id, content) VALUES ($1, $2)

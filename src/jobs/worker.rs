@@ -710,6 +710,15 @@ impl Worker {
                 return;
             }
         };
+        if attempts > self.options.max_attempts {
+            // Started that often without ever finishing: its workers died each time.
+            let error = format!(
+                "started {attempts} times without finishing (its worker stopped each time)"
+            );
+            return self
+                .finish(&envelope, &stream_id, Finish::Dead(error))
+                .await;
+        }
         let ctx = JobContext::new(
             entry,
             envelope.clone(),

@@ -277,6 +277,18 @@ async fn bad_submissions_are_4xx() {
         StatusCode::UNAUTHORIZED,
     )
     .await;
+    for run_at in ["tomorrow", "2999-01-01T00:00:00Z"] {
+        let body = problem(
+            post(
+                json!({"kind": "diag.noop", "run_at": run_at}),
+                Some(&site.token),
+            )
+            .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+        assert_eq!(body["errors"][0]["field"], "run_at");
+    }
     let r = cluster
         .client
         .get(server.url("/api/jobs/00000000000000000000000000000000"))
@@ -325,6 +337,40 @@ async fn retries_then_success_and_dead_letters_after_the_last_attempt() {
     assert_eq!(s["attempts"], 3, "{s}");
     assert_eq!(s["last_error"], "planned failure 2 of 2");
 
+    // Scheduled: not run before its time.
+    let at = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let r = cluster
+        .client
+        .post(server.url("/api/jobs"))
+        .header("Host", &site.host)
+        .bearer_auth(&site.token)
+        .json(&json!({"kind": "diag.record", "run_at": at.to_rfc3339()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let later = r.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        status(&cluster, &server, &site, &later).await["status"],
+        "queued"
+    );
+    let s = wait_for(
+        &cluster,
+        &server,
+        &site,
+        &later,
+        "succeeded",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(
+        s["started_at"].as_i64().unwrap() >= at.timestamp_millis(),
+        "{s}"
+    );
+
     let doomed = submit(
         &cluster,
         &server,
@@ -365,8 +411,8 @@ async fn retries_then_success_and_dead_letters_after_the_last_attempt() {
     );
     assert_eq!(
         count(&site.db, "SELECT count(*) FROM job_runs").await,
-        1,
-        "only the flaky job's effect"
+        2,
+        "only the flaky and the scheduled jobs' effects"
     );
 }
 
