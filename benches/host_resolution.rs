@@ -20,6 +20,7 @@ fn registry(n: usize) -> Registry {
             database: DatabaseUrl::parse(&format!("postgres://app@db/tenant_{i}")).unwrap(),
             pool: PoolSettings::default(),
             state: TenantState::Active,
+            isolation: Default::default(),
             version: i as i64 + 1,
         })
         .collect();

@@ -46,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
                     idle_timeout_secs: 300,
                 },
                 state: TenantState::Active,
+                isolation: Default::default(),
             })
             .await?;
     }

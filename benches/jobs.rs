@@ -266,6 +266,7 @@ async fn main() -> anyhow::Result<()> {
                     idle_timeout_secs: 300,
                 },
                 state: TenantState::Active,
+                isolation: Default::default(),
             },
             WriteMode::Create,
         )

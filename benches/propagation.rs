@@ -110,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
             idle_timeout_secs: 300,
         },
         state: TenantState::Active,
+        isolation: Default::default(),
     };
     let (mut to_b, mut to_c, mut commits) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..changes + 50 {

@@ -108,6 +108,19 @@ pub struct SettingsArgs {
     /// Where jobs write files, one directory per tenant [default: <data_dir>/files].
     #[arg(long, env = "TENANT_ROUTER_FILES_DIR", global = true)]
     pub files_dir: Option<PathBuf>,
+    /// The shared database of shared tenants (schema `shared` in it)
+    /// [default: the control database].
+    #[arg(
+        long,
+        env = "TENANT_ROUTER_SHARED_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub shared_database_url: Option<String>,
+    /// The apex host, where `POST /api/login` finds a user's tenant by email
+    /// [default: test.com].
+    #[arg(long, env = "TENANT_ROUTER_APEX_HOST", global = true)]
+    pub apex_host: Option<String>,
 }
 
 /// The settings file's shape; every key optional.
@@ -137,6 +150,8 @@ struct FileSettings {
     worker_grace_secs: Option<u64>,
     diagnostic_jobs: Option<bool>,
     files_dir: Option<PathBuf>,
+    shared_database_url: Option<String>,
+    apex_host: Option<String>,
 }
 
 /// The resolved settings.
@@ -176,6 +191,10 @@ pub struct Settings {
     pub worker: crate::jobs::WorkerOptions,
     /// Whether the `diag.*` job kinds are accepted.
     pub diagnostic_jobs: bool,
+    /// The shared database; `None` means the control database.
+    pub shared_database_url: Option<DatabaseUrl>,
+    /// The apex host.
+    pub apex_host: String,
 }
 
 impl Settings {
@@ -344,6 +363,22 @@ impl Settings {
                 .diagnostic_jobs
                 .or(file.diagnostic_jobs)
                 .unwrap_or(false),
+            shared_database_url: url(
+                "shared_database_url (TENANT_ROUTER_SHARED_DATABASE_URL)",
+                args.shared_database_url
+                    .clone()
+                    .or(file.shared_database_url),
+            )?,
+            apex_host: {
+                let raw = args
+                    .apex_host
+                    .clone()
+                    .or(file.apex_host)
+                    .unwrap_or_else(|| "test.com".into());
+                crate::tenant::TenantHost::parse(&raw)
+                    .context("apex_host (TENANT_ROUTER_APEX_HOST)")?
+                    .to_string()
+            },
         })
     }
 
@@ -353,6 +388,13 @@ impl Settings {
             url: url.clone(),
             channel: self.redis_channel.clone(),
         })
+    }
+
+    /// The shared database: the configured one, else the control database.
+    pub fn shared_database(&self) -> Option<DatabaseUrl> {
+        self.shared_database_url
+            .clone()
+            .or_else(|| self.database_url.clone())
     }
 
     /// The control database URL, or an error naming the setting.

@@ -6,7 +6,9 @@ use anyhow::Context as _;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Row, migrate::Migrator};
 
-use crate::tenant::{DatabaseUrl, PoolSettings, Tenant, TenantHost, TenantId, TenantState};
+use crate::tenant::{
+    DatabaseUrl, Isolation, PoolSettings, Tenant, TenantHost, TenantId, TenantState,
+};
 
 /// Migrations of the control database (`migrations/control/`).
 pub static CONTROL_MIGRATOR: Migrator = sqlx::migrate!("./migrations/control");
@@ -33,6 +35,8 @@ pub struct TenantSpec {
     pub pool: PoolSettings,
     /// State.
     pub state: TenantState,
+    /// Dedicated or shared.
+    pub isolation: Isolation,
 }
 
 /// Why a write was refused.
@@ -76,7 +80,7 @@ pub enum UpsertOutcome {
 
 const SELECT_TENANTS: &str = "
     SELECT t.id, t.database_url, t.max_connections, t.idle_timeout_secs, t.state, t.version,
-           coalesce(array_agg(h.host ORDER BY h.host) FILTER (WHERE h.host IS NOT NULL), '{}')
+           t.isolation, coalesce(array_agg(h.host ORDER BY h.host) FILTER (WHERE h.host IS NOT NULL), '{}')
                AS hosts
     FROM tenants t LEFT JOIN tenant_hosts h ON h.tenant_id = t.id";
 
@@ -179,6 +183,7 @@ impl ControlDb {
         lock_writers(&mut tx).await?;
         let existing = sqlx::query(
             "SELECT database_url, max_connections, idle_timeout_secs, state, provisioned, version,
+                    isolation,
                     array(SELECT host FROM tenant_hosts WHERE tenant_id = $1 ORDER BY host) AS hosts
              FROM tenants WHERE id = $1 FOR UPDATE",
         )
@@ -200,6 +205,7 @@ impl ControlDb {
             database: spec.database.clone(),
             pool: spec.pool,
             state: spec.state,
+            isolation: spec.isolation,
             version,
         };
 
@@ -226,6 +232,8 @@ impl ControlDb {
                     && row.try_get::<String, _>("state").ok().as_deref()
                         == Some(spec.state.as_str())
                     && row.try_get::<bool, _>("provisioned").ok() == Some(spec.provisioned)
+                    && row.try_get::<String, _>("isolation").ok().as_deref()
+                        == Some(spec.isolation.as_str())
                     && row.try_get::<Vec<String>, _>("hosts").ok().as_ref() == Some(&hosts);
                 if same {
                     return Ok(Written {
@@ -238,9 +246,11 @@ impl ControlDb {
         };
 
         let version: i64 = sqlx::query_scalar(
-            "INSERT INTO tenants (id, database_url, max_connections, idle_timeout_secs, state, provisioned)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO tenants (id, database_url, max_connections, idle_timeout_secs, state, provisioned,
+                                  isolation)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (id) DO UPDATE SET
+                 isolation = EXCLUDED.isolation,
                  database_url = EXCLUDED.database_url,
                  max_connections = EXCLUDED.max_connections,
                  idle_timeout_secs = EXCLUDED.idle_timeout_secs,
@@ -256,6 +266,7 @@ impl ControlDb {
         .bind(spec.pool.idle_timeout_secs as i32)
         .bind(spec.state.as_str())
         .bind(spec.provisioned)
+        .bind(spec.isolation.as_str())
         .fetch_one(&mut *tx)
         .await
         .context("writing the tenant")?;
@@ -460,13 +471,13 @@ impl ControlDb {
     pub async fn changes_since(&self, after: i64) -> anyhow::Result<Vec<Change>> {
         let rows = sqlx::query(
             "SELECT t.id, t.database_url, t.max_connections, t.idle_timeout_secs, t.state,
-                    t.version, coalesce(array_agg(h.host ORDER BY h.host)
+                    t.version, t.isolation, coalesce(array_agg(h.host ORDER BY h.host)
                         FILTER (WHERE h.host IS NOT NULL), '{}') AS hosts,
                     false AS removed
              FROM tenants t LEFT JOIN tenant_hosts h ON h.tenant_id = t.id
              WHERE t.version > $1 GROUP BY t.id
              UNION ALL
-             SELECT tenant_id, NULL, NULL, NULL, NULL, version, NULL, true
+             SELECT tenant_id, NULL, NULL, NULL, NULL, version, NULL, NULL, true
              FROM tenant_tombstones WHERE version > $1
              ORDER BY version",
         )
@@ -524,6 +535,7 @@ fn parse_tenant(row: &PgRow) -> anyhow::Result<Tenant> {
         database: DatabaseUrl::parse(row.try_get("database_url")?)?,
         pool,
         state: row.try_get::<String, _>("state")?.parse()?,
+        isolation: row.try_get::<String, _>("isolation")?.parse()?,
         version: row.try_get("version")?,
     })
 }

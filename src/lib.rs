@@ -39,6 +39,7 @@ pub mod problem;
 pub mod provision;
 pub mod registry;
 pub mod server;
+pub mod shared;
 pub mod sync;
 pub mod tenant;
 pub mod tenants_file;

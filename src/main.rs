@@ -17,6 +17,7 @@ use tenant_router::operations::{
 use tenant_router::problem::FieldError;
 use tenant_router::provision::{self, MigrationOutcome};
 use tenant_router::server::{Application, shutdown_signal};
+use tenant_router::shared::SharedDb;
 use tenant_router::tenant::TenantId;
 use tenant_router::tenants_file::{self, TenantsFile};
 
@@ -77,6 +78,9 @@ enum TenantsCommand {
         /// active or suspended [default: active].
         #[arg(long)]
         state: Option<String>,
+        /// dedicated (its own database) or shared (the shared database) [default: dedicated].
+        #[arg(long)]
+        isolation: Option<String>,
     },
     /// Change a tenant; what is not given is left alone.
     Update {
@@ -192,6 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             database,
             pool,
             state,
+            isolation,
         }) => {
             let request = NewTenantRequest {
                 id: Some(id),
@@ -199,6 +204,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 database,
                 pool: pool.request(),
                 state,
+                isolation,
             };
             let new = match request.validate() {
                 Ok(new) => new,
@@ -273,7 +279,8 @@ async fn operations(settings: &Settings) -> anyhow::Result<TenantOps> {
         settings.provision_server()?,
         settings.tenant_migrations.clone(),
     )
-    .with_publisher(publisher))
+    .with_publisher(publisher)
+    .with_shared(settings.shared_database()))
 }
 
 fn invalid(errors: &[FieldError]) -> ExitCode {
@@ -309,7 +316,10 @@ async fn import(
     let file = TenantsFile::load(path)?;
     let server = settings.provision_server()?;
     let migrator = settings.tenant_migrations.load().await?;
-    let lines = tenants_file::import(control, &server, &file, &migrator).await?;
+    let shared_url = settings.shared_database();
+    let shared_db = shared_url.as_ref().map(SharedDb::connect_lazy);
+    let shared = shared_db.as_ref().zip(shared_url.as_ref());
+    let lines = tenants_file::import(control, &server, &file, &migrator, shared).await?;
     for line in &lines {
         println!("{}: {:?}", line.id, line.outcome);
     }

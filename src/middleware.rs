@@ -145,9 +145,16 @@ impl CurrentTenant {
         self.0.tenant()
     }
 
-    /// The tenant's own pool; never another tenant's.
+    /// The tenant's own pool; never another tenant's. For a shared tenant this is the
+    /// shared database's pool: use [`Self::db`], which scopes every statement.
     pub fn pool(&self) -> &PgPool {
         self.0.pool()
+    }
+
+    /// The tenant's database handle: connections scoped to this tenant, and the scope to
+    /// bind as `tenant_id` in every query. The same code serves dedicated and shared tenants.
+    pub fn db(&self) -> crate::shared::TenantDb<'_> {
+        crate::shared::TenantDb::new(self.0.pool(), self.0.tenant())
     }
 }
 

@@ -12,8 +12,11 @@ use crate::bus::{Hint, HintOp, Publisher};
 use crate::control::{ControlDb, TenantSpec, WriteError, WriteMode};
 use crate::problem::{ApiError, FieldError};
 use crate::provision::{self, TenantMigrations};
+use crate::shared::SharedDb;
 use crate::sync::ConfigSync;
-use crate::tenant::{DatabaseUrl, PoolSettings, Tenant, TenantHost, TenantId, TenantState};
+use crate::tenant::{
+    DatabaseUrl, Isolation, PoolSettings, Tenant, TenantHost, TenantId, TenantState,
+};
 
 /// How long a removal with `drop_database` waits for every instance to close its
 /// connections before dropping the database anyway.
@@ -33,6 +36,8 @@ pub struct NewTenantRequest {
     pub pool: Option<PoolRequest>,
     /// `active` (default) or `suspended`.
     pub state: Option<String>,
+    /// `dedicated` (default: its own database) or `shared` (the shared database).
+    pub isolation: Option<String>,
 }
 
 /// Pool settings as a client sends them; omitted fields keep their current (or default)
@@ -73,6 +78,8 @@ pub struct NewTenant {
     pub pool: PoolSettings,
     /// State.
     pub state: TenantState,
+    /// Dedicated or shared.
+    pub isolation: Isolation,
 }
 
 impl NewTenantRequest {
@@ -98,6 +105,20 @@ impl NewTenantRequest {
         let database = parse_database(self.database.as_deref(), &mut errors);
         let pool = parse_pool(self.pool, PoolSettings::default(), &mut errors);
         let state = parse_state(self.state.as_deref(), &mut errors).unwrap_or_default();
+        let isolation = match self.isolation.as_deref().map(str::parse::<Isolation>) {
+            None => Isolation::Dedicated,
+            Some(Ok(i)) => i,
+            Some(Err(e)) => {
+                errors.push(FieldError::new("isolation", e.0));
+                Isolation::Dedicated
+            }
+        };
+        if isolation == Isolation::Shared && self.database.is_some() {
+            errors.push(FieldError::new(
+                "database",
+                "a shared tenant lives in the shared database; omit it",
+            ));
+        }
         match (id, hosts, pool) {
             (Some(id), Some(hosts), Some(pool)) if errors.is_empty() => Ok(NewTenant {
                 id,
@@ -105,6 +126,7 @@ impl NewTenantRequest {
                 database,
                 pool,
                 state,
+                isolation,
             }),
             _ => Err(errors),
         }
@@ -248,6 +270,8 @@ pub struct TenantOps {
     publisher: Option<Publisher>,
     local: Option<Arc<ConfigSync>>,
     drop_wait: Duration,
+    shared: Option<(SharedDb, DatabaseUrl)>,
+    shared_ready: Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl TenantOps {
@@ -264,7 +288,29 @@ impl TenantOps {
             publisher: None,
             local: None,
             drop_wait: DROP_WAIT,
+            shared: None,
+            shared_ready: Arc::default(),
         }
+    }
+
+    /// Where shared tenants live.
+    pub fn with_shared(mut self, url: Option<DatabaseUrl>) -> Self {
+        self.shared = url.map(|u| (SharedDb::connect_lazy(&u), u));
+        self
+    }
+
+    async fn shared_db(&self) -> Result<&(SharedDb, DatabaseUrl), OpError> {
+        let shared = self.shared.as_ref().ok_or_else(|| {
+            OpError::Invalid(vec![FieldError::new(
+                "isolation",
+                "no shared database is configured (TENANT_ROUTER_SHARED_DATABASE_URL)",
+            )])
+        })?;
+        self.shared_ready
+            .get_or_try_init(|| async { shared.0.prepare().await.map(drop) })
+            .await
+            .map_err(OpError::Other)?;
+        Ok(shared)
     }
 
     /// Announces every change on the bus.
@@ -307,7 +353,13 @@ impl TenantOps {
         // outside the pool), so the loser sees the winner's tenant instead of dropping the
         // winner's fresh database. Closing the connection releases the lock.
         let mut lock = None;
+        let mut registered = false;
         let (database, provisioned) = match new.database {
+            _ if new.isolation == Isolation::Shared => {
+                let (db, url) = self.shared_db().await?;
+                registered = db.register(&new.id).await?;
+                (url.clone(), None)
+            }
             Some(url) => (url, None),
             None => {
                 let mut conn = self.control.dedicated_connection().await?;
@@ -351,6 +403,7 @@ impl TenantOps {
             provisioned: provisioned.is_some(),
             pool: new.pool,
             state: new.state,
+            isolation: new.isolation,
         };
         let written = match self.control.write(&spec, WriteMode::Create).await {
             Ok(w) => w,
@@ -358,6 +411,11 @@ impl TenantOps {
                 if let Some(made) = &provisioned {
                     self.drop_quietly(made.database.database_name().unwrap_or_default())
                         .await;
+                }
+                if registered {
+                    if let Some((db, _)) = &self.shared {
+                        let _ = db.unregister(&new.id).await;
+                    }
                 }
                 return Err(write_error(e, &new.id));
             }
@@ -426,6 +484,33 @@ impl TenantOps {
     /// Removes a tenant. With `drop_database`, its database (only one the router created)
     /// is dropped once no instance holds a connection to it, or after [`DROP_WAIT`].
     pub async fn remove(&self, id: &TenantId, drop_database: bool) -> Result<Removal, OpError> {
+        let shared = self
+            .control
+            .get_tenant(id)
+            .await?
+            .is_some_and(|t| t.isolation == Isolation::Shared);
+        if shared {
+            let removed = self
+                .control
+                .delete(id)
+                .await?
+                .ok_or_else(|| OpError::NotFound(id.to_string()))?;
+            self.announce(HintOp::Remove, id, removed.version).await;
+            if drop_database {
+                let (db, _) = self.shared_db().await?;
+                let rows = db.purge(id).await.map_err(|e| {
+                    OpError::Other(e.context(format!(
+                        "tenant '{id}' was removed, but its shared rows could not be deleted"
+                    )))
+                })?;
+                tracing::info!(tenant.id = %id, rows, "purged a shared tenant's rows");
+            }
+            return Ok(Removal {
+                id: id.clone(),
+                version: removed.version,
+                database_dropped: drop_database,
+            });
+        }
         if drop_database && !self.control.is_provisioned(id).await? {
             return match self.control.get_tenant(id).await? {
                 None => Err(OpError::NotFound(id.to_string())),
@@ -521,6 +606,12 @@ fn merge(
         None => Some(current.hosts.clone()),
     };
     let database = parse_database(patch.database.as_deref(), &mut errors);
+    if current.isolation == Isolation::Shared && database.is_some() {
+        errors.push(FieldError::new(
+            "database",
+            "a shared tenant lives in the shared database; move it with `tenants move`",
+        ));
+    }
     let pool = parse_pool(patch.pool, current.pool, &mut errors);
     let state = parse_state(patch.state.as_deref(), &mut errors);
     match (hosts, pool) {
@@ -534,6 +625,7 @@ fn merge(
                 database: database.unwrap_or_else(|| current.database.clone()),
                 pool,
                 state: state.unwrap_or(current.state),
+                isolation: current.isolation,
             })
         }
         _ => Err(errors),
@@ -555,10 +647,14 @@ mod tests {
                 idle_timeout_secs: None,
             }),
             state: Some("paused".into()),
+            isolation: Some("pooled".into()),
         };
         let errors = request.validate().unwrap_err();
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["id", "hosts[1]", "database", "pool", "state"]);
+        assert_eq!(
+            fields,
+            ["id", "hosts[1]", "database", "pool", "state", "isolation"]
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::control::Change;
-use crate::tenant::{DatabaseUrl, PoolSettings, Tenant, TenantId};
+use crate::tenant::{DatabaseUrl, Isolation, PoolSettings, Tenant, TenantId};
 
 /// How tenant pools are built, for every tenant of one registry.
 #[derive(Debug, Clone)]
@@ -21,6 +21,9 @@ pub struct RegistryOptions {
     pub base_domain: Option<String>,
     /// How long a request waits for a connection of its tenant's pool before it is refused.
     pub acquire_timeout: Duration,
+    /// The shared database: every shared tenant uses one pool on it. Without it, a shared
+    /// tenant gets a pool of its own on its configured database.
+    pub shared_database: Option<DatabaseUrl>,
 }
 
 impl Default for RegistryOptions {
@@ -28,6 +31,7 @@ impl Default for RegistryOptions {
         Self {
             base_domain: None,
             acquire_timeout: Duration::from_secs(5),
+            shared_database: None,
         }
     }
 }
@@ -40,6 +44,8 @@ pub struct Registry {
     /// `.test.com` for base domain `test.com`: the suffix a wildcard host ends with.
     wildcard_suffix: Option<String>,
     acquire_timeout: Duration,
+    /// The one pool of every shared tenant.
+    shared: Option<Arc<LazyPool>>,
     /// The applied version, for whoever waits on convergence (the bus, tests, benchmarks).
     applied: tokio::sync::watch::Sender<i64>,
 }
@@ -113,6 +119,8 @@ impl TenantEntry {
 /// A pool that does not exist until first asked for, so an idle tenant costs no connection and
 /// no background task.
 struct LazyPool {
+    /// The shared database's pool: connections search the shared schema.
+    shared: bool,
     database: DatabaseUrl,
     settings: PoolSettings,
     acquire_timeout: Duration,
@@ -130,11 +138,13 @@ impl LazyPool {
                 // A ping on every acquire costs a round trip per request; a connection that
                 // died with its server fails one query instead and is then discarded.
                 .test_before_acquire(false)
-                .connect_lazy_with(
+                .connect_lazy_with(if self.shared {
+                    crate::shared::connect_options(&self.database)
+                } else {
                     self.database
                         .connect_options()
-                        .application_name("tenant-router"),
-                )
+                        .application_name("tenant-router")
+                })
         })
     }
 
@@ -166,6 +176,18 @@ impl Registry {
             writer: Mutex::new(()),
             wildcard_suffix,
             acquire_timeout: options.acquire_timeout,
+            shared: options.shared_database.map(|database| {
+                Arc::new(LazyPool {
+                    shared: true,
+                    database,
+                    settings: PoolSettings {
+                        max_connections: 20,
+                        idle_timeout_secs: 300,
+                    },
+                    acquire_timeout: options.acquire_timeout,
+                    cell: OnceLock::new(),
+                })
+            }),
             applied: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -185,7 +207,7 @@ impl Registry {
     fn store(&self, old: &Snapshot, next: Snapshot) {
         let version = next.version;
         self.current.store(Arc::new(next));
-        retire_unused(old, &self.current.load());
+        retire_unused(old, &self.current.load(), self.shared.as_ref());
         self.applied.send_if_modified(|v| {
             let changed = *v != version;
             *v = version;
@@ -323,9 +345,13 @@ impl Registry {
     }
 
     fn pool_for(&self, tenant: &Tenant, previous: Option<&Arc<TenantEntry>>) -> Arc<LazyPool> {
+        if let (Isolation::Shared, Some(shared)) = (tenant.isolation, &self.shared) {
+            return Arc::clone(shared);
+        }
         match previous {
             Some(p) if p.pool.same_database(tenant) => Arc::clone(&p.pool),
             _ => Arc::new(LazyPool {
+                shared: tenant.isolation == Isolation::Shared,
                 database: tenant.database.clone(),
                 settings: tenant.pool,
                 acquire_timeout: self.acquire_timeout,
@@ -378,13 +404,14 @@ impl Snapshot {
     }
 }
 
-/// Closes the pools `old` held that `new` no longer does.
-fn retire_unused(old: &Snapshot, new: &Snapshot) {
+/// Closes the pools `old` held that `new` no longer does (never the shared pool).
+fn retire_unused(old: &Snapshot, new: &Snapshot, shared: Option<&Arc<LazyPool>>) {
     for (id, entry) in &old.by_id {
-        let kept = new
-            .by_id
-            .get(id)
-            .is_some_and(|n| Arc::ptr_eq(&n.pool, &entry.pool));
+        let kept = shared.is_some_and(|s| Arc::ptr_eq(s, &entry.pool))
+            || new
+                .by_id
+                .get(id)
+                .is_some_and(|n| Arc::ptr_eq(&n.pool, &entry.pool));
         if !kept {
             Arc::clone(&entry.pool).retire();
         }
@@ -406,6 +433,7 @@ mod tests {
             database: DatabaseUrl::parse(db).unwrap(),
             pool: PoolSettings::default(),
             state: TenantState::Active,
+            isolation: Isolation::Dedicated,
             version,
         }
     }

@@ -129,6 +129,7 @@ impl Application {
         let registry = Arc::new(Registry::new(RegistryOptions {
             base_domain: settings.base_domain.clone(),
             acquire_timeout: settings.acquire_timeout,
+            shared_database: settings.shared_database(),
         }));
         let sync = Arc::new(ConfigSync::new(Arc::clone(&registry), control.clone()));
         sync.full_load().await?;
@@ -143,6 +144,7 @@ impl Application {
             settings.tenant_migrations.clone(),
         )
         .with_publisher(publisher)
+        .with_shared(settings.shared_database())
         .with_local_sync(Arc::clone(&sync));
         let listener = TcpListener::bind(settings.listen)
             .await

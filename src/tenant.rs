@@ -309,6 +309,38 @@ impl FromStr for TenantState {
     }
 }
 
+/// Where a tenant's rows live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Its own database.
+    #[default]
+    Dedicated,
+    /// The shared database, every row tagged with its id.
+    Shared,
+}
+
+impl Isolation {
+    /// `dedicated` or `shared`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dedicated => "dedicated",
+            Self::Shared => "shared",
+        }
+    }
+}
+
+impl FromStr for Isolation {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "dedicated" => Ok(Self::Dedicated),
+            "shared" => Ok(Self::Shared),
+            _ => Err(invalid("must be 'dedicated' or 'shared'")),
+        }
+    }
+}
+
 /// One tenant, as the control database holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant {
@@ -322,8 +354,21 @@ pub struct Tenant {
     pub pool: PoolSettings,
     /// Whether it is served.
     pub state: TenantState,
+    /// Its own database, or the shared one.
+    pub isolation: Isolation,
     /// Version from the control database's global sequence; grows with every change.
     pub version: i64,
+}
+
+impl Tenant {
+    /// The value its rows carry in `tenant_id`: its id in the shared database; `''` in a
+    /// dedicated database, where every row is the tenant's own.
+    pub fn scope(&self) -> &str {
+        match self.isolation {
+            Isolation::Dedicated => "",
+            Isolation::Shared => self.id.as_str(),
+        }
+    }
 }
 
 #[cfg(test)]

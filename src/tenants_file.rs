@@ -7,7 +7,8 @@ use serde::Deserialize;
 
 use crate::control::{ControlDb, TenantSpec, UpsertOutcome};
 use crate::provision::{self, MigrationOutcome};
-use crate::tenant::{DatabaseUrl, PoolSettings, TenantHost, TenantId, TenantState};
+use crate::shared::SharedDb;
+use crate::tenant::{DatabaseUrl, Isolation, PoolSettings, TenantHost, TenantId, TenantState};
 
 /// The file's shape.
 #[derive(Debug, Deserialize)]
@@ -34,6 +35,9 @@ pub struct FileTenant {
     /// State.
     #[serde(default)]
     pub state: TenantState,
+    /// `dedicated` (default) or `shared`; a shared tenant has no `database`.
+    #[serde(default)]
+    pub isolation: Isolation,
 }
 
 impl TenantsFile {
@@ -71,12 +75,30 @@ pub async fn import(
     provision_server: &DatabaseUrl,
     file: &TenantsFile,
     migrator: &sqlx::migrate::Migrator,
+    shared: Option<(&SharedDb, &DatabaseUrl)>,
 ) -> anyhow::Result<Vec<ImportLine>> {
     let mut lines = Vec::new();
     for t in &file.tenants {
-        let (database, provisioned, migration) = match &t.database {
-            Some(url) => (url.clone(), false, None),
-            None => {
+        let (database, provisioned, migration) = match (&t.database, t.isolation) {
+            (Some(_), Isolation::Shared) => {
+                anyhow::bail!(
+                    "tenant '{}': a shared tenant has no database of its own",
+                    t.id
+                )
+            }
+            (None, Isolation::Shared) => {
+                let (db, url) = shared.with_context(|| {
+                    format!(
+                        "tenant '{}' is shared, but no shared database is configured",
+                        t.id
+                    )
+                })?;
+                db.prepare().await?;
+                db.register(&t.id).await?;
+                (url.clone(), false, None)
+            }
+            (Some(url), Isolation::Dedicated) => (url.clone(), false, None),
+            (None, Isolation::Dedicated) => {
                 let name = provision::database_name(&t.id);
                 provision::create_database_if_missing(provision_server, &name).await?;
                 let url = provision_server.with_database(&name);
@@ -94,6 +116,7 @@ pub async fn import(
             provisioned,
             pool: t.pool,
             state: t.state,
+            isolation: t.isolation,
         };
         let outcome = control
             .upsert(&spec)

@@ -84,11 +84,15 @@ impl<S: Send + Sync> FromRequestParts<S> for AuthUser {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let tenant = CurrentTenant::from_request_parts(parts, state).await?;
         let token = BearerToken::from_request_parts(parts, state).await?;
+        let db = tenant.db();
+        let mut conn = db.conn().await?;
         let user_id: Option<i64> = sqlx::query_scalar(
-            "SELECT user_id FROM sessions WHERE token_hash = $1 AND expires_at > now()",
+            "SELECT user_id FROM sessions
+             WHERE tenant_id = $1 AND token_hash = $2 AND expires_at > now()",
         )
+        .bind(db.scope())
         .bind(token.hash())
-        .fetch_optional(tenant.pool())
+        .fetch_optional(&mut *conn)
         .await?;
         user_id
             .map(|user_id| Self { user_id })

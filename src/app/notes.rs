@@ -90,21 +90,26 @@ pub(super) async fn list(
             .filter(|c| *c > 0)
             .ok_or_else(|| ApiError::invalid("cursor", "is not a cursor this API returned"))?,
     };
+    let db = tenant.db();
+    let mut conn = db.conn().await?;
     let rows: Vec<SessionNote> = sqlx::query_as(
         "SELECT n.id, n.content, n.created_at, n.updated_at
          FROM sessions s
          LEFT JOIN LATERAL (
              SELECT id, content, created_at, updated_at FROM notes
-             WHERE user_id = s.user_id AND id < $2 ORDER BY id DESC LIMIT $3
+             WHERE tenant_id = s.tenant_id AND user_id = s.user_id AND id < $3
+             ORDER BY id DESC LIMIT $4
          ) n ON true
-         WHERE s.token_hash = $1 AND s.expires_at > now()
+         WHERE s.tenant_id = $1 AND s.token_hash = $2 AND s.expires_at > now()
          ORDER BY n.id DESC",
     )
+    .bind(db.scope())
     .bind(token.hash())
     .bind(before)
     .bind(limit + 1)
-    .fetch_all(tenant.pool())
+    .fetch_all(&mut *conn)
     .await?;
+    drop(conn);
     if rows.is_empty() {
         return Err(ApiError::Unauthorized);
     }
@@ -150,14 +155,18 @@ pub(super) async fn create(
         let payload = serde_json::json!({ "content": body.content });
         return super::jobs::submit_as(queue, &tenant, user, "notes.create", payload, None).await;
     }
+    let db = tenant.db();
+    let mut conn = db.conn().await?;
     let note: Note = sqlx::query_as(
-        "INSERT INTO notes (user_id, content) VALUES ($1, $2)
+        "INSERT INTO notes (tenant_id, user_id, content) VALUES ($1, $2, $3)
          RETURNING id, content, created_at, updated_at",
     )
+    .bind(db.scope())
     .bind(user.user_id)
     .bind(&body.content)
-    .fetch_one(tenant.pool())
+    .fetch_one(&mut *conn)
     .await?;
+    conn.commit().await?;
     Ok((StatusCode::CREATED, Json(note)).into_response())
 }
 
@@ -167,12 +176,16 @@ pub(super) async fn show(
     user: AuthUser,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Note>, ApiError> {
+    let db = tenant.db();
+    let mut conn = db.conn().await?;
     sqlx::query_as(
-        "SELECT id, content, created_at, updated_at FROM notes WHERE id = $1 AND user_id = $2",
+        "SELECT id, content, created_at, updated_at FROM notes
+         WHERE tenant_id = $1 AND id = $2 AND user_id = $3",
     )
+    .bind(db.scope())
     .bind(id)
     .bind(user.user_id)
-    .fetch_optional(tenant.pool())
+    .fetch_optional(&mut *conn)
     .await?
     .map(Json)
     .ok_or_else(not_found)
@@ -186,17 +199,21 @@ pub(super) async fn update(
     ApiJson(body): ApiJson<NoteBody>,
 ) -> Result<Json<Note>, ApiError> {
     body.validate()?;
-    sqlx::query_as(
-        "UPDATE notes SET content = $3, updated_at = now() WHERE id = $1 AND user_id = $2
+    let db = tenant.db();
+    let mut conn = db.conn().await?;
+    let note: Option<Note> = sqlx::query_as(
+        "UPDATE notes SET content = $4, updated_at = now()
+         WHERE tenant_id = $1 AND id = $2 AND user_id = $3
          RETURNING id, content, created_at, updated_at",
     )
+    .bind(db.scope())
     .bind(id)
     .bind(user.user_id)
     .bind(&body.content)
-    .fetch_optional(tenant.pool())
-    .await?
-    .map(Json)
-    .ok_or_else(not_found)
+    .fetch_optional(&mut *conn)
+    .await?;
+    conn.commit().await?;
+    note.map(Json).ok_or_else(not_found)
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(tenant.id = %tenant.id(), user.id = user.user_id))]
@@ -205,12 +222,17 @@ pub(super) async fn remove(
     user: AuthUser,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiError> {
-    let deleted = sqlx::query("DELETE FROM notes WHERE id = $1 AND user_id = $2")
-        .bind(id)
-        .bind(user.user_id)
-        .execute(tenant.pool())
-        .await?
-        .rows_affected();
+    let db = tenant.db();
+    let mut conn = db.conn().await?;
+    let deleted =
+        sqlx::query("DELETE FROM notes WHERE tenant_id = $1 AND id = $2 AND user_id = $3")
+            .bind(db.scope())
+            .bind(id)
+            .bind(user.user_id)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+    conn.commit().await?;
     if deleted == 0 {
         Err(not_found())
     } else {

@@ -76,14 +76,18 @@ pub(super) async fn register(
 ) -> Result<(StatusCode, Json<UserBody>), ApiError> {
     body.validate()?;
     let password_hash = hash_password(body.password).await?;
+    let db = tenant.db();
+    let mut conn = db.conn().await?;
     let user: UserBody = sqlx::query_as(
-        "INSERT INTO users (username, email, password_hash) VALUES ($1, lower($2), $3)
+        "INSERT INTO users (tenant_id, username, email, password_hash)
+         VALUES ($1, $2, lower($3), $4)
          RETURNING id, username, email, created_at",
     )
+    .bind(db.scope())
     .bind(&body.username)
     .bind(&body.email)
     .bind(password_hash)
-    .fetch_one(tenant.pool())
+    .fetch_one(&mut *conn)
     .await
     .map_err(|e| match &e {
         sqlx::Error::Database(db) if db.constraint() == Some("users_username_key") => {
@@ -94,6 +98,7 @@ pub(super) async fn register(
         }
         _ => e.into(),
     })?;
+    conn.commit().await?;
     Ok((StatusCode::CREATED, Json(user)))
 }
 
@@ -119,29 +124,48 @@ pub(super) async fn login(
     if body.password.chars().count() > 128 {
         return Err(ApiError::Unauthorized);
     }
-    let user: Option<(i64, String)> =
-        sqlx::query_as("SELECT id, password_hash FROM users WHERE lower(email) = lower($1)")
-            .bind(&body.email)
-            .fetch_optional(tenant.pool())
-            .await?;
+    let db = tenant.db();
+    let user: Option<(i64, String)> = {
+        let mut conn = db.conn().await?;
+        sqlx::query_as(
+            "SELECT id, password_hash FROM users WHERE tenant_id = $1 AND lower(email) = lower($2)",
+        )
+        .bind(db.scope())
+        .bind(&body.email)
+        .fetch_optional(&mut *conn)
+        .await?
+    };
     let (id, hash) = user.unzip();
     if !verify_password(body.password, hash).await? {
         return Err(ApiError::Unauthorized);
     }
     let user_id = id.ok_or(ApiError::Unauthorized)?;
+    let (token, expires_at) = issue_token(&db, user_id, config.session_ttl).await?;
+    Ok(Json(TokenBody { token, expires_at }))
+}
+
+/// Opens a session for `user_id` and returns its token (shown once; stored hashed).
+pub(super) async fn issue_token(
+    db: &crate::shared::TenantDb<'_>,
+    user_id: i64,
+    ttl: std::time::Duration,
+) -> Result<(String, DateTime<Utc>), ApiError> {
     let (token, token_hash) = new_token();
-    let ttl =
-        chrono::Duration::from_std(config.session_ttl).map_err(|e| ApiError::Internal(e.into()))?;
+    let ttl = chrono::Duration::from_std(ttl).map_err(|e| ApiError::Internal(e.into()))?;
+    let mut conn = db.conn().await?;
     let expires_at: DateTime<Utc> = sqlx::query_scalar(
-        "INSERT INTO sessions (token_hash, user_id, expires_at) VALUES ($1, $2, now() + $3)
+        "INSERT INTO sessions (tenant_id, token_hash, user_id, expires_at)
+         VALUES ($1, $2, $3, now() + $4)
          RETURNING expires_at",
     )
+    .bind(db.scope())
     .bind(token_hash)
     .bind(user_id)
     .bind(ttl)
-    .fetch_one(tenant.pool())
+    .fetch_one(&mut *conn)
     .await?;
-    Ok(Json(TokenBody { token, expires_at }))
+    conn.commit().await?;
+    Ok((token, expires_at))
 }
 
 #[cfg(test)]

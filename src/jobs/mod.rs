@@ -179,9 +179,20 @@ impl JobContext {
         self.entry.tenant()
     }
 
-    /// The tenant's own pool.
+    /// The tenant's own pool (for a shared tenant, the shared database's: use
+    /// [`Self::db`]).
     pub fn pool(&self) -> &PgPool {
         self.entry.pool()
+    }
+
+    /// The tenant's database handle: scoped connections and the `tenant_id` to bind.
+    pub fn db(&self) -> crate::shared::TenantDb<'_> {
+        crate::shared::TenantDb::new(self.entry.pool(), self.entry.tenant())
+    }
+
+    /// The value of `tenant_id` in this tenant's rows.
+    pub fn scope(&self) -> &str {
+        self.entry.tenant().scope()
     }
 
     /// This job's id.
@@ -221,26 +232,30 @@ impl JobContext {
     /// If an earlier delivery already committed, returns what it stored instead: commit the
     /// effect in the returned transaction and it happens exactly once.
     pub async fn once(&self) -> Result<Once, JobError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.db().begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO job_runs (job_id, kind) VALUES ($1, $2) ON CONFLICT (job_id) DO NOTHING",
+            "INSERT INTO job_runs (tenant_id, job_id, kind) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         )
+        .bind(self.scope())
         .bind(&self.envelope.job_id)
         .bind(&self.envelope.kind)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if inserted == 0 {
-            let result: Option<Value> =
-                sqlx::query_scalar("SELECT result FROM job_runs WHERE job_id = $1")
-                    .bind(&self.envelope.job_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
+            let result: Option<Value> = sqlx::query_scalar(
+                "SELECT result FROM job_runs WHERE tenant_id = $1 AND job_id = $2",
+            )
+            .bind(self.scope())
+            .bind(&self.envelope.job_id)
+            .fetch_one(&mut *tx)
+            .await?;
             return Ok(Once::AlreadyApplied(result.unwrap_or(Value::Null)));
         }
         Ok(Once::Fresh(JobTx {
             tx,
             job_id: self.envelope.job_id.clone(),
+            scope: self.scope().to_string(),
         }))
     }
 }
@@ -257,6 +272,7 @@ pub enum Once {
 pub struct JobTx {
     tx: Transaction<'static, Postgres>,
     job_id: String,
+    scope: String,
 }
 
 impl JobTx {
@@ -267,7 +283,8 @@ impl JobTx {
 
     /// Stores `result` with the job id and commits the effect.
     pub async fn commit(mut self, result: Value) -> Result<Value, JobError> {
-        sqlx::query("UPDATE job_runs SET result = $2 WHERE job_id = $1")
+        sqlx::query("UPDATE job_runs SET result = $3 WHERE tenant_id = $1 AND job_id = $2")
+            .bind(&self.scope)
             .bind(&self.job_id)
             .bind(&result)
             .execute(&mut *self.tx)

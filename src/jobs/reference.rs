@@ -63,8 +63,9 @@ impl Job for CreateNote {
             Once::AlreadyApplied(result) => Ok(result),
             Once::Fresh(mut tx) => {
                 let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO notes (user_id, content) VALUES ($1, $2) RETURNING id",
+                    "INSERT INTO notes (tenant_id, user_id, content) VALUES ($1, $2, $3) RETURNING id",
                 )
+                .bind(ctx.scope())
                 .bind(user)
                 .bind(&self.content)
                 .fetch_one(tx.conn())
@@ -93,12 +94,17 @@ impl Job for ExportNotes {
 
     async fn run(self, ctx: JobContext) -> Result<Value, JobError> {
         let user = submitter(&ctx)?;
+        let db = ctx.db();
+        let mut conn = db.conn().await?;
         let notes: Vec<ExportedNote> = sqlx::query_as(
-            "SELECT id, content, created_at, updated_at FROM notes WHERE user_id = $1 ORDER BY id",
+            "SELECT id, content, created_at, updated_at FROM notes
+             WHERE tenant_id = $1 AND user_id = $2 ORDER BY id",
         )
+        .bind(db.scope())
         .bind(user)
-        .fetch_all(ctx.pool())
+        .fetch_all(&mut *conn)
         .await?;
+        drop(conn);
         let mut lines = String::new();
         for note in &notes {
             lines.push_str(

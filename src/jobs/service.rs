@@ -29,6 +29,7 @@ pub async fn run_worker(
     let registry = Arc::new(Registry::new(RegistryOptions {
         base_domain: None,
         acquire_timeout: settings.acquire_timeout,
+        shared_database: settings.shared_database(),
     }));
     let sync = Arc::new(ConfigSync::new(registry, control));
     sync.full_load().await?;

@@ -262,13 +262,13 @@ mod writes {
     #[tokio::test]
     async fn provisioning_that_fails_halfway_leaves_nothing_and_a_retry_succeeds() {
         let dir = tempfile::tempdir().unwrap();
-        let first = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/migrations/tenant/0001_users_notes.sql"
-        ))
-        .unwrap();
-        std::fs::write(dir.path().join("0001_users_notes.sql"), first).unwrap();
-        let broken = dir.path().join("0002_broken.sql");
+        // The built-in migrations, then one that fails.
+        let builtin = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/tenant");
+        for entry in std::fs::read_dir(builtin).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+        let broken = dir.path().join("0099_broken.sql");
         std::fs::write(&broken, "ALTER TABLE no_such_table ADD COLUMN x int;\n").unwrap();
         let migrations = dir.path().to_path_buf();
         let app = TestApp::spawn_with(vec![], |s| {

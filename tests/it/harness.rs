@@ -60,6 +60,7 @@ pub fn spec(id: &str, hosts: &[&str], database: DatabaseUrl) -> TenantSpec {
         provisioned: false,
         pool: PoolSettings::default(),
         state: TenantState::Active,
+        isolation: Default::default(),
     }
 }
 

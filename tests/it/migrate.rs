@@ -134,12 +134,12 @@ async fn importing_the_tenants_file_twice_changes_nothing() {
     let file = TenantsFile::load(&path).unwrap();
     let server = pg.url("postgres");
 
-    let first = import(&control, &server, &file, &provision::TENANT_MIGRATOR)
+    let first = import(&control, &server, &file, &provision::TENANT_MIGRATOR, None)
         .await
         .unwrap();
     assert!(first.iter().all(|l| l.outcome == UpsertOutcome::Created));
     let before = control.load_tenants().await.unwrap();
-    let second = import(&control, &server, &file, &provision::TENANT_MIGRATOR)
+    let second = import(&control, &server, &file, &provision::TENANT_MIGRATOR, None)
         .await
         .unwrap();
     assert!(
@@ -164,6 +164,7 @@ async fn importing_the_tenants_file_twice_changes_nothing() {
         &server,
         &TenantsFile::load(&path).unwrap(),
         &provision::TENANT_MIGRATOR,
+        None,
     )
     .await
     .unwrap_err();

@@ -371,6 +371,7 @@ async fn the_reconcile_catches_a_change_no_hint_announced() {
         provisioned: false,
         pool: PoolSettings::default(),
         state: TenantState::Active,
+        isolation: Default::default(),
     };
     cluster
         .control
