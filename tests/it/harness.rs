@@ -13,7 +13,10 @@ use tenant_router::local::LocalPostgres;
 use tenant_router::provision;
 use tenant_router::registry::Registry;
 use tenant_router::server::Application;
-use tenant_router::tenant::{DatabaseUrl, PoolSettings, TenantHost, TenantId, TenantState};
+use tenant_router::shared::SharedDb;
+use tenant_router::tenant::{
+    DatabaseUrl, Isolation, PoolSettings, TenantHost, TenantId, TenantState,
+};
 use tokio::sync::OnceCell;
 
 /// One PostgreSQL for the whole test binary; each test makes its own databases on it. Tests
@@ -64,6 +67,33 @@ pub fn spec(id: &str, hosts: &[&str], database: DatabaseUrl) -> TenantSpec {
     }
 }
 
+/// Runs a reference-app test twice: against dedicated tenants (each its own database) and
+/// against shared tenants (rows in the shared schema), as `<name>::dedicated` and
+/// `<name>::shared`. The test is `async fn <name>(app: TestApp)`.
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn dedicated() {
+                super::$name($crate::harness::TestApp::with_demo_tenants().await).await
+            }
+            #[tokio::test]
+            async fn shared() {
+                super::$name($crate::harness::TestApp::with_shared_demo_tenants().await).await
+            }
+        }
+    };
+}
+pub(crate) use both;
+
+/// A shared tenant's spec: its rows live in the shared schema of `shared`.
+pub fn shared_spec(id: &str, hosts: &[&str], shared: DatabaseUrl) -> TenantSpec {
+    TenantSpec {
+        isolation: Isolation::Shared,
+        ..spec(id, hosts, shared)
+    }
+}
+
 /// An app server on a free port over its own control database.
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -87,6 +117,35 @@ impl TestApp {
         .await
     }
 
+    /// The two demo tenants, both shared: rows in the shared schema of the app's control
+    /// database.
+    pub async fn with_shared_demo_tenants() -> TestApp {
+        TestApp::spawn_shared(&[
+            ("tenant-1", "tenant-1.test.com"),
+            ("tenant-2", "tenant-2.test.com"),
+        ])
+        .await
+    }
+
+    /// An app whose tenants (id, host) are all shared.
+    pub async fn spawn_shared(tenants: &[(&str, &str)]) -> TestApp {
+        let pg = shared_postgres().await;
+        let control_url = pg.create_database(&unique_name("control")).await.unwrap();
+        let shared = SharedDb::connect_lazy(&control_url);
+        shared.prepare().await.unwrap();
+        let specs = tenants
+            .iter()
+            .map(|(id, host)| shared_spec(id, &[host], control_url.clone()))
+            .collect();
+        for (id, _) in tenants {
+            shared
+                .register(&TenantId::parse(id).unwrap())
+                .await
+                .unwrap();
+        }
+        Self::spawn_on(control_url, specs, |_| {}).await
+    }
+
     /// An app over these tenants.
     pub async fn spawn(tenants: Vec<TenantSpec>) -> TestApp {
         Self::spawn_with(tenants, |_| {}).await
@@ -99,6 +158,14 @@ impl TestApp {
     ) -> TestApp {
         let pg = shared_postgres().await;
         let control_url = pg.create_database(&unique_name("control")).await.unwrap();
+        Self::spawn_on(control_url, tenants, adjust).await
+    }
+
+    async fn spawn_on(
+        control_url: DatabaseUrl,
+        tenants: Vec<TenantSpec>,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> TestApp {
         let control = ControlDb::connect_lazy(&control_url);
         control.migrate().await.unwrap();
         for t in &tenants {

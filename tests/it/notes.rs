@@ -3,13 +3,12 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{TestApp, problem};
+use crate::harness::{TestApp, both, problem};
 
 const T1: &str = "tenant-1.test.com";
 
-#[tokio::test]
-async fn registration_rules() {
-    let app = TestApp::with_demo_tenants().await;
+both!(registration_rules);
+async fn registration_rules(app: TestApp) {
     assert_eq!(
         app.register(T1, "ada", "Ada@Example.com").await.status(),
         StatusCode::CREATED
@@ -47,9 +46,8 @@ async fn registration_rules() {
     assert_eq!(fields, ["username", "email", "password"]);
 }
 
-#[tokio::test]
-async fn login_does_not_reveal_which_part_was_wrong() {
-    let app = TestApp::with_demo_tenants().await;
+both!(login_does_not_reveal_which_part_was_wrong);
+async fn login_does_not_reveal_which_part_was_wrong(app: TestApp) {
     app.user_token(T1, "kay").await;
     let wrong_password = problem(
         app.login(T1, "kay@example.com", "wrong password").await,
@@ -74,9 +72,8 @@ async fn login_does_not_reveal_which_part_was_wrong() {
     .await;
 }
 
-#[tokio::test]
-async fn expired_tokens_are_refused() {
-    let app = TestApp::with_demo_tenants().await;
+both!(expired_tokens_are_refused);
+async fn expired_tokens_are_refused(app: TestApp) {
     let token = app.user_token(T1, "old").await;
     assert_eq!(
         app.get(T1, "/api/notes", Some(&token)).await.status(),
@@ -94,9 +91,8 @@ async fn expired_tokens_are_refused() {
     .await;
 }
 
-#[tokio::test]
-async fn notes_crud_pagination_and_ownership() {
-    let app = TestApp::with_demo_tenants().await;
+both!(notes_crud_pagination_and_ownership);
+async fn notes_crud_pagination_and_ownership(app: TestApp) {
     let alice = app.user_token(T1, "alice").await;
     let bob = app.user_token(T1, "bob").await;
     let mut ids = Vec::new();

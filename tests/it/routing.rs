@@ -9,14 +9,13 @@ use tenant_router::control::TenantSpec;
 use tenant_router::local::LocalPostgres;
 use tenant_router::tenant::TenantState;
 
-use crate::harness::{TestApp, problem, shared_postgres, spec, tenant_database};
+use crate::harness::{TestApp, both, problem, shared_postgres, spec, tenant_database};
 
 const T1: &str = "tenant-1.test.com";
 const T2: &str = "tenant-2.test.com";
 
-#[tokio::test]
-async fn demo_tenants_are_isolated() {
-    let app = TestApp::with_demo_tenants().await;
+both!(demo_tenants_are_isolated);
+async fn demo_tenants_are_isolated(app: TestApp) {
     // The same email registers in both: they are separate databases.
     let a1 = app.user_token(T1, "ada").await;
     let a2 = app.user_token(T2, "ada").await;
@@ -48,9 +47,8 @@ async fn demo_tenants_are_isolated() {
     .await;
 }
 
-#[tokio::test]
-async fn a_client_chosen_tenant_header_is_ignored() {
-    let app = TestApp::with_demo_tenants().await;
+both!(a_client_chosen_tenant_header_is_ignored);
+async fn a_client_chosen_tenant_header_is_ignored(app: TestApp) {
     let token = app.user_token(T1, "grace").await;
     for header in ["X-Tenant", "X-Tenant-Id", "X-Forwarded-Host"] {
         let r = app
@@ -246,9 +244,8 @@ async fn one_tenants_database_down_is_503_for_that_tenant_only() {
     assert_eq!(status, StatusCode::OK);
 }
 
-#[tokio::test]
-async fn bad_bodies_are_4xx_problems() {
-    let app = TestApp::with_demo_tenants().await;
+both!(bad_bodies_are_4xx_problems);
+async fn bad_bodies_are_4xx_problems(app: TestApp) {
     let token = app.user_token(T1, "bodies").await;
     let post_raw = |body: Vec<u8>, content_type: &'static str| {
         app.request(reqwest::Method::POST, T1, "/api/notes")
