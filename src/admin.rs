@@ -21,7 +21,7 @@ use crate::operations::{NewTenantRequest, TenantOps, TenantPatchRequest};
 use crate::problem::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::registry::Registry;
 use crate::sync::{BusReport, ConfigSync};
-use crate::tenant::{PoolSettings, Tenant, TenantId, TenantState};
+use crate::tenant::{Isolation, PoolSettings, Tenant, TenantId, TenantState};
 
 /// What the admin routes need.
 #[derive(Clone)]
@@ -98,6 +98,8 @@ pub struct TenantView {
     pub pool: PoolSettings,
     /// State.
     pub state: TenantState,
+    /// Dedicated or shared.
+    pub isolation: Isolation,
     /// Version (also the `ETag`).
     pub version: i64,
 }
@@ -110,6 +112,7 @@ impl From<&Tenant> for TenantView {
             database: t.database.redacted(),
             pool: t.pool,
             state: t.state,
+            isolation: t.isolation,
             version: t.version,
         }
     }

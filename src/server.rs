@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
 use crate::admin::{self, AdminState};
+use crate::app::apex::ApexState;
 use crate::app::{self, AppConfig};
 use crate::bus::Publisher;
 use crate::config::Settings;
@@ -42,12 +43,28 @@ pub struct ServerState {
 /// The whole router: `/healthz` and `/readyz` answer on any host; everything else is
 /// resolved to a tenant first.
 pub fn app(state: ServerState, config: AppConfig, max_body_bytes: usize) -> Router {
+    app_with_apex(state, config, max_body_bytes, None)
+}
+
+/// [`app`], plus the apex host's login (see [`crate::app::apex`]) when `apex` is given.
+pub fn app_with_apex(
+    state: ServerState,
+    config: AppConfig,
+    max_body_bytes: usize,
+    apex: Option<ApexState>,
+) -> Router {
     let tenant_routes = app::router(config).layer(TenantLayer::new(Arc::clone(&state.registry)));
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
         .merge(tenant_routes);
+    if let Some(apex) = apex {
+        router = router.layer(axum::middleware::from_fn_with_state(
+            apex,
+            crate::app::apex::dispatch,
+        ));
+    }
     with_common_layers(router, max_body_bytes)
 }
 
@@ -187,9 +204,15 @@ impl Application {
                 })
                 .transpose()?,
         };
+        let apex = settings.shared_database().map(|url| ApexState {
+            host: Arc::from(settings.apex_host.as_str()),
+            registry: Arc::clone(&registry),
+            shared: crate::shared::SharedDb::connect_lazy(&url).pool().clone(),
+            session_ttl: settings.session_ttl,
+        });
         Ok(Self {
             listener,
-            router: app(state, config, settings.max_body_bytes),
+            router: app_with_apex(state, config, settings.max_body_bytes, apex),
             admin_listener,
             admin_router,
             registry,

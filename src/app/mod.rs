@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 
+pub mod apex;
 pub mod auth;
 mod jobs;
 mod notes;

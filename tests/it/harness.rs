@@ -99,6 +99,7 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub admin_token: String,
+    pub control_url: DatabaseUrl,
     pub control: ControlDb,
     pub registry: Arc<Registry>,
     pub client: reqwest::Client,
@@ -193,6 +194,7 @@ impl TestApp {
             addr,
             admin_addr,
             admin_token,
+            control_url,
             control,
             registry,
             client: reqwest::Client::builder()

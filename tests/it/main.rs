@@ -13,3 +13,4 @@ mod notes;
 mod propagation;
 mod routing;
 mod serve;
+mod shared;

@@ -1,0 +1,342 @@
+//! Shared isolation on plain PostgreSQL: the schema's keys, row-level security behind the
+//! filters, shared tenants through the admin API, and the apex login.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tenant_router::middleware::CurrentTenant;
+use tenant_router::shared::{SharedDb, TENANT_TABLES};
+
+use crate::harness::{TestApp, problem, shared_postgres, unique_name};
+
+#[tokio::test]
+async fn every_key_of_a_tenant_table_includes_tenant_id() {
+    let pg = shared_postgres().await;
+    let url = pg.create_database(&unique_name("catalog")).await.unwrap();
+    let shared = SharedDb::connect_lazy(&url);
+    let first = shared.prepare().await.unwrap();
+    assert!(!first.citus, "no Citus on this machine");
+    assert!(first.distributed.is_empty());
+    // Idempotent, and safe to run again.
+    assert_eq!(shared.prepare().await.unwrap(), first);
+
+    let tables: Vec<String> = TENANT_TABLES.iter().map(|t| t.to_string()).collect();
+    // Primary keys and unique indexes, with the columns they cover.
+    let indexes: Vec<(String, String, Vec<String>)> = sqlx::query_as(
+        "SELECT c.relname::text, i.relname::text,
+                coalesce(array_agg(a.attname::text) FILTER (WHERE a.attname IS NOT NULL), '{}')
+         FROM pg_index x
+         JOIN pg_class c ON c.oid = x.indrelid
+         JOIN pg_class i ON i.oid = x.indexrelid
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (x.indkey)
+         WHERE n.nspname = 'shared' AND c.relname = ANY ($1) AND (x.indisunique OR x.indisprimary)
+         GROUP BY 1, 2",
+    )
+    .bind(&tables)
+    .fetch_all(shared.pool())
+    .await
+    .unwrap();
+    assert!(indexes.len() >= TENANT_TABLES.len() + 2, "{indexes:?}");
+    for (table, index, columns) in &indexes {
+        assert!(
+            columns.iter().any(|c| c == "tenant_id"),
+            "{table}.{index} does not include tenant_id: {columns:?}"
+        );
+    }
+    // Foreign keys: both sides include tenant_id.
+    let fks: Vec<(String, String, Vec<String>, Vec<String>)> = sqlx::query_as(
+        "SELECT c.relname::text, k.conname::text,
+                array(SELECT attname::text FROM pg_attribute WHERE attrelid = k.conrelid AND attnum = ANY (k.conkey)),
+                array(SELECT attname::text FROM pg_attribute WHERE attrelid = k.confrelid AND attnum = ANY (k.confkey))
+         FROM pg_constraint k
+         JOIN pg_class c ON c.oid = k.conrelid
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'shared' AND k.contype = 'f' AND c.relname = ANY ($1)",
+    )
+    .bind(&tables)
+    .fetch_all(shared.pool())
+    .await
+    .unwrap();
+    assert!(fks.len() >= 3, "{fks:?}");
+    for (table, fk, from, to) in &fks {
+        assert!(
+            from.iter().any(|c| c == "tenant_id"),
+            "{table}.{fk} does not include tenant_id: {from:?}"
+        );
+        assert!(
+            to.iter().any(|c| c == "tenant_id" || c == "id") && to.len() == from.len(),
+            "{table}.{fk}: {to:?}"
+        );
+    }
+    // Every tenant table has row-level security, forced.
+    let rls: Vec<(String, bool, bool)> = sqlx::query_as(
+        "SELECT c.relname::text, c.relrowsecurity, c.relforcerowsecurity FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'shared' AND c.relname = ANY ($1)",
+    )
+    .bind(&tables)
+    .fetch_all(shared.pool())
+    .await
+    .unwrap();
+    assert_eq!(rls.len(), TENANT_TABLES.len());
+    assert!(rls.iter().all(|(_, on, forced)| *on && *forced), "{rls:?}");
+}
+
+const T1: &str = "tenant-1.test.com";
+const T2: &str = "tenant-2.test.com";
+
+#[tokio::test]
+async fn row_level_security_stops_a_query_that_forgets_its_filter() {
+    let app = TestApp::with_shared_demo_tenants().await;
+    let one = app.user_token(T1, "uno").await;
+    let two = app.user_token(T2, "dos").await;
+    app.create_note(T1, &one, "one's").await;
+    app.create_note(T2, &two, "two's").await;
+    app.create_note(T2, &two, "two's again").await;
+
+    let tenant = CurrentTenant::new(app.registry.resolve(T1).unwrap());
+    let db = tenant.db();
+    assert_eq!(db.scope(), "tenant-1");
+    let mut conn = db.conn().await.unwrap();
+    // No tenant filter at all: still only tenant 1's rows.
+    let contents: Vec<String> = sqlx::query_scalar("SELECT content FROM notes ORDER BY id")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(contents, ["one's"]);
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(users, 1);
+    // Asking for the other tenant by name: nothing.
+    let theirs: i64 = sqlx::query_scalar("SELECT count(*) FROM notes WHERE tenant_id = 'tenant-2'")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(theirs, 0);
+    // Writing a row for the other tenant: refused by the policy.
+    let err =
+        sqlx::query("INSERT INTO notes (tenant_id, user_id, content) VALUES ('tenant-2', 1, 'x')")
+            .execute(&mut *conn)
+            .await
+            .unwrap_err();
+    assert!(err.to_string().contains("row-level security"), "{err}");
+    drop(conn);
+
+    // Through the API, the other tenant's data stays out of reach.
+    let r = app.get(T2, "/api/notes", Some(&two)).await;
+    let page: Value = r.json().await.unwrap();
+    assert_eq!(page["notes"].as_array().unwrap().len(), 2);
+    problem(
+        app.get(T2, "/api/notes", Some(&one)).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn shared_tenants_through_the_admin_api() {
+    let app = TestApp::spawn(vec![]).await;
+    let r = app
+        .admin_send(
+            Method::POST,
+            "/admin/tenants",
+            Some(json!({"id": "small", "hosts": ["small.example.org"], "isolation": "shared"})),
+        )
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    let token = app.user_token("small.example.org", "smallfry").await;
+    app.create_note("small.example.org", &token, "in the shared schema")
+        .await;
+    let body: Value = app
+        .admin_get("/admin/tenants/small", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["isolation"], "shared");
+
+    // A database of its own contradicts shared; so does moving one with PATCH.
+    let body = problem(
+        app.admin_send(
+            Method::POST,
+            "/admin/tenants",
+            Some(json!({"id": "odd", "hosts": ["odd.example.org"], "isolation": "shared", "database": "postgres://h/x"})),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "database");
+    problem(
+        app.admin_send(
+            Method::PATCH,
+            "/admin/tenants/small",
+            Some(json!({"database": "postgres://h/x"})),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+
+    // Removal with drop_database purges its rows from the shared schema.
+    let shared = SharedDb::connect_lazy(&app.control_url);
+    let rows = |table: &'static str| {
+        let pool = shared.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM {table} WHERE tenant_id = 'small'"
+            )))
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(rows("notes").await, 1);
+    let r = app
+        .admin_send(
+            Method::DELETE,
+            "/admin/tenants/small?drop_database=true",
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(rows("notes").await, 0);
+    assert_eq!(rows("users").await, 0);
+    problem(
+        app.get("small.example.org", "/api/notes", Some(&token))
+            .await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn apex_login_finds_the_tenant_and_never_guesses() {
+    let app = TestApp::spawn_shared(&[
+        ("acme", "acme.test.com"),
+        ("globex", "globex.test.com"),
+        ("initech", "initech.test.com"),
+    ])
+    .await;
+    let register =
+        |host: &'static str, name: &'static str, email: &'static str, password: &'static str| {
+            app.post(
+                host,
+                "/api/register",
+                json!({"username": name, "email": email, "password": password}),
+                None,
+            )
+        };
+    assert_eq!(
+        register("acme.test.com", "solo", "solo@example.com", "correct horse")
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        register("acme.test.com", "twin", "twin@example.com", "correct horse")
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        register(
+            "globex.test.com",
+            "twin",
+            "Twin@Example.com",
+            "correct horse"
+        )
+        .await
+        .status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        register(
+            "initech.test.com",
+            "twin",
+            "twin@example.com",
+            "another password"
+        )
+        .await
+        .status(),
+        StatusCode::CREATED
+    );
+    let apex = |email: &str, password: &str| {
+        app.post(
+            "test.com",
+            "/api/login",
+            json!({"email": email, "password": password}),
+            None,
+        )
+    };
+
+    // A unique email: the tenant, its host, and a token that works there.
+    let r = apex("SOLO@example.com", "correct horse").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["tenant"], "acme");
+    assert_eq!(body["host"], "acme.test.com");
+    let token = body["token"].as_str().unwrap();
+    assert_eq!(
+        app.get("acme.test.com", "/api/notes", Some(token))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    problem(
+        app.get("globex.test.com", "/api/notes", Some(token)).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+
+    // The same email and password in two tenants: 300 with both, no token, no guess.
+    let r = apex("twin@example.com", "correct horse").await;
+    assert_eq!(r.status(), StatusCode::MULTIPLE_CHOICES);
+    let body: Value = r.json().await.unwrap();
+    assert!(body.get("token").is_none());
+    let tenants: Vec<&str> = body["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["tenant"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tenants,
+        ["acme", "globex"],
+        "initech's password differs, so it is not listed"
+    );
+    // The password decides when only one tenant's matches.
+    let r = apex("twin@example.com", "another password").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["tenant"], "initech");
+
+    // Unknown email and wrong password: the same 401.
+    let unknown = problem(
+        apex("nobody@example.com", "correct horse").await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    let wrong = problem(
+        apex("solo@example.com", "wrong password").await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert_eq!(unknown, wrong);
+    // The apex host is not a tenant: other routes say so.
+    problem(
+        app.get("test.com", "/api/notes", None).await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    assert_eq!(
+        app.get("test.com", "/healthz", None).await.status(),
+        StatusCode::OK
+    );
+}
