@@ -17,20 +17,59 @@ struct Site {
     host: String,
     db: DatabaseUrl,
     token: String,
+    /// Where its notes are: `notes` of its own database, or its rows of the shared schema.
+    notes: String,
 }
 
 async fn add_tenant(cluster: &Cluster, server: &Instance, id: &str) -> Site {
     let db = tenant_database(shared_postgres().await, id).await;
+    add_site(
+        cluster,
+        server,
+        id,
+        json!({"database": db.expose()}),
+        db,
+        "notes".into(),
+    )
+    .await
+}
+
+/// A shared tenant: its rows live in the shared schema of the control database.
+async fn add_shared_tenant(cluster: &Cluster, server: &Instance, id: &str) -> Site {
+    let notes = format!("shared.notes WHERE tenant_id = '{id}'");
+    add_site(
+        cluster,
+        server,
+        id,
+        json!({"isolation": "shared"}),
+        cluster.control_url.clone(),
+        notes,
+    )
+    .await
+}
+
+async fn add_site(
+    cluster: &Cluster,
+    server: &Instance,
+    id: &str,
+    extra: Value,
+    db: DatabaseUrl,
+    notes: String,
+) -> Site {
     let host = format!("{id}.example.org");
+    let mut body = json!({"id": id, "hosts": [host]});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
     let r = cluster
-        .admin(
-            server,
-            Method::POST,
-            "/admin/tenants",
-            Some(json!({"id": id, "hosts": [host], "database": db.expose()})),
-        )
+        .admin(server, Method::POST, "/admin/tenants", Some(body))
         .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
     let post = |path: &str, body: Value| {
         cluster
             .client
@@ -56,7 +95,12 @@ async fn add_tenant(cluster: &Cluster, server: &Instance, id: &str) -> Site {
         .as_str()
         .unwrap()
         .to_string();
-    Site { host, db, token }
+    Site {
+        host,
+        db,
+        token,
+        notes,
+    }
 }
 
 async fn submit(
@@ -150,7 +194,8 @@ async fn interleaved_jobs_land_in_their_own_tenants_database() {
     let cluster = Cluster::new().await;
     let server = cluster.start("server").await;
     let one = add_tenant(&cluster, &server, "jobs-one").await;
-    let two = add_tenant(&cluster, &server, "jobs-two").await;
+    // One dedicated tenant and one shared: the same jobs serve both.
+    let two = add_shared_tenant(&cluster, &server, "jobs-two").await;
     let _worker = cluster.start_worker("worker", &[]).await;
 
     let mut jobs = Vec::new();
@@ -188,9 +233,10 @@ async fn interleaved_jobs_land_in_their_own_tenants_database() {
     }
     for (site, mine, theirs) in [(&one, "one %", "two %"), (&two, "two %", "one %")] {
         let p = pool(&site.db).await;
-        let (m, t): (i64, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE content LIKE $1), count(*) FILTER (WHERE content LIKE $2) FROM notes",
-        )
+        let (m, t): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FILTER (WHERE content LIKE $1), count(*) FILTER (WHERE content LIKE $2) FROM {}",
+            site.notes
+        )))
         .bind(mine)
         .bind(theirs)
         .fetch_one(&p)
