@@ -36,6 +36,8 @@ pub struct AdminState {
     pub sync: Option<Arc<ConfigSync>>,
     /// The token's hash; with none configured, every call is refused.
     pub token_hash: Option<Arc<AdminTokenHash>>,
+    /// The shared database, for `GET /admin/shards`.
+    pub shared: Option<crate::shared::SharedDb>,
     /// SHA-256 of the last token argon2 accepted, so a client sending the same token again
     /// costs a hash, not another argon2 run. Compared in constant time.
     pub verified: Arc<Mutex<Option<[u8; 32]>>>,
@@ -50,6 +52,7 @@ pub fn router(state: AdminState) -> Router {
             get(show_tenant).patch(update_tenant).delete(remove_tenant),
         )
         .route("/admin/registry", get(registry))
+        .route("/admin/shards", get(shards))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
@@ -254,6 +257,17 @@ struct RegistryView {
 struct RegistryTenant {
     id: TenantId,
     version: i64,
+}
+
+/// The shared database's topology (Citus nodes, tables, placements, tenant statistics), or
+/// a plain statement that Citus is not installed.
+async fn shards(State(state): State<AdminState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let shared = state.shared.as_ref().ok_or_else(|| {
+        ApiError::NotFound(
+            "no shared database is configured (TENANT_ROUTER_SHARED_DATABASE_URL)".into(),
+        )
+    })?;
+    Ok(Json(shared.topology().await?))
 }
 
 /// This instance's applied version and each tenant's, to check convergence from outside.

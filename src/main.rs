@@ -101,6 +101,11 @@ enum TenantsCommand {
         #[arg(long)]
         if_match: Option<i64>,
     },
+    /// Give a shared tenant a shard of its own (Citus `isolate_tenant_to_new_shard`).
+    Isolate {
+        /// The tenant's id.
+        id: String,
+    },
     /// Remove a tenant.
     Remove {
         /// The tenant's id.
@@ -235,6 +240,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .update(&id, patch, if_match)
                 .await;
             report(result.map(|t| TenantView::from(&t)))
+        }
+        Command::Tenants(TenantsCommand::Isolate { id }) => {
+            let control = ControlDb::connect_lazy(settings.require_database_url()?);
+            let found = match TenantId::parse(&id) {
+                Ok(parsed) => control.get_tenant(&parsed).await?,
+                Err(_) => None,
+            };
+            let Some(tenant) = found else {
+                return report::<TenantView>(Err(OpError::NotFound(id)));
+            };
+            if tenant.isolation != tenant_router::tenant::Isolation::Shared {
+                eprintln!(
+                    "error: tenant '{id}' has a database of its own; only shared tenants have shards"
+                );
+                return Ok(ExitCode::from(2));
+            }
+            let url = settings
+                .shared_database()
+                .context("no shared database is configured")?;
+            let shard = SharedDb::connect_lazy(&url).isolate(&tenant.id).await?;
+            println!(
+                "{}",
+                serde_json::json!({ "tenant": tenant.id, "shard": shard })
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Tenants(TenantsCommand::Remove { id, drop_database }) => {
             let Ok(id) = TenantId::parse(&id) else {

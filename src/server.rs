@@ -182,6 +182,9 @@ impl Application {
                 sync: Some(Arc::clone(&sync)),
                 token_hash: settings.admin_token_hash.clone().map(Arc::new),
                 verified: Arc::default(),
+                shared: settings
+                    .shared_database()
+                    .map(|u| crate::shared::SharedDb::connect_lazy(&u)),
             }),
             settings.max_body_bytes,
         );

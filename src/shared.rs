@@ -153,6 +153,66 @@ impl SharedDb {
         Ok(Prepared { citus, distributed })
     }
 
+    /// The shared database's topology, as `GET /admin/shards` shows it: nodes, distributed
+    /// tables, shard placements and `citus_stat_tenants` (when tracking is on). On plain
+    /// PostgreSQL it says so and lists nothing.
+    pub async fn topology(&self) -> anyhow::Result<serde_json::Value> {
+        if !self.has_citus().await? {
+            return Ok(serde_json::json!({
+                "citus": false,
+                "detail": "the citus extension is not installed in the shared database: shared tenants live on one PostgreSQL server, with no shards",
+            }));
+        }
+        // Each view is read on its own, so one missing in this Citus version costs only
+        // its own section.
+        let mut out = serde_json::Map::new();
+        out.insert("citus".into(), true.into());
+        for (name, sql) in [
+            (
+                "nodes",
+                "SELECT nodeid, nodename, nodeport, noderole, isactive FROM pg_dist_node ORDER BY nodeid",
+            ),
+            (
+                "tables",
+                "SELECT table_name::text, citus_table_type, distribution_column, colocation_id, shard_count FROM citus_tables ORDER BY 1",
+            ),
+            (
+                "placements",
+                "SELECT table_name::text, shardid, nodename, nodeport, shard_size FROM citus_shards ORDER BY shardid LIMIT 1000",
+            ),
+            ("tenants", "SELECT * FROM citus_stat_tenants LIMIT 100"),
+        ] {
+            let wrapped = format!("SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]') FROM ({sql}) t");
+            let value =
+                match sqlx::query_scalar::<_, serde_json::Value>(sqlx::AssertSqlSafe(wrapped))
+                    .fetch_one(&self.pool)
+                    .await
+                {
+                    Ok(v) => v,
+                    Err(e) => serde_json::json!({ "unavailable": e.to_string() }),
+                };
+            out.insert(name.into(), value);
+        }
+        Ok(serde_json::Value::Object(out))
+    }
+
+    /// Moves one tenant's rows to a shard of their own (Citus `isolate_tenant_to_new_shard`,
+    /// cascading to the co-located tables). Returns the new shard id.
+    pub async fn isolate(&self, id: &TenantId) -> anyhow::Result<i64> {
+        anyhow::ensure!(
+            self.has_citus().await?,
+            "isolating a tenant needs a Citus cluster; the shared database is plain PostgreSQL"
+        );
+        let shard: i64 = sqlx::query_scalar(
+            "SELECT isolate_tenant_to_new_shard('users', $1, cascade_option => 'CASCADE')",
+        )
+        .bind(id.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .context("isolate_tenant_to_new_shard")?;
+        Ok(shard)
+    }
+
     /// Adds a tenant to the directory (idempotent). Returns whether it was added now.
     pub async fn register(&self, id: &TenantId) -> anyhow::Result<bool> {
         let added = sqlx::query("INSERT INTO tenants (id) VALUES ($1) ON CONFLICT (id) DO NOTHING")

@@ -185,6 +185,34 @@ async fn shared_tenants_through_the_admin_api() {
     )
     .await;
 
+    // The topology says plainly that there is no Citus here.
+    let r = app.admin_get("/admin/shards", None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let topology: Value = r.json().await.unwrap();
+    assert_eq!(topology["citus"], false);
+    assert!(
+        topology["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not installed")
+    );
+    // Isolating needs Citus; a dedicated tenant has no shard at all.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tenant-router"))
+            .args(args)
+            .env("TENANT_ROUTER_DATABASE_URL", app.control_url.expose())
+            .env_remove("TENANT_ROUTER_CONFIG")
+            .env_remove("TENANT_ROUTER_REDIS_URL")
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["tenants", "isolate", "small"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a Citus cluster"));
+    let out = cli(&["tenants", "isolate", "nobody"]);
+    assert_eq!(out.status.code(), Some(2));
+
     // Removal with drop_database purges its rows from the shared schema.
     let shared = SharedDb::connect_lazy(&app.control_url);
     let rows = |table: &'static str| {
