@@ -51,6 +51,7 @@ pub fn router(state: AdminState) -> Router {
             "/admin/tenants/{id}",
             get(show_tenant).patch(update_tenant).delete(remove_tenant),
         )
+        .route("/admin/tenants/{id}/move", axum::routing::post(move_tenant))
         .route("/admin/registry", get(registry))
         .route("/admin/shards", get(shards))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
@@ -226,6 +227,26 @@ async fn update_tenant(
     let expected = if_match(&headers)?;
     let tenant = state.ops.update(&id, patch, expected).await?;
     Ok(tenant_response(StatusCode::OK, &tenant))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveBody {
+    to: String,
+}
+
+async fn move_tenant(
+    State(state): State<AdminState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<MoveBody>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let to: Isolation = body
+        .to
+        .parse()
+        .map_err(|e: crate::tenant::InvalidValue| ApiError::invalid("to", e.0))?;
+    let report = state.ops.move_tenant(&id, to).await?;
+    Ok(Json(report).into_response())
 }
 
 #[derive(Deserialize)]

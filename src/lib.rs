@@ -34,6 +34,7 @@ pub mod host;
 pub mod jobs;
 pub mod local;
 pub mod middleware;
+pub mod moving;
 pub mod operations;
 pub mod problem;
 pub mod provision;

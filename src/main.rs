@@ -101,6 +101,15 @@ enum TenantsCommand {
         #[arg(long)]
         if_match: Option<i64>,
     },
+    /// Move a tenant to its own database or to the shared one: rows copied and counted,
+    /// configuration switched in one version bump, then the source rows deleted.
+    Move {
+        /// The tenant's id.
+        id: String,
+        /// dedicated or shared.
+        #[arg(long)]
+        to: String,
+    },
     /// Give a shared tenant a shard of its own (Citus `isolate_tenant_to_new_shard`).
     Isolate {
         /// The tenant's id.
@@ -240,6 +249,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .update(&id, patch, if_match)
                 .await;
             report(result.map(|t| TenantView::from(&t)))
+        }
+        Command::Tenants(TenantsCommand::Move { id, to }) => {
+            let Ok(id) = TenantId::parse(&id) else {
+                return report::<TenantView>(Err(OpError::NotFound(id)));
+            };
+            let to = match to.parse::<tenant_router::tenant::Isolation>() {
+                Ok(to) => to,
+                Err(e) => return Ok(invalid(&[FieldError::new("--to", e.0)])),
+            };
+            let result = operations(&settings).await?.move_tenant(&id, to).await;
+            report(result)
         }
         Command::Tenants(TenantsCommand::Isolate { id }) => {
             let control = ControlDb::connect_lazy(settings.require_database_url()?);

@@ -261,6 +261,21 @@ pub struct Removal {
     pub database_dropped: bool,
 }
 
+/// What a move did.
+#[derive(Debug, Clone, Serialize)]
+pub struct MoveReport {
+    /// The tenant.
+    pub id: TenantId,
+    /// Where it was.
+    pub from: Isolation,
+    /// Where it is.
+    pub to: Isolation,
+    /// The version of the switch.
+    pub version: i64,
+    /// Rows copied per table (equal at source and target).
+    pub copied: Vec<crate::moving::Copied>,
+}
+
 /// Tenant writes. Cheap to clone.
 #[derive(Clone)]
 pub struct TenantOps {
@@ -546,6 +561,96 @@ impl TenantOps {
             id: id.clone(),
             version: removed.version,
             database_dropped,
+        })
+    }
+
+    /// Moves a tenant to its own database or to the shared one: copies its rows, checks the
+    /// counts, switches its configuration in one version bump, then deletes the source rows.
+    /// Only this tenant's writes wait meanwhile (see [`crate::moving`]).
+    pub async fn move_tenant(&self, id: &TenantId, to: Isolation) -> Result<MoveReport, OpError> {
+        use crate::moving::{Source, copy_to_dedicated, copy_to_shared};
+        let current = self
+            .control
+            .get_tenant(id)
+            .await?
+            .ok_or_else(|| OpError::NotFound(id.to_string()))?;
+        if current.isolation == to {
+            return Err(OpError::Conflict(format!(
+                "tenant '{id}' is {} already",
+                to.as_str()
+            )));
+        }
+        let (shared, shared_url) = self.shared_db().await?;
+        let (target, provisioned) = match to {
+            Isolation::Shared => {
+                shared.register(id).await?;
+                (shared_url.clone(), false)
+            }
+            Isolation::Dedicated => {
+                let migrator = self
+                    .migrations
+                    .load()
+                    .await
+                    .map_err(OpError::Provisioning)?;
+                let made = provision::provision(&self.provision_server, id, &migrator)
+                    .await
+                    .map_err(OpError::Provisioning)?;
+                (made.database, true)
+            }
+        };
+        let (source, rows) = Source::lock(current.isolation, &current.database, id).await?;
+        let copied = match to {
+            Isolation::Shared => copy_to_shared(shared, id, &rows).await,
+            Isolation::Dedicated => copy_to_dedicated(&target, &rows).await,
+        };
+        let copied = match copied {
+            Ok(c) => c,
+            Err(e) => {
+                source.abandon().await;
+                return Err(OpError::Other(
+                    e.context("copying the tenant's rows; nothing was switched"),
+                ));
+            }
+        };
+        let spec = TenantSpec {
+            id: id.clone(),
+            hosts: current.hosts.clone(),
+            database: target,
+            provisioned,
+            pool: current.pool,
+            state: current.state,
+            isolation: to,
+        };
+        let written = match self
+            .control
+            .write(
+                &spec,
+                WriteMode::Update {
+                    expected_version: Some(current.version),
+                },
+            )
+            .await
+        {
+            Ok(w) => w,
+            Err(e) => {
+                source.abandon().await;
+                return Err(write_error(e, id));
+            }
+        };
+        self.announce(HintOp::Upsert, id, written.tenant.version)
+            .await;
+        source.finish(id).await.map_err(|e| {
+            OpError::Other(e.context(format!(
+                "tenant '{id}' was switched to {}, but its old rows could not be deleted",
+                to.as_str()
+            )))
+        })?;
+        Ok(MoveReport {
+            id: id.clone(),
+            from: current.isolation,
+            to,
+            version: written.tenant.version,
+            copied,
         })
     }
 

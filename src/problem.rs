@@ -97,10 +97,12 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
     use sqlx::Error as E;
     match e {
         E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::WorkerCrashed => true,
-        // 57P01..57P03: admin shutdown, crash shutdown, cannot connect now; 3D000: no database.
+        // 57P01..57P03: admin shutdown, crash shutdown, cannot connect now (also what a
+        // database a tenant moved out of answers to writes); 3D000: no database; 23503: a
+        // row referenced a moment ago is gone (a tenant moving, a user deleted): retryable.
         E::Database(db) => matches!(
             db.code().as_deref(),
-            Some("57P01" | "57P02" | "57P03" | "3D000" | "53300")
+            Some("57P01" | "57P02" | "57P03" | "3D000" | "53300" | "23503")
         ),
         _ => false,
     }

@@ -47,7 +47,7 @@ CREATE TABLE notes (
 CREATE INDEX notes_user_id_id ON notes (tenant_id, user_id, id DESC);
 
 CREATE TABLE job_runs (
-    tenant_id    text NOT NULL,
+    tenant_id    text NOT NULL REFERENCES tenants (id),
     job_id       text NOT NULL,
     kind         text NOT NULL,
     result       jsonb,

@@ -368,3 +368,151 @@ async fn apex_login_finds_the_tenant_and_never_guesses() {
         StatusCode::OK
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_moves_to_dedicated_and_back_under_load_without_losing_a_row() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let app = Arc::new(TestApp::with_shared_demo_tenants().await);
+    let one = app.user_token(T1, "mover").await;
+    let two = app.user_token(T2, "stayer").await;
+    for i in 0..20 {
+        app.create_note(T1, &one, &format!("before {i}")).await;
+    }
+    app.create_note(T2, &two, "two's only").await;
+
+    // A client keeps writing to the moving tenant; a 503 means "retry".
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let writer = {
+        let (app, stop, acknowledged, token) = (
+            Arc::clone(&app),
+            Arc::clone(&stop),
+            Arc::clone(&acknowledged),
+            one.clone(),
+        );
+        tokio::spawn(async move {
+            let mut n = 0;
+            let mut retries = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let content = format!("during {n}");
+                let r = app
+                    .post(T1, "/api/notes", json!({"content": content}), Some(&token))
+                    .await;
+                match r.status() {
+                    StatusCode::CREATED => {
+                        acknowledged.lock().unwrap().push(content);
+                        n += 1;
+                    }
+                    StatusCode::SERVICE_UNAVAILABLE => retries += 1,
+                    other => panic!("{other}: {}", r.text().await.unwrap()),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            retries
+        })
+    };
+    let move_to = |to: &'static str| {
+        let app = Arc::clone(&app);
+        async move {
+            let r = app
+                .admin_send(
+                    Method::POST,
+                    "/admin/tenants/tenant-1/move",
+                    Some(json!({"to": to})),
+                )
+                .await;
+            assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let there = move_to("dedicated").await;
+    assert_eq!(there["from"], "shared");
+    let copied_notes = there["copied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["table"] == "notes")
+        .unwrap()["rows"]
+        .as_i64()
+        .unwrap();
+    assert!(copied_notes >= 20, "{there}");
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let back = move_to("shared").await;
+    assert_eq!(back["to"], "shared");
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+
+    // Every note written before or acknowledged during the moves is there; nothing else.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let r = app
+            .get(
+                T1,
+                &format!("/api/notes?limit=100&cursor={cursor}"),
+                Some(&one),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let page: Value = r.json().await.unwrap();
+        seen.extend(
+            page["notes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["content"].as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => break,
+        }
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(!acknowledged.is_empty(), "the writer got through");
+    for expected in (0..20)
+        .map(|i| format!("before {i}"))
+        .chain(acknowledged.iter().cloned())
+    {
+        assert!(seen.contains(&expected), "lost: {expected}");
+    }
+    assert_eq!(
+        seen.len(),
+        20 + acknowledged.len(),
+        "nothing twice, nothing foreign"
+    );
+    assert!(!seen.iter().any(|c| c.contains("two's")));
+    // The other tenant never noticed.
+    let r = app.get(T2, "/api/notes", Some(&two)).await;
+    let page: Value = r.json().await.unwrap();
+    assert_eq!(page["notes"][0]["content"], "two's only");
+    let tenant: Value = app
+        .admin_get("/admin/tenants/tenant-1", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tenant["isolation"], "shared");
+    // The dedicated database it lived in meanwhile is empty, and refuses writes.
+    let pg = shared_postgres().await;
+    let old = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(pg.url("tenant_tenant_1").connect_options())
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
+        .fetch_one(&old)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    let err = sqlx::query(
+        "INSERT INTO users (username, email, password_hash) VALUES ('x', 'x@x.x', 'x')",
+    )
+    .execute(&old)
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("moved"), "{err}");
+}

@@ -1,0 +1,327 @@
+//! Moving a tenant between its own database and the shared one, without losing a row.
+//!
+//! The order is the contract:
+//! 1. Take the tenant's write locks at the source (its tables, when they are its own
+//!    database; its directory row and its rows, when it is shared). Readers go on; its
+//!    writers wait; no other tenant is touched.
+//! 2. Copy every row to the target in one transaction, and compare row counts per table.
+//! 3. Switch the tenant's configuration in one version bump, announced on the bus.
+//! 4. Delete the source rows in the transaction that holds the locks. A dedicated source
+//!    also gets a trigger that refuses writes with a retryable error (57P03, a 503 for the
+//!    client), so a writer that was waiting on the lock fails rather than writing to the
+//!    old place.
+
+use anyhow::Context as _;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{Connection as _, PgConnection};
+
+use crate::shared::{SharedDb, scope_tx};
+use crate::tenant::{DatabaseUrl, Isolation, TenantId};
+
+/// A table's columns, besides `tenant_id`, and its identity column.
+struct Table {
+    name: &'static str,
+    columns: &'static [&'static str],
+    identity: Option<&'static str>,
+}
+
+/// The tenant tables, referenced before referencing (insert order).
+const TABLES: &[Table] = &[
+    Table {
+        name: "users",
+        columns: &["id", "username", "email", "password_hash", "created_at"],
+        identity: Some("id"),
+    },
+    Table {
+        name: "sessions",
+        columns: &["token_hash", "user_id", "created_at", "expires_at"],
+        identity: None,
+    },
+    Table {
+        name: "notes",
+        columns: &["id", "user_id", "content", "created_at", "updated_at"],
+        identity: Some("id"),
+    },
+    Table {
+        name: "job_runs",
+        columns: &["job_id", "kind", "result", "completed_at"],
+        identity: None,
+    },
+];
+
+/// Rows copied per table.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Copied {
+    /// Table.
+    pub table: &'static str,
+    /// Rows.
+    pub rows: i64,
+}
+
+/// Every row of the tenant, per table, as JSON arrays (`to_jsonb` of each row).
+async fn read_rows(conn: &mut PgConnection, scope: &str) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for t in TABLES {
+        let rows: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT coalesce(jsonb_agg(to_jsonb(r)), '[]') FROM {} r WHERE tenant_id = $1",
+            t.name
+        )))
+        .bind(scope)
+        .fetch_one(&mut *conn)
+        .await
+        .with_context(|| format!("reading {}", t.name))?;
+        out.push(rows);
+    }
+    Ok(out)
+}
+
+/// Writes rows read by [`read_rows`] under `scope`, and checks the counts.
+async fn write_rows(
+    conn: &mut PgConnection,
+    scope: &str,
+    rows: &[Value],
+) -> anyhow::Result<Vec<Copied>> {
+    let mut copied = Vec::new();
+    for (t, data) in TABLES.iter().zip(rows) {
+        let cols = t.columns.join(", ");
+        let picked: Vec<String> = t.columns.iter().map(|c| format!("r.{c}")).collect();
+        let overriding = if t.identity.is_some() {
+            "OVERRIDING SYSTEM VALUE"
+        } else {
+            ""
+        };
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {name} (tenant_id, {cols}) {overriding}
+             SELECT $2, {picked} FROM jsonb_populate_recordset(NULL::{name}, $1) r",
+            name = t.name,
+            picked = picked.join(", "),
+        )))
+        .bind(data)
+        .bind(scope)
+        .execute(&mut *conn)
+        .await
+        .with_context(|| format!("copying {}", t.name))?;
+        let expected = data.as_array().map_or(0, |a| a.len()) as i64;
+        let got: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {} WHERE tenant_id = $1",
+            t.name
+        )))
+        .bind(scope)
+        .fetch_one(&mut *conn)
+        .await?;
+        anyhow::ensure!(
+            got == expected,
+            "{}: {expected} rows at the source, {got} at the target",
+            t.name
+        );
+        copied.push(Copied {
+            table: t.name,
+            rows: got,
+        });
+    }
+    Ok(copied)
+}
+
+/// Moves identity sequences past the copied ids, so new rows never collide with them.
+async fn bump_sequences(conn: &mut PgConnection, rows: &[Value]) -> anyhow::Result<()> {
+    for (t, data) in TABLES.iter().zip(rows) {
+        let Some(column) = t.identity else { continue };
+        let max = data
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.get(column).and_then(Value::as_i64))
+            .max();
+        if let Some(max) = max {
+            let seq = sequence_of(t.name, column);
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT setval('{seq}', greatest($1, (SELECT last_value FROM {seq})))"
+            )))
+            .bind(max)
+            .execute(&mut *conn)
+            .await
+            .with_context(|| format!("moving the {} id sequence", t.name))?;
+        }
+    }
+    Ok(())
+}
+
+/// The implicit name of an identity column's sequence.
+fn sequence_of(table: &str, column: &str) -> String {
+    format!("{table}_{column}_seq")
+}
+
+/// The source side of a move: the locks, held until [`Source::finish`].
+pub(crate) enum Source {
+    /// The tenant's own database, its tables locked against writers.
+    Dedicated(PgConnection),
+    /// The shared database, the tenant's directory row and rows locked.
+    Shared(PgConnection),
+}
+
+impl Source {
+    /// Opens the source and takes the tenant's write locks (in an open transaction).
+    pub(crate) async fn lock(
+        isolation: Isolation,
+        database: &DatabaseUrl,
+        id: &TenantId,
+    ) -> anyhow::Result<(Self, Vec<Value>)> {
+        match isolation {
+            Isolation::Dedicated => {
+                let mut conn = PgConnection::connect_with(&database.connect_options())
+                    .await
+                    .with_context(|| format!("connecting to {database}"))?;
+                sqlx::query("BEGIN").execute(&mut conn).await?;
+                sqlx::query(
+                    "LOCK TABLE users, sessions, notes, job_runs IN SHARE ROW EXCLUSIVE MODE",
+                )
+                .execute(&mut conn)
+                .await
+                .context("locking the tenant's tables")?;
+                let rows = read_rows(&mut conn, "").await?;
+                Ok((Self::Dedicated(conn), rows))
+            }
+            Isolation::Shared => {
+                let mut conn =
+                    PgConnection::connect_with(&crate::shared::connect_options(database))
+                        .await
+                        .with_context(|| format!("connecting to {database}"))?;
+                sqlx::query("BEGIN").execute(&mut conn).await?;
+                // New rows of this tenant reference its directory row (users, job_runs) or
+                // its users (sessions, notes): locking those blocks its writers only.
+                sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE")
+                    .bind(id.as_str())
+                    .execute(&mut conn)
+                    .await
+                    .context("locking the tenant's directory row")?;
+                scope_tx(&mut conn, id.as_str()).await?;
+                for table in ["users", "notes", "sessions", "job_runs"] {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT 1 FROM {table} WHERE tenant_id = $1 FOR UPDATE"
+                    )))
+                    .bind(id.as_str())
+                    .execute(&mut conn)
+                    .await
+                    .with_context(|| format!("locking the tenant's {table}"))?;
+                }
+                let rows = read_rows(&mut conn, id.as_str()).await?;
+                Ok((Self::Shared(conn), rows))
+            }
+        }
+    }
+
+    /// Deletes the source rows and commits, releasing the locks. A dedicated source is
+    /// closed to writes for good.
+    pub(crate) async fn finish(self, id: &TenantId) -> anyhow::Result<()> {
+        match self {
+            Self::Dedicated(mut conn) => {
+                for t in TABLES.iter().rev() {
+                    sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {}", t.name)))
+                        .execute(&mut conn)
+                        .await?;
+                }
+                sqlx::query(
+                    "CREATE OR REPLACE FUNCTION tenant_router_moved() RETURNS trigger
+                     LANGUAGE plpgsql AS $$ BEGIN
+                       RAISE EXCEPTION 'this tenant has moved to another database; retry'
+                         USING ERRCODE = '57P03';
+                     END $$",
+                )
+                .execute(&mut conn)
+                .await?;
+                for t in TABLES {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "CREATE TRIGGER tenant_router_moved BEFORE INSERT OR UPDATE OR DELETE
+                         ON {} FOR EACH STATEMENT EXECUTE FUNCTION tenant_router_moved()",
+                        t.name
+                    )))
+                    .execute(&mut conn)
+                    .await?;
+                }
+                sqlx::query("COMMIT").execute(&mut conn).await?;
+                let _ = conn.close().await;
+            }
+            Self::Shared(mut conn) => {
+                for t in TABLES.iter().rev() {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DELETE FROM {} WHERE tenant_id = $1",
+                        t.name
+                    )))
+                    .bind(id.as_str())
+                    .execute(&mut conn)
+                    .await?;
+                }
+                sqlx::query("RESET ROLE").execute(&mut conn).await?;
+                sqlx::query("DELETE FROM tenants WHERE id = $1")
+                    .bind(id.as_str())
+                    .execute(&mut conn)
+                    .await?;
+                sqlx::query("COMMIT").execute(&mut conn).await?;
+                let _ = conn.close().await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives up: rolls back, releasing the locks, leaving the source as it was.
+    pub(crate) async fn abandon(self) {
+        let (Self::Dedicated(mut conn) | Self::Shared(mut conn)) = self;
+        let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+        let _ = conn.close().await;
+    }
+}
+
+/// Copies `rows` into a dedicated target database (created and migrated by the caller).
+/// Leftovers of an earlier attempt, and a "moved" guard from an earlier move out, go first.
+pub(crate) async fn copy_to_dedicated(
+    target: &DatabaseUrl,
+    rows: &[Value],
+) -> anyhow::Result<Vec<Copied>> {
+    let mut conn = PgConnection::connect_with(&target.connect_options())
+        .await
+        .with_context(|| format!("connecting to {target}"))?;
+    let mut tx = conn.begin().await?;
+    for t in TABLES {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP TRIGGER IF EXISTS tenant_router_moved ON {}",
+            t.name
+        )))
+        .execute(&mut *tx)
+        .await?;
+    }
+    for t in TABLES.iter().rev() {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {}", t.name)))
+            .execute(&mut *tx)
+            .await?;
+    }
+    let copied = write_rows(&mut tx, "", rows).await?;
+    bump_sequences(&mut tx, rows).await?;
+    tx.commit().await?;
+    let _ = conn.close().await;
+    Ok(copied)
+}
+
+/// Copies `rows` into the shared database under the tenant's id.
+pub(crate) async fn copy_to_shared(
+    shared: &SharedDb,
+    id: &TenantId,
+    rows: &[Value],
+) -> anyhow::Result<Vec<Copied>> {
+    let mut tx = shared.pool().begin().await?;
+    scope_tx(&mut tx, id.as_str()).await?;
+    for t in TABLES.iter().rev() {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {} WHERE tenant_id = $1",
+            t.name
+        )))
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+    }
+    let copied = write_rows(&mut tx, id.as_str(), rows).await?;
+    sqlx::query("RESET ROLE").execute(&mut *tx).await?;
+    bump_sequences(&mut tx, rows).await?;
+    tx.commit().await?;
+    Ok(copied)
+}
