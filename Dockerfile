@@ -5,7 +5,7 @@ COPY . .
 RUN cargo build --release --bin tenant-router
 
 FROM debian:bookworm-slim
-RUN useradd --system --home /app tenant-router
+RUN useradd --system --home /app tenant-router && mkdir -p /app/data && chown tenant-router /app/data
 WORKDIR /app
 COPY --from=build /src/target/release/tenant-router /usr/local/bin/tenant-router
 COPY tenant-config ./tenant-config
