@@ -18,7 +18,7 @@ use tenant_router::problem::FieldError;
 use tenant_router::provision::{self, MigrationOutcome};
 use tenant_router::server::{Application, shutdown_signal};
 use tenant_router::shared::SharedDb;
-use tenant_router::tenant::TenantId;
+use tenant_router::tenant::{Isolation, TenantId};
 use tenant_router::tenants_file::{self, TenantsFile};
 
 /// Database-per-tenant router: a request's Host header picks the tenant's own database.
@@ -254,7 +254,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let Ok(id) = TenantId::parse(&id) else {
                 return report::<TenantView>(Err(OpError::NotFound(id)));
             };
-            let to = match to.parse::<tenant_router::tenant::Isolation>() {
+            let to = match to.parse::<Isolation>() {
                 Ok(to) => to,
                 Err(e) => return Ok(invalid(&[FieldError::new("--to", e.0)])),
             };
@@ -270,7 +270,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let Some(tenant) = found else {
                 return report::<TenantView>(Err(OpError::NotFound(id)));
             };
-            if tenant.isolation != tenant_router::tenant::Isolation::Shared {
+            if tenant.isolation != Isolation::Shared {
                 eprintln!(
                     "error: tenant '{id}' has a database of its own; only shared tenants have shards"
                 );
@@ -301,9 +301,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for t in control.load_tenants().await? {
                 let hosts: Vec<&str> = t.hosts.iter().map(|h| h.as_str()).collect();
                 println!(
-                    "{}\t{}\tv{}\t{}\t{}",
+                    "{}\t{}\t{}\tv{}\t{}\t{}",
                     t.id,
                     t.state.as_str(),
+                    t.isolation.as_str(),
                     t.version,
                     hosts.join(","),
                     t.database.redacted()
@@ -394,7 +395,22 @@ async fn migrate(settings: &Settings, jobs: usize) -> anyhow::Result<ExitCode> {
     let control = ControlDb::connect_lazy(settings.require_database_url()?);
     control.migrate().await?;
     println!("control database: migrated");
-    let tenants = control.load_tenants().await?;
+    let (tenants, shared): (Vec<_>, Vec<_>) = control
+        .load_tenants()
+        .await?
+        .into_iter()
+        .partition(|t| t.isolation == Isolation::Dedicated);
+    if !shared.is_empty() {
+        let url = settings
+            .shared_database()
+            .context("shared tenants exist, but no shared database is configured")?;
+        let prepared = SharedDb::connect_lazy(&url).prepare().await?;
+        println!(
+            "shared database ({} shared tenants): migrated{}",
+            shared.len(),
+            if prepared.citus { ", on Citus" } else { "" }
+        );
+    }
     let migrator = settings.tenant_migrations.load().await?;
     let outcomes = provision::migrate_all(&tenants, migrator, jobs).await;
     let (mut migrated, mut current, mut failed) = (0, 0, Vec::new());
@@ -490,8 +506,13 @@ async fn demo(settings: &mut Settings) -> anyhow::Result<ExitCode> {
     control.migrate().await?;
     import(&control, settings, &settings.tenants_file.clone()).await?;
     let tenants = control.load_tenants().await?;
+    let dedicated: Vec<_> = tenants
+        .iter()
+        .filter(|t| t.isolation == Isolation::Dedicated)
+        .cloned()
+        .collect();
     let migrator = settings.tenant_migrations.load().await?;
-    for (id, outcome) in provision::migrate_all(&tenants, migrator, 4).await {
+    for (id, outcome) in provision::migrate_all(&dedicated, migrator, 4).await {
         if let MigrationOutcome::Failed(e) = outcome {
             anyhow::bail!("migrating tenant {id}: {e}");
         }
@@ -501,12 +522,11 @@ async fn demo(settings: &mut Settings) -> anyhow::Result<ExitCode> {
     println!("\ntenant-router demo is serving on http://{addr}");
     for t in &tenants {
         let hosts: Vec<&str> = t.hosts.iter().map(|h| h.as_str()).collect();
-        println!(
-            "  {} -> {} ({})",
-            hosts.join(", "),
-            t.id,
-            t.database.redacted()
-        );
+        let place = match t.isolation {
+            Isolation::Dedicated => t.database.redacted(),
+            Isolation::Shared => format!("shared: schema shared of {}", t.database.redacted()),
+        };
+        println!("  {} -> {} ({place})", hosts.join(", "), t.id);
     }
     println!(
         "\ntry:\n  curl -s -H 'Host: tenant-1.test.com' -H 'Content-Type: application/json' \\\n    \

@@ -139,7 +139,8 @@ mod tests {
     fn parses_the_shipped_file() {
         let file = TenantsFile::load(Path::new("tenant-config/tenants.toml")).unwrap();
         let ids: Vec<_> = file.tenants.iter().map(|t| t.id.as_str()).collect();
-        assert_eq!(ids, ["tenant-1", "tenant-2"]);
+        assert_eq!(ids, ["tenant-1", "tenant-2", "tenant-3"]);
+        assert_eq!(file.tenants[2].isolation, Isolation::Shared);
     }
 
     #[test]

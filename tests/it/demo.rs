@@ -116,12 +116,17 @@ async fn demo_serves_both_tenants_and_keeps_data_across_restarts() {
     let login = json!({"email": "demo@example.com", "password": "correct horse"});
 
     let demo = Demo::start(dir.path(), port).await;
-    for host in ["tenant-1.test.com", "tenant-2.test.com"] {
+    for host in [
+        "tenant-1.test.com",
+        "tenant-2.test.com",
+        "tenant-3.test.com",
+    ] {
         assert_eq!(
             demo.post(host, "/api/register", user.clone())
                 .await
                 .status(),
-            StatusCode::CREATED
+            StatusCode::CREATED,
+            "{host}"
         );
     }
     // The first start made an admin token, printed it once, and kept only its hash.
@@ -134,7 +139,7 @@ async fn demo_serves_both_tenants_and_keeps_data_across_restarts() {
     let r = demo.admin_get("/admin/registry", &token).await;
     assert_eq!(r.status(), StatusCode::OK);
     let registry: Value = r.json().await.unwrap();
-    assert_eq!(registry["tenants"].as_array().unwrap().len(), 2);
+    assert_eq!(registry["tenants"].as_array().unwrap().len(), 3);
     assert_eq!(
         demo.admin_get("/admin/registry", "tra_wrong")
             .await

@@ -55,7 +55,7 @@ async fn import_list_and_serve_as_processes() {
         .unwrap();
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(
-        listing.contains("svc\tactive") && listing.contains("svc.example.org"),
+        listing.contains("svc\tactive\tdedicated") && listing.contains("svc.example.org"),
         "{listing}"
     );
     assert!(
