@@ -121,6 +121,9 @@ pub struct SettingsArgs {
     /// [default: test.com].
     #[arg(long, env = "TENANT_ROUTER_APEX_HOST", global = true)]
     pub apex_host: Option<String>,
+    /// Most tenant connections open at once, across all tenant pools [default: 64].
+    #[arg(long, env = "TENANT_ROUTER_MAX_TOTAL_CONNECTIONS", global = true)]
+    pub max_total_connections: Option<usize>,
 }
 
 /// The settings file's shape; every key optional.
@@ -152,6 +155,7 @@ struct FileSettings {
     files_dir: Option<PathBuf>,
     shared_database_url: Option<String>,
     apex_host: Option<String>,
+    max_total_connections: Option<usize>,
 }
 
 /// The resolved settings.
@@ -195,6 +199,8 @@ pub struct Settings {
     pub shared_database_url: Option<DatabaseUrl>,
     /// The apex host.
     pub apex_host: String,
+    /// The global connection budget of the tenant pools.
+    pub max_total_connections: usize,
 }
 
 impl Settings {
@@ -369,6 +375,17 @@ impl Settings {
                     .clone()
                     .or(file.shared_database_url),
             )?,
+            max_total_connections: {
+                let n = args
+                    .max_total_connections
+                    .or(file.max_total_connections)
+                    .unwrap_or(64);
+                anyhow::ensure!(
+                    (1..=100_000).contains(&n),
+                    "max_total_connections (TENANT_ROUTER_MAX_TOTAL_CONNECTIONS) must be 1 to 100000"
+                );
+                n
+            },
             apex_host: {
                 let raw = args
                     .apex_host

@@ -2,20 +2,25 @@
 //!
 //! Database-per-tenant routing for axum. A request's `Host` resolves to a tenant in an
 //! `arc-swap`ped [`registry::Registry`]; [`middleware::TenantLayer`] hands the handler a
-//! [`middleware::CurrentTenant`] carrying that tenant's own `sqlx` pool, and nothing else.
+//! [`middleware::CurrentTenant`] carrying that tenant's own pool, and nothing else: its
+//! [`CurrentTenant::db`](middleware::CurrentTenant::db) hands out connections (within the
+//! registry's global connection budget) and the `tenant_id` scope every query binds.
 //!
 //! ```no_run
 //! use std::sync::Arc;
 //! use axum::{Router, routing::get};
 //! use tenant_router::middleware::{CurrentTenant, TenantLayer};
+//! use tenant_router::problem::ApiError;
 //! use tenant_router::registry::{Registry, RegistryOptions};
 //!
-//! async fn count(tenant: CurrentTenant) -> String {
-//!     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
-//!         .fetch_one(tenant.pool())
-//!         .await
-//!         .unwrap_or(-1);
-//!     format!("{}: {n}", tenant.id())
+//! async fn count(tenant: CurrentTenant) -> Result<String, ApiError> {
+//!     let db = tenant.db();
+//!     let mut conn = db.conn().await?;
+//!     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM notes WHERE tenant_id = $1")
+//!         .bind(db.scope())
+//!         .fetch_one(&mut *conn)
+//!         .await?;
+//!     Ok(format!("{}: {n}", tenant.id()))
 //! }
 //!
 //! let registry = Arc::new(Registry::new(RegistryOptions::default()));
@@ -36,6 +41,7 @@ pub mod local;
 pub mod middleware;
 pub mod moving;
 pub mod operations;
+pub mod pool;
 pub mod problem;
 pub mod provision;
 pub mod registry;

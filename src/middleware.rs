@@ -9,7 +9,6 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::{Either, Ready, ready};
-use sqlx::PgPool;
 use tower::{Layer, Service};
 
 use crate::host::{self, HostError};
@@ -147,7 +146,7 @@ impl CurrentTenant {
 
     /// The tenant's own pool; never another tenant's. For a shared tenant this is the
     /// shared database's pool: use [`Self::db`], which scopes every statement.
-    pub fn pool(&self) -> &PgPool {
+    pub fn pool(&self) -> &Arc<crate::pool::TenantPool> {
         self.0.pool()
     }
 

@@ -5,10 +5,9 @@ use std::collections::HashMap as StdHashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use crate::pool::{Budget, TenantPool};
 use arc_swap::ArcSwap;
 use foldhash::fast::RandomState;
-use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 
 use crate::control::Change;
 use crate::tenant::{DatabaseUrl, Isolation, PoolSettings, Tenant, TenantId};
@@ -24,6 +23,8 @@ pub struct RegistryOptions {
     /// The shared database: every shared tenant uses one pool on it. Without it, a shared
     /// tenant gets a pool of its own on its configured database.
     pub shared_database: Option<DatabaseUrl>,
+    /// Most connections open at once, across every tenant pool.
+    pub max_total_connections: usize,
 }
 
 impl Default for RegistryOptions {
@@ -32,6 +33,7 @@ impl Default for RegistryOptions {
             base_domain: None,
             acquire_timeout: Duration::from_secs(5),
             shared_database: None,
+            max_total_connections: 64,
         }
     }
 }
@@ -46,6 +48,8 @@ pub struct Registry {
     acquire_timeout: Duration,
     /// The one pool of every shared tenant.
     shared: Option<Arc<LazyPool>>,
+    /// Open connections of all pools together.
+    budget: Arc<Budget>,
     /// The applied version, for whoever waits on convergence (the bus, tests, benchmarks).
     applied: tokio::sync::watch::Sender<i64>,
 }
@@ -105,8 +109,8 @@ impl TenantEntry {
     }
 
     /// The tenant's pool, created on first use. Creating it opens no connection: the first
-    /// query does.
-    pub fn pool(&self) -> &PgPool {
+    /// acquire does, within the registry's connection budget.
+    pub fn pool(&self) -> &Arc<TenantPool> {
         self.pool.get()
     }
 
@@ -119,32 +123,37 @@ impl TenantEntry {
 /// A pool that does not exist until first asked for, so an idle tenant costs no connection and
 /// no background task.
 struct LazyPool {
+    /// The tenant's id, or `shared`.
+    label: Box<str>,
     /// The shared database's pool: connections search the shared schema.
     shared: bool,
     database: DatabaseUrl,
     settings: PoolSettings,
     acquire_timeout: Duration,
-    cell: OnceLock<PgPool>,
+    budget: Arc<Budget>,
+    cell: OnceLock<Arc<TenantPool>>,
 }
 
 impl LazyPool {
-    fn get(&self) -> &PgPool {
+    fn get(&self) -> &Arc<TenantPool> {
         self.cell.get_or_init(|| {
-            PgPoolOptions::new()
-                .max_connections(self.settings.max_connections)
-                .min_connections(0)
-                .idle_timeout(self.settings.idle_timeout())
-                .acquire_timeout(self.acquire_timeout)
-                // A ping on every acquire costs a round trip per request; a connection that
-                // died with its server fails one query instead and is then discarded.
-                .test_before_acquire(false)
-                .connect_lazy_with(if self.shared {
-                    crate::shared::connect_options(&self.database)
-                } else {
-                    self.database
-                        .connect_options()
-                        .application_name("tenant-router")
-                })
+            // No ping before use: a round trip per request; a connection that died with its
+            // server fails one query instead.
+            let options = if self.shared {
+                crate::shared::connect_options(&self.database)
+            } else {
+                self.database
+                    .connect_options()
+                    .application_name("tenant-router")
+            };
+            TenantPool::new(
+                &self.label,
+                &self.budget,
+                options,
+                self.settings.max_connections as usize,
+                self.settings.idle_timeout(),
+                self.acquire_timeout,
+            )
         })
     }
 
@@ -152,15 +161,11 @@ impl LazyPool {
         self.database == tenant.database && self.settings == tenant.pool
     }
 
-    /// Closes the pool, if it was ever opened, once its in-flight queries are done.
+    /// Closes the pool, if it was ever opened: idle connections now, in-use ones when their
+    /// queries are done.
     fn retire(self: Arc<Self>) {
-        if let Some(pool) = self.cell.get().cloned() {
-            match tokio::runtime::Handle::try_current() {
-                Ok(handle) => {
-                    handle.spawn(async move { pool.close().await });
-                }
-                Err(_) => drop(pool),
-            }
+        if let Some(pool) = self.cell.get() {
+            pool.close();
         }
     }
 }
@@ -168,6 +173,8 @@ impl LazyPool {
 impl Registry {
     /// An empty registry.
     pub fn new(options: RegistryOptions) -> Self {
+        let budget = Budget::new(options.max_total_connections.max(1));
+        budget.spawn_reaper(Duration::from_secs(1));
         let wildcard_suffix = options
             .base_domain
             .map(|d| format!(".{}", d.trim_start_matches('.').to_ascii_lowercase()));
@@ -178,6 +185,8 @@ impl Registry {
             acquire_timeout: options.acquire_timeout,
             shared: options.shared_database.map(|database| {
                 Arc::new(LazyPool {
+                    label: "shared".into(),
+                    budget: Arc::clone(&budget),
                     shared: true,
                     database,
                     settings: PoolSettings {
@@ -189,7 +198,13 @@ impl Registry {
                 })
             }),
             applied: tokio::sync::watch::Sender::new(0),
+            budget,
         }
+    }
+
+    /// The connection budget of every pool of this registry.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
     }
 
     /// The applied version (the current snapshot's).
@@ -351,6 +366,8 @@ impl Registry {
         match previous {
             Some(p) if p.pool.same_database(tenant) => Arc::clone(&p.pool),
             _ => Arc::new(LazyPool {
+                label: tenant.id.as_str().into(),
+                budget: Arc::clone(&self.budget),
                 shared: tenant.isolation == Isolation::Shared,
                 database: tenant.database.clone(),
                 settings: tenant.pool,

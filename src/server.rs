@@ -147,6 +147,7 @@ impl Application {
             base_domain: settings.base_domain.clone(),
             acquire_timeout: settings.acquire_timeout,
             shared_database: settings.shared_database(),
+            max_total_connections: settings.max_total_connections,
         }));
         let sync = Arc::new(ConfigSync::new(Arc::clone(&registry), control.clone()));
         sync.full_load().await?;

@@ -8,14 +8,16 @@
 //! policies of `migrations/shared/` stop a query that forgot its filter.
 
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::Serialize;
+use sqlx::PgConnection;
 use sqlx::migrate::Migrator;
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{PgConnection, Postgres, Transaction};
+
+use crate::pool::{PooledConn, TenantPool};
 
 use crate::tenant::{DatabaseUrl, Isolation, Tenant, TenantId};
 
@@ -271,13 +273,13 @@ pub async fn scope_tx(conn: &mut PgConnection, scope: &str) -> Result<(), sqlx::
 
 /// A tenant's database, as handlers and jobs use it: [`Self::conn`] and [`Self::scope`].
 pub struct TenantDb<'a> {
-    pool: &'a PgPool,
+    pool: &'a Arc<TenantPool>,
     tenant: &'a Tenant,
 }
 
 impl<'a> TenantDb<'a> {
     /// The handle for `tenant` over `pool` (its dedicated pool, or the shared one).
-    pub fn new(pool: &'a PgPool, tenant: &'a Tenant) -> Self {
+    pub fn new(pool: &'a Arc<TenantPool>, tenant: &'a Tenant) -> Self {
         Self { pool, tenant }
     }
 
@@ -288,62 +290,58 @@ impl<'a> TenantDb<'a> {
 
     /// A connection for this tenant. Shared: a transaction scoped to the tenant (role and
     /// `app.tenant_id` set locally); call [`TenantConn::commit`] after writes. Dedicated: a
-    /// plain pooled connection, each statement its own transaction.
+    /// plain connection, each statement its own transaction.
     pub async fn conn(&self) -> Result<TenantConn, sqlx::Error> {
         match self.tenant.isolation {
-            Isolation::Dedicated => Ok(TenantConn::Plain(self.pool.acquire().await?)),
-            Isolation::Shared => {
-                let mut tx = self.pool.begin().await?;
-                scope_tx(&mut tx, self.scope()).await?;
-                Ok(TenantConn::Scoped(tx))
-            }
+            Isolation::Dedicated => Ok(TenantConn {
+                conn: self.pool.acquire().await?,
+                in_tx: false,
+            }),
+            Isolation::Shared => self.begin().await,
         }
     }
 
     /// A transaction for this tenant (scoped as [`Self::conn`] is, for shared tenants).
-    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+    /// Dropped without [`TenantConn::commit`], it rolls back.
+    pub async fn begin(&self) -> Result<TenantConn, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        conn.set_dirty(true);
+        sqlx::query("BEGIN").execute(&mut *conn).await?;
         if self.tenant.isolation == Isolation::Shared {
-            scope_tx(&mut tx, self.scope()).await?;
+            scope_tx(&mut conn, self.scope()).await?;
         }
-        Ok(tx)
+        Ok(TenantConn { conn, in_tx: true })
     }
 }
 
-/// A connection handed out by [`TenantDb::conn`].
-pub enum TenantConn {
-    /// Dedicated tenant: autocommit.
-    Plain(PoolConnection<Postgres>),
-    /// Shared tenant: a scoped transaction.
-    Scoped(Transaction<'static, Postgres>),
+/// A connection handed out by [`TenantDb`]: deref to `PgConnection` for queries.
+pub struct TenantConn {
+    conn: PooledConn,
+    in_tx: bool,
 }
 
 impl TenantConn {
-    /// Commits a scoped transaction; nothing to do for a plain connection.
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
-        match self {
-            Self::Plain(_) => Ok(()),
-            Self::Scoped(tx) => tx.commit().await,
+    /// Commits the transaction, if one is open.
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        if self.in_tx {
+            sqlx::query("COMMIT").execute(&mut *self.conn).await?;
+            self.conn.set_dirty(false);
+            self.in_tx = false;
         }
+        Ok(())
     }
 }
 
 impl Deref for TenantConn {
     type Target = PgConnection;
     fn deref(&self) -> &PgConnection {
-        match self {
-            Self::Plain(c) => c,
-            Self::Scoped(tx) => tx,
-        }
+        &self.conn
     }
 }
 
 impl DerefMut for TenantConn {
     fn deref_mut(&mut self) -> &mut PgConnection {
-        match self {
-            Self::Plain(c) => c,
-            Self::Scoped(tx) => tx,
-        }
+        &mut self.conn
     }
 }
 

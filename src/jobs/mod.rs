@@ -43,7 +43,6 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::registry::TenantEntry;
 use crate::tenant::{Tenant, TenantId};
@@ -181,7 +180,7 @@ impl JobContext {
 
     /// The tenant's own pool (for a shared tenant, the shared database's: use
     /// [`Self::db`]).
-    pub fn pool(&self) -> &PgPool {
+    pub fn pool(&self) -> &Arc<crate::pool::TenantPool> {
         self.entry.pool()
     }
 
@@ -270,7 +269,7 @@ pub enum Once {
 
 /// A job's transaction on its tenant's database, with the job id recorded in it.
 pub struct JobTx {
-    tx: Transaction<'static, Postgres>,
+    tx: crate::shared::TenantConn,
     job_id: String,
     scope: String,
 }

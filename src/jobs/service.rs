@@ -30,6 +30,7 @@ pub async fn run_worker(
         base_domain: None,
         acquire_timeout: settings.acquire_timeout,
         shared_database: settings.shared_database(),
+        max_total_connections: settings.max_total_connections,
     }));
     let sync = Arc::new(ConfigSync::new(registry, control));
     sync.full_load().await?;

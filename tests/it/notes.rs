@@ -81,7 +81,7 @@ async fn expired_tokens_are_refused(app: TestApp) {
     );
     let tenant = app.registry.resolve(T1).unwrap();
     sqlx::query("UPDATE sessions SET expires_at = now() - interval '1 second'")
-        .execute(tenant.pool())
+        .execute(&mut *tenant.pool().acquire().await.unwrap())
         .await
         .unwrap();
     problem(

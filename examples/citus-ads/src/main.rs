@@ -242,6 +242,7 @@ async fn serve(settings: &Settings, shared_url: &DatabaseUrl, pool: PgPool) -> a
         base_domain: settings.base_domain.clone(),
         acquire_timeout: settings.acquire_timeout,
         shared_database: Some(shared_url.clone()),
+        max_total_connections: settings.max_total_connections,
     }));
     let sync = Arc::new(ConfigSync::new(Arc::clone(&registry), control));
     sync.full_load().await?;

@@ -1,0 +1,499 @@
+//! Tenant connection pools under one global budget.
+//!
+//! Every open tenant connection holds one permit of the [`Budget`]'s semaphore, taken
+//! *before* the connection is opened and given back only after it is closed, so the number
+//! of open connections can never exceed the budget, whatever the load. When a tenant needs a
+//! connection and the budget is spent, the pool closes the idle connection of the least
+//! recently used pool that has nothing in use (never a busy pool's), waits for a permit or
+//! a connection of its own up to the acquire timeout, and then gives up with
+//! `sqlx::Error::PoolTimedOut`, which the API answers with a 503.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{Connection as _, Executor as _};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+/// After closing a connection, how long its permit is kept: the server needs a moment to
+/// end the backend, and `pg_stat_activity` must never show more than the budget.
+const CLOSE_GRACE: Duration = Duration::from_millis(20);
+
+/// The global connection budget, shared by every tenant pool of a registry.
+pub struct Budget {
+    max_total: usize,
+    permits: Arc<Semaphore>,
+    /// Rung when a permit comes back or a connection goes idle somewhere.
+    released: Notify,
+    pools: Mutex<Vec<Weak<TenantPool>>>,
+    opened: AtomicU64,
+    closed: AtomicU64,
+    evictions: AtomicU64,
+    waits: AtomicU64,
+    refusals: AtomicU64,
+}
+
+/// Counters and gauges of a budget.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BudgetStats {
+    /// The budget.
+    pub max_total_connections: usize,
+    /// Open connections (holding a permit), in all pools.
+    pub open: usize,
+    /// Of which idle.
+    pub idle: usize,
+    /// Of which in use.
+    pub in_use: usize,
+    /// Pools that exist (tenants that had traffic and were not reaped).
+    pub pools: usize,
+    /// Connections opened since start.
+    pub opened_total: u64,
+    /// Connections closed since start.
+    pub closed_total: u64,
+    /// Idle connections of other pools closed to make room.
+    pub evictions_total: u64,
+    /// Acquires that had to wait.
+    pub waits_total: u64,
+    /// Acquires that gave up (answered 503).
+    pub refusals_total: u64,
+}
+
+/// One pool's figures.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PoolStats {
+    /// The tenant (or `shared`).
+    pub pool: String,
+    /// Open connections.
+    pub open: usize,
+    /// Idle ones.
+    pub idle: usize,
+    /// In use.
+    pub in_use: usize,
+    /// Its own cap.
+    pub max_connections: usize,
+}
+
+impl Budget {
+    /// A budget of `max_total` open connections.
+    pub fn new(max_total: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_total,
+            permits: Arc::new(Semaphore::new(max_total)),
+            released: Notify::new(),
+            pools: Mutex::new(Vec::new()),
+            opened: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            waits: AtomicU64::new(0),
+            refusals: AtomicU64::new(0),
+        })
+    }
+
+    /// The budget.
+    pub fn max_total(&self) -> usize {
+        self.max_total
+    }
+
+    fn live_pools(&self) -> Vec<Arc<TenantPool>> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|p| p.strong_count() > 0);
+        pools.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Totals and counters.
+    pub fn stats(&self) -> BudgetStats {
+        let pools = self.live_pools();
+        let (mut idle, mut in_use) = (0, 0);
+        for p in &pools {
+            let s = p.lock();
+            idle += s.idle.len();
+            in_use += s.in_use;
+        }
+        BudgetStats {
+            max_total_connections: self.max_total,
+            open: self.max_total - self.permits.available_permits(),
+            idle,
+            in_use,
+            pools: pools.len(),
+            opened_total: self.opened.load(Ordering::Relaxed),
+            closed_total: self.closed.load(Ordering::Relaxed),
+            evictions_total: self.evictions.load(Ordering::Relaxed),
+            waits_total: self.waits.load(Ordering::Relaxed),
+            refusals_total: self.refusals.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The `n` pools with the most open connections.
+    pub fn top_pools(&self, n: usize) -> Vec<PoolStats> {
+        let mut all: Vec<PoolStats> = self.live_pools().iter().map(|p| p.stats()).collect();
+        all.sort_by(|a, b| b.open.cmp(&a.open).then_with(|| a.pool.cmp(&b.pool)));
+        all.truncate(n);
+        all
+    }
+
+    /// Closes the idle connection of the least recently used pool with nothing in use.
+    /// Returns whether one was closed (its permit comes back after [`CLOSE_GRACE`]).
+    fn evict_one(&self, except: &TenantPool) -> bool {
+        let victim = self
+            .live_pools()
+            .into_iter()
+            .filter(|p| !std::ptr::eq(Arc::as_ptr(p), except))
+            .filter_map(|p| {
+                let s = p.lock();
+                (s.in_use == 0 && !s.idle.is_empty()).then_some((s.last_used, p.clone()))
+            })
+            .min_by_key(|(used, _)| *used);
+        let Some((_, pool)) = victim else {
+            return false;
+        };
+        let conn = {
+            let mut s = pool.lock();
+            if s.in_use > 0 || s.idle.is_empty() {
+                return false;
+            }
+            s.open -= 1;
+            s.idle.remove(0)
+        };
+        self.evictions.fetch_add(1, Ordering::Relaxed);
+        pool.budget_close(conn.conn, conn.permit);
+        true
+    }
+
+    /// Closes connections idle for longer than their pool's idle timeout, and every idle
+    /// connection of a retired pool.
+    pub fn reap(&self) {
+        for pool in self.live_pools() {
+            let expired: Vec<IdleConn> = {
+                let mut s = pool.lock();
+                let retired = pool.closed.load(Ordering::Relaxed);
+                let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut s.idle)
+                    .into_iter()
+                    .partition(|c| retired || c.since.elapsed() >= pool.idle_timeout);
+                s.idle = keep;
+                s.open -= old.len();
+                old
+            };
+            for c in expired {
+                pool.budget_close(c.conn, c.permit);
+            }
+        }
+    }
+
+    /// Runs [`Self::reap`] every `every` while the budget is alive.
+    pub fn spawn_reaper(self: &Arc<Self>, every: Duration) {
+        let weak = Arc::downgrade(self);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match weak.upgrade() {
+                        Some(budget) => budget.reap(),
+                        None => return,
+                    }
+                }
+            });
+        }
+    }
+}
+
+struct IdleConn {
+    conn: PgConnection,
+    permit: OwnedSemaphorePermit,
+    since: Instant,
+}
+
+struct State {
+    idle: Vec<IdleConn>,
+    open: usize,
+    in_use: usize,
+    last_used: Instant,
+}
+
+/// One tenant's pool (or the shared database's), at most `max_connections` open, all
+/// counted against the [`Budget`].
+pub struct TenantPool {
+    label: String,
+    budget: Arc<Budget>,
+    options: PgConnectOptions,
+    cap: usize,
+    idle_timeout: Duration,
+    acquire_timeout: Duration,
+    state: Mutex<State>,
+    returned: Notify,
+    closed: AtomicBool,
+}
+
+impl TenantPool {
+    /// A pool (opening nothing yet), registered with `budget`.
+    pub fn new(
+        label: &str,
+        budget: &Arc<Budget>,
+        options: PgConnectOptions,
+        max_connections: usize,
+        idle_timeout: Duration,
+        acquire_timeout: Duration,
+    ) -> Arc<Self> {
+        let pool = Arc::new(Self {
+            label: label.to_string(),
+            budget: Arc::clone(budget),
+            options,
+            cap: max_connections.max(1),
+            idle_timeout,
+            acquire_timeout,
+            state: Mutex::new(State {
+                idle: Vec::new(),
+                open: 0,
+                in_use: 0,
+                last_used: Instant::now(),
+            }),
+            returned: Notify::new(),
+            closed: AtomicBool::new(false),
+        });
+        budget
+            .pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(&pool));
+        pool
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Its figures.
+    pub fn stats(&self) -> PoolStats {
+        let s = self.lock();
+        PoolStats {
+            pool: self.label.clone(),
+            open: s.open,
+            idle: s.idle.len(),
+            in_use: s.in_use,
+            max_connections: self.cap,
+        }
+    }
+
+    /// A connection: an idle one, a new one within the pool's cap and the budget (closing
+    /// another pool's idle connection if the budget is spent), or, after waiting up to the
+    /// acquire timeout, `PoolTimedOut`.
+    pub async fn acquire(self: &Arc<Self>) -> Result<PooledConn, sqlx::Error> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(sqlx::Error::PoolClosed);
+        }
+        let deadline = tokio::time::Instant::now() + self.acquire_timeout;
+        let mut counted_wait = false;
+        loop {
+            let returned = self.returned.notified();
+            let released = self.budget.released.notified();
+            tokio::pin!(returned, released);
+            returned.as_mut().enable();
+            released.as_mut().enable();
+
+            let may_open = {
+                let mut s = self.lock();
+                if let Some(idle) = s.idle.pop() {
+                    s.in_use += 1;
+                    s.last_used = Instant::now();
+                    return Ok(PooledConn::new(self, idle.conn, idle.permit));
+                }
+                s.open < self.cap
+            };
+            if may_open {
+                match Arc::clone(&self.budget.permits).try_acquire_owned() {
+                    Ok(permit) => return self.open(permit, deadline).await,
+                    Err(_) => {
+                        // Spent: make room by closing another pool's idle connection, then
+                        // wait for its permit like any other.
+                        self.budget.evict_one(self);
+                    }
+                }
+            }
+            if !counted_wait {
+                counted_wait = true;
+                self.budget.waits.fetch_add(1, Ordering::Relaxed);
+            }
+            tokio::select! {
+                () = &mut returned => {}
+                () = &mut released => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    self.budget.refusals.fetch_add(1, Ordering::Relaxed);
+                    return Err(sqlx::Error::PoolTimedOut);
+                }
+            }
+        }
+    }
+
+    async fn open(
+        self: &Arc<Self>,
+        permit: OwnedSemaphorePermit,
+        deadline: tokio::time::Instant,
+    ) -> Result<PooledConn, sqlx::Error> {
+        {
+            let mut s = self.lock();
+            s.open += 1;
+            s.in_use += 1;
+            s.last_used = Instant::now();
+        }
+        let connected =
+            tokio::time::timeout_at(deadline, PgConnection::connect_with(&self.options)).await;
+        match connected {
+            Ok(Ok(conn)) => {
+                self.budget.opened.fetch_add(1, Ordering::Relaxed);
+                Ok(PooledConn::new(self, conn, permit))
+            }
+            failed => {
+                {
+                    let mut s = self.lock();
+                    s.open -= 1;
+                    s.in_use -= 1;
+                }
+                drop(permit);
+                self.budget.released.notify_waiters();
+                match failed {
+                    Ok(Err(e)) => Err(e),
+                    _ => {
+                        self.budget.refusals.fetch_add(1, Ordering::Relaxed);
+                        Err(sqlx::Error::PoolTimedOut)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes the connection, then gives the permit back after [`CLOSE_GRACE`].
+    fn budget_close(&self, conn: PgConnection, permit: OwnedSemaphorePermit) {
+        let budget = Arc::clone(&self.budget);
+        let finish = async move {
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.close()).await;
+            tokio::time::sleep(CLOSE_GRACE).await;
+            drop(permit);
+            budget.closed.fetch_add(1, Ordering::Relaxed);
+            budget.released.notify_waiters();
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(finish);
+            }
+            // No runtime (shutting down): dropping closes the socket; the permit goes too.
+            Err(_) => {}
+        }
+    }
+
+    /// Takes a connection back: idle for reuse, or closed when the pool is retired.
+    fn put_back(self: &Arc<Self>, conn: PgConnection, permit: OwnedSemaphorePermit) {
+        if self.closed.load(Ordering::Relaxed) {
+            self.lock().in_use -= 1;
+            self.lock().open -= 1;
+            self.budget_close(conn, permit);
+            return;
+        }
+        {
+            let mut s = self.lock();
+            s.in_use -= 1;
+            s.last_used = Instant::now();
+            s.idle.push(IdleConn {
+                conn,
+                permit,
+                since: Instant::now(),
+            });
+        }
+        self.returned.notify_one();
+        self.budget.released.notify_waiters();
+    }
+
+    /// Forgets a connection that cannot be reused.
+    fn discard(&self, conn: PgConnection, permit: OwnedSemaphorePermit) {
+        {
+            let mut s = self.lock();
+            s.in_use -= 1;
+            s.open -= 1;
+        }
+        self.budget_close(conn, permit);
+    }
+
+    /// Retires the pool: idle connections close now, in-use ones when they come back.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        let idle: Vec<IdleConn> = {
+            let mut s = self.lock();
+            let idle = std::mem::take(&mut s.idle);
+            s.open -= idle.len();
+            idle
+        };
+        for c in idle {
+            self.budget_close(c.conn, c.permit);
+        }
+    }
+}
+
+/// A connection out of a [`TenantPool`]; back to the pool when dropped. Marked dirty while
+/// a transaction is open, in which case it is rolled back before anyone else gets it.
+pub struct PooledConn {
+    inner: Option<(PgConnection, OwnedSemaphorePermit)>,
+    pool: Arc<TenantPool>,
+    dirty: bool,
+}
+
+impl PooledConn {
+    fn new(pool: &Arc<TenantPool>, conn: PgConnection, permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            inner: Some((conn, permit)),
+            pool: Arc::clone(pool),
+            dirty: false,
+        }
+    }
+
+    /// Marks a transaction open (`true`) or finished (`false`).
+    pub fn set_dirty(&mut self, dirty: bool) {
+        self.dirty = dirty;
+    }
+}
+
+impl Deref for PooledConn {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.inner.as_ref().expect("present until drop").0
+    }
+}
+
+impl DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.inner.as_mut().expect("present until drop").0
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        let Some((mut conn, permit)) = self.inner.take() else {
+            return;
+        };
+        // Checked before reuse, off the request's path: a connection whose server went away,
+        // or whose query was abandoned half-way, must not reach the next request. An open
+        // transaction is rolled back, which checks it too.
+        let dirty = self.dirty;
+        let pool = Arc::clone(&self.pool);
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    let checked = tokio::time::timeout(Duration::from_secs(5), async {
+                        if dirty {
+                            conn.execute("ROLLBACK").await.map(drop)
+                        } else {
+                            conn.ping().await
+                        }
+                    })
+                    .await;
+                    if matches!(checked, Ok(Ok(()))) {
+                        pool.put_back(conn, permit);
+                    } else {
+                        pool.discard(conn, permit);
+                    }
+                });
+            }
+            Err(_) => pool.discard(conn, permit),
+        }
+    }
+}
