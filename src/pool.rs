@@ -373,12 +373,10 @@ impl TenantPool {
             budget.closed.fetch_add(1, Ordering::Relaxed);
             budget.released.notify_waiters();
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(finish);
-            }
-            // No runtime (shutting down): dropping closes the socket; the permit goes too.
-            Err(_) => {}
+        // Without a runtime (shutting down), dropping `finish` closes the socket and gives
+        // the permit back.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(finish);
         }
     }
 
