@@ -3,6 +3,7 @@
 //! and Redis started from the binaries on PATH by `harness`.
 
 mod admin;
+mod budget;
 mod cluster;
 mod demo;
 mod harness;

@@ -1,0 +1,214 @@
+//! The global connection budget: held under load over many tenants, and never at the
+//! expense of a query that is running.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use reqwest::StatusCode;
+use serde_json::Value;
+use tenant_router::tenant::DatabaseUrl;
+
+use crate::harness::{TestApp, shared_postgres, spec, tenant_database};
+
+/// Samples the tenant connections PostgreSQL sees, every few milliseconds, keeping the max.
+fn sample_connections(dbs: Vec<String>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<i64> {
+    tokio::spawn(async move {
+        let pg = shared_postgres().await;
+        let watcher = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(pg.url("postgres").connect_options())
+            .await
+            .unwrap();
+        let mut max = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = 'tenant-router' AND datname = ANY ($1)",
+            )
+            .bind(&dbs)
+            .fetch_one(&watcher)
+            .await
+            .unwrap();
+            max = max.max(n);
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        max
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_tenants_never_hold_more_than_the_budget() {
+    let pg = shared_postgres().await;
+    let mut dbs: Vec<DatabaseUrl> = Vec::new();
+    for i in 0..4 {
+        dbs.push(tenant_database(pg, &format!("budget{i}")).await);
+    }
+    // 200 tenants over 4 databases: 200 pools, each wanting connections of its own.
+    let specs = (0..200)
+        .map(|i| {
+            spec(
+                &format!("b-{i}"),
+                &[&format!("b-{i}.example.org")],
+                dbs[i % 4].clone(),
+            )
+        })
+        .collect();
+    let app = Arc::new(
+        TestApp::spawn_with(specs, |s| {
+            s.max_total_connections = 20;
+            s.acquire_timeout = Duration::from_secs(3);
+        })
+        .await,
+    );
+    // One user per database; a token is valid for every tenant on its database.
+    let mut tokens = Vec::new();
+    for i in 0..4 {
+        tokens.push(
+            app.user_token(&format!("b-{i}.example.org"), "budgeteer")
+                .await,
+        );
+    }
+    let names: Vec<String> = dbs
+        .iter()
+        .map(|d| d.database_name().unwrap().to_string())
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample_connections(names, Arc::clone(&stop));
+
+    // 48 clients at once, 1,200 requests spread over all 200 tenants.
+    let statuses: Vec<StatusCode> = futures_util::stream::iter(0..1200usize)
+        .map(|n| {
+            let app = Arc::clone(&app);
+            let token = tokens[(n * 7 % 200) % 4].clone();
+            async move {
+                let tenant = n * 7 % 200;
+                let r = tokio::time::timeout(
+                    Duration::from_secs(20),
+                    app.get(
+                        &format!("b-{tenant}.example.org"),
+                        "/api/notes",
+                        Some(&token),
+                    ),
+                )
+                .await
+                .expect("a request hung");
+                let status = r.status();
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    assert!(r.headers().contains_key("retry-after"));
+                    let body: Value = r.json().await.unwrap();
+                    assert_eq!(body["status"], 503);
+                }
+                status
+            }
+        })
+        .buffer_unordered(48)
+        .collect()
+        .await;
+    stop.store(true, Ordering::Relaxed);
+    let max_seen = sampler.await.unwrap();
+
+    assert!(
+        max_seen <= 20,
+        "PostgreSQL saw {max_seen} tenant connections"
+    );
+    assert!(max_seen >= 10, "the load did use the budget ({max_seen})");
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::SERVICE_UNAVAILABLE)
+        .count();
+    assert_eq!(
+        ok + refused,
+        statuses.len(),
+        "only 200 or the documented 503"
+    );
+    assert!(
+        ok > statuses.len() / 2,
+        "{ok} of {} succeeded",
+        statuses.len()
+    );
+    let stats = app.registry.budget().stats();
+    assert!(stats.evictions_total > 0, "{stats:?}");
+    assert!(stats.open <= 20, "{stats:?}");
+    assert_eq!(
+        stats.refusals_total as usize, refused,
+        "every refusal is counted"
+    );
+
+    // Idle pools are reaped: with a 1 s idle timeout they would be; here, at least, no
+    // connection is left in use.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(app.registry.budget().stats().in_use, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_query_keeps_its_connection_under_pressure() {
+    let pg = shared_postgres().await;
+    let db = tenant_database(pg, "busy").await;
+    let app = Arc::new(
+        TestApp::spawn_with(
+            vec![
+                spec("busy", &["busy.example.org"], db.clone()),
+                spec("other-a", &["other-a.example.org"], db.clone()),
+                spec("other-b", &["other-b.example.org"], db.clone()),
+            ],
+            |s| {
+                s.max_total_connections = 2;
+                s.acquire_timeout = Duration::from_secs(3);
+            },
+        )
+        .await,
+    );
+    let token = app.user_token("other-a.example.org", "presser").await;
+
+    // The busy tenant runs a long query on one of the two connections.
+    let busy = app.registry.resolve("busy.example.org").unwrap();
+    let pool = Arc::clone(busy.pool());
+    let pid_before = Arc::new(AtomicI64::new(0));
+    let long = {
+        let pid_before = Arc::clone(&pid_before);
+        tokio::spawn(async move {
+            let mut conn = pool.acquire().await.unwrap();
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            pid_before.store(pid as i64, Ordering::Relaxed);
+            sqlx::query("SELECT pg_sleep(1.5)")
+                .execute(&mut *conn)
+                .await
+                .expect("the running query was cut off");
+            let after: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            after as i64
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The two other tenants fight over the one connection left, evicting each other.
+    for n in 0..40 {
+        let host = if n % 2 == 0 {
+            "other-a.example.org"
+        } else {
+            "other-b.example.org"
+        };
+        let r = app.get(host, "/api/notes", Some(&token)).await;
+        assert!(
+            r.status() == StatusCode::OK || r.status() == StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            r.status()
+        );
+    }
+    let pid_after = long.await.unwrap();
+    assert_eq!(
+        pid_after,
+        pid_before.load(Ordering::Relaxed),
+        "same backend, never evicted"
+    );
+    let stats = app.registry.budget().stats();
+    assert!(stats.evictions_total > 0, "there was pressure: {stats:?}");
+    assert!(stats.open <= 2, "{stats:?}");
+}
