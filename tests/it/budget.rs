@@ -137,6 +137,40 @@ async fn two_hundred_tenants_never_hold_more_than_the_budget() {
         "every refusal is counted"
     );
 
+    // The same figures from outside: the admin API and Prometheus.
+    let pools: Value = app
+        .admin_get("/admin/pools", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pools["max_total_connections"], 20);
+    assert!(pools["evictions_total"].as_u64().unwrap() > 0);
+    assert_eq!(pools["refusals_total"].as_u64().unwrap() as usize, refused);
+    let top = pools["top"].as_array().unwrap();
+    assert!(!top.is_empty() && top.len() <= 20, "{pools}");
+    let r = app.admin_get("/metrics", None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("tenant_router_connections_budget 20"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE tenant_router_pool_evictions_total counter"),
+        "{text}"
+    );
+    assert!(text.contains("tenant_router_tenants 200"), "{text}");
+    let per_tenant = text
+        .lines()
+        .filter(|l| l.starts_with("tenant_router_tenant_connections_open{"))
+        .count();
+    assert!(per_tenant <= 20, "bounded labels: {per_tenant}");
+    assert_eq!(
+        app.admin_get("/metrics", Some("")).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
     // Idle pools are reaped: with a 1 s idle timeout they would be; here, at least, no
     // connection is left in use.
     tokio::time::sleep(Duration::from_millis(200)).await;
