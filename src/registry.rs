@@ -1,7 +1,6 @@
 //! The tenant registry: an immutable snapshot behind an `ArcSwap`, so a lookup is a pointer
 //! load and a hash probe, and a change is a new snapshot swapped in by one writer.
 
-use std::collections::HashMap as StdHashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -56,7 +55,9 @@ pub struct Registry {
 
 /// Maps keyed by strings a client sends. foldhash is several times faster than SipHash on
 /// short keys; hash flooding is no concern since clients only look up, never insert.
-type HashMap<K, V> = StdHashMap<K, V, RandomState>;
+/// Persistent (HAMT) maps: a new snapshot shares all but the changed path with the old one,
+/// so one update at 100,000 tenants copies a few nodes, not the whole map.
+type HashMap<K, V> = imbl::GenericHashMap<K, V, RandomState, imbl::shared_ptr::DefaultSharedPtr>;
 
 /// One immutable view of all tenants.
 #[derive(Default)]
@@ -218,11 +219,11 @@ impl Registry {
     }
 
     /// Publishes `next` as the current snapshot and closes the pools `old` held that `next`
-    /// does not.
-    fn store(&self, old: &Snapshot, next: Snapshot) {
+    /// does not: among `changed` only (the ids an update touched), or among all when `None`.
+    fn store(&self, old: &Snapshot, next: Snapshot, changed: Option<&[TenantId]>) {
         let version = next.version;
         self.current.store(Arc::new(next));
-        retire_unused(old, &self.current.load(), self.shared.as_ref());
+        retire_unused(old, &self.current.load(), self.shared.as_ref(), changed);
         self.applied.send_if_modified(|v| {
             let changed = *v != version;
             *v = version;
@@ -267,7 +268,7 @@ impl Registry {
             let pool = self.pool_for(&tenant, old.by_id.get(&tenant.id));
             next.insert(Arc::new(TenantEntry { tenant, pool }));
         }
-        self.store(&old, next);
+        self.store(&old, next, None);
     }
 
     /// Adds or replaces one tenant. A version not newer than the one held is ignored, so a
@@ -287,8 +288,9 @@ impl Registry {
         let pool = self.pool_for(&tenant, previous);
         let mut next = old.clone_without(&tenant.id);
         next.version = next.version.max(tenant.version);
+        let id = tenant.id.clone();
         next.insert(Arc::new(TenantEntry { tenant, pool }));
-        self.store(&old, next);
+        self.store(&old, next, Some(&[id]));
         true
     }
 
@@ -307,7 +309,7 @@ impl Registry {
         let mut next = old.clone_without(id);
         next.version = next.version.max(version);
         next.removed.insert(id.clone(), version);
-        self.store(&old, next);
+        self.store(&old, next, Some(std::slice::from_ref(id)));
         held.is_some()
     }
 
@@ -322,6 +324,7 @@ impl Registry {
         let old = self.current.load_full();
         let mut next = old.clone_without_none();
         let mut applied = 0;
+        let mut changed = Vec::new();
         for change in changes {
             match change {
                 Change::Upsert(tenant) => {
@@ -336,6 +339,7 @@ impl Registry {
                     }
                     let pool = self.pool_for(&tenant, previous);
                     next.detach(&tenant.id);
+                    changed.push(tenant.id.clone());
                     next.insert(Arc::new(TenantEntry { tenant, pool }));
                     applied += 1;
                 }
@@ -348,13 +352,14 @@ impl Registry {
                     }
                     next.detach(&id);
                     next.version = next.version.max(version);
+                    changed.push(id.clone());
                     next.removed.insert(id, version);
                     applied += 1;
                 }
             }
         }
         if applied > 0 {
-            self.store(&old, next);
+            self.store(&old, next, Some(&changed));
         }
         applied
     }
@@ -421,9 +426,22 @@ impl Snapshot {
     }
 }
 
-/// Closes the pools `old` held that `new` no longer does (never the shared pool).
-fn retire_unused(old: &Snapshot, new: &Snapshot, shared: Option<&Arc<LazyPool>>) {
-    for (id, entry) in &old.by_id {
+/// Closes the pools `old` held that `new` no longer does (never the shared pool), looking
+/// only at `changed` when given.
+fn retire_unused(
+    old: &Snapshot,
+    new: &Snapshot,
+    shared: Option<&Arc<LazyPool>>,
+    changed: Option<&[TenantId]>,
+) {
+    let entries: Vec<(&TenantId, &Arc<TenantEntry>)> = match changed {
+        Some(ids) => ids
+            .iter()
+            .filter_map(|id| old.by_id.get(id).map(|e| (id, e)))
+            .collect(),
+        None => old.by_id.iter().collect(),
+    };
+    for (id, entry) in entries {
         let kept = shared.is_some_and(|s| Arc::ptr_eq(s, &entry.pool))
             || new
                 .by_id
