@@ -42,7 +42,7 @@ enum Command {
     /// Migrate the control database, then every tenant's database.
     Migrate {
         /// How many tenants to migrate at once.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 8)]
         jobs: usize,
     },
     /// Print a fresh admin API token and the argon2 hash to configure
@@ -412,7 +412,40 @@ async fn migrate(settings: &Settings, jobs: usize) -> anyhow::Result<ExitCode> {
         );
     }
     let migrator = settings.tenant_migrations.load().await?;
-    let outcomes = provision::migrate_all(&tenants, migrator, jobs).await;
+    let total = tenants.len();
+    let started = std::time::Instant::now();
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut last_line = std::time::Instant::now();
+    let (mut ok, mut bad) = (0, 0);
+    let outcomes =
+        provision::migrate_all_with_progress(&tenants, migrator, jobs, |done, outcome| {
+            if matches!(outcome, MigrationOutcome::Failed(_)) {
+                bad += 1;
+            } else {
+                ok += 1;
+            }
+            if terminal {
+                // A bar on a terminal, redrawn in place.
+                let width = 30;
+                let filled = done * width / total.max(1);
+                eprint!(
+                    "\r[{}{}] {done}/{total} ({bad} failed)",
+                    "#".repeat(filled),
+                    ".".repeat(width - filled)
+                );
+                if done == total {
+                    eprintln!();
+                }
+            } else if done == total || last_line.elapsed() >= std::time::Duration::from_secs(2) {
+                // Periodic lines otherwise (logs, CI).
+                last_line = std::time::Instant::now();
+                eprintln!(
+                    "progress: {done}/{total} tenants ({ok} ok, {bad} failed, {:.1} s)",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        })
+        .await;
     let (mut migrated, mut current, mut failed) = (0, 0, Vec::new());
     for (id, outcome) in &outcomes {
         match outcome {

@@ -118,6 +118,16 @@ pub async fn migrate_all(
     migrator: Arc<Migrator>,
     jobs: usize,
 ) -> Vec<(TenantId, MigrationOutcome)> {
+    migrate_all_with_progress(tenants, migrator, jobs, |_, _| {}).await
+}
+
+/// [`migrate_all`], calling `progress(done, outcome)` as each tenant finishes.
+pub async fn migrate_all_with_progress(
+    tenants: &[Tenant],
+    migrator: Arc<Migrator>,
+    jobs: usize,
+    mut progress: impl FnMut(usize, &MigrationOutcome),
+) -> Vec<(TenantId, MigrationOutcome)> {
     let limit = Arc::new(Semaphore::new(jobs.max(1)));
     let mut set = JoinSet::new();
     for (i, tenant) in tenants.iter().enumerate() {
@@ -130,9 +140,14 @@ pub async fn migrate_all(
         });
     }
     let mut outcomes: Vec<Option<MigrationOutcome>> = vec![None; tenants.len()];
+    let mut done = 0;
     while let Some(joined) = set.join_next().await {
+        done += 1;
         match joined {
-            Ok((i, outcome)) => outcomes[i] = Some(outcome),
+            Ok((i, outcome)) => {
+                progress(done, &outcome);
+                outcomes[i] = Some(outcome);
+            }
             Err(e) => tracing::error!(error = %e, "a migration task panicked"),
         }
     }
@@ -147,7 +162,39 @@ pub async fn migrate_all(
         .collect()
 }
 
+/// True when every migration of `migrator` is applied to `database` with the same checksum:
+/// one connection and one query, instead of the migrator's lock and checks.
+async fn is_current(database: &DatabaseUrl, migrator: &Migrator) -> anyhow::Result<bool> {
+    let mut conn = PgConnection::connect_with(&database.connect_options())
+        .await
+        .with_context(|| format!("connecting to {database}"))?;
+    let applied: Option<Vec<(i64, Vec<u8>)>> = match sqlx::query_as(
+        "SELECT version, checksum FROM _sqlx_migrations WHERE success ORDER BY version",
+    )
+    .fetch_all(&mut conn)
+    .await
+    {
+        Ok(rows) => Some(rows),
+        // No migrations table yet: not current.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => None,
+        Err(e) => return Err(e.into()),
+    };
+    let _ = conn.close().await;
+    let Some(applied) = applied else {
+        return Ok(false);
+    };
+    let wanted: Vec<(i64, Vec<u8>)> = migrator
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| (m.version, m.checksum.to_vec()))
+        .collect();
+    Ok(applied == wanted)
+}
+
 async fn try_migrate(database: &DatabaseUrl, migrator: &Migrator) -> anyhow::Result<usize> {
+    if is_current(database, migrator).await? {
+        return Ok(0);
+    }
     // A one-connection pool rather than a bare connection: `Migrator::run` on `&mut
     // PgConnection` produces a future that cannot be spawned (sqlx's `Acquire` lifetimes).
     let pool = PgPoolOptions::new()

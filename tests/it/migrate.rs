@@ -70,6 +70,18 @@ async fn a_broken_tenant_is_reported_and_the_rest_migrate() {
     ] {
         control.upsert(&s).await.unwrap();
     }
+    // 50 tenants in all.
+    for n in 3..=49 {
+        let db = pg.create_database(&unique_name("many")).await.unwrap();
+        control
+            .upsert(&spec(
+                &format!("good-{n}"),
+                &[&format!("good-{n}.test.com")],
+                db,
+            ))
+            .await
+            .unwrap();
+    }
 
     let (ok, out) = run_migrate(&control_url);
     assert!(!ok, "a failed tenant must fail the command:\n{out}");
@@ -77,7 +89,12 @@ async fn a_broken_tenant_is_reported_and_the_rest_migrate() {
     assert!(out.contains("good-2: migrated"), "{out}");
     assert!(out.contains("broken: FAILED"), "{out}");
     assert!(
-        out.contains("summary: 2 migrated, 0 already current, 1 failed (broken)"),
+        out.contains("summary: 49 migrated, 0 already current, 1 failed (broken)"),
+        "{out}"
+    );
+    // Not a terminal: progress comes as lines.
+    assert!(
+        out.contains("progress: 50/50 tenants (49 ok, 1 failed"),
         "{out}"
     );
     assert!(!out.contains("hunter2"), "a password was printed:\n{out}");
@@ -88,6 +105,10 @@ async fn a_broken_tenant_is_reported_and_the_rest_migrate() {
     assert!(!ok);
     assert!(
         out.contains("good-1: already current") && out.contains("good-2: already current"),
+        "{out}"
+    );
+    assert!(
+        out.contains("summary: 0 migrated, 49 already current, 1 failed (broken)"),
         "{out}"
     );
 
@@ -105,6 +126,10 @@ async fn a_broken_tenant_is_reported_and_the_rest_migrate() {
     let (ok, out) = run_migrate(&control_url);
     assert!(ok, "{out}");
     assert!(out.contains("broken: migrated"), "{out}");
+    assert!(
+        out.contains("summary: 1 migrated, 49 already current, 0 failed"),
+        "{out}"
+    );
     assert!(has_table(&broken, "notes").await);
 }
 
