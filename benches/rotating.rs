@@ -1,0 +1,113 @@
+//! The server half of `scripts/bench`'s rotating-traffic and router-overhead runs: 1,000
+//! tenants on one PostgreSQL database, a global budget of 50 connections, the reference app.
+//! Tenant `t-0`'s pool may hold BENCH_POOL_SIZE connections (default 16), so `GET
+//! /api/notes/{id}` on it can be compared with `pgbench -S` at the same connection count.
+//!
+//! Prints `READY <url> <token> <note id> <postgres port>` and serves until stdin closes.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tenant_router::app::AppConfig;
+use tenant_router::control::{ControlDb, TenantSpec, WriteMode};
+use tenant_router::local::LocalPostgres;
+use tenant_router::provision;
+use tenant_router::registry::{Registry, RegistryOptions};
+use tenant_router::server::{ServerState, app};
+use tenant_router::tenant::{Isolation, PoolSettings, TenantHost, TenantId, TenantState};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+
+const TENANTS: usize = 1000;
+const BUDGET: usize = 50;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let pool_size: u32 = std::env::var("BENCH_POOL_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    let pg = LocalPostgres::start_ephemeral().await?;
+    let control = ControlDb::connect_lazy(&pg.create_database("control").await?);
+    control.migrate().await?;
+    let db = pg.create_database("tenants").await?;
+    if let provision::MigrationOutcome::Failed(e) = provision::migrate_tenant(&db).await {
+        anyhow::bail!("{e}");
+    }
+    pg.create_database("pgbench").await?;
+    for i in 0..TENANTS {
+        control
+            .write(
+                &TenantSpec {
+                    id: TenantId::parse(&format!("t-{i}"))?,
+                    hosts: vec![TenantHost::parse(&format!("t-{i}.test.com"))?],
+                    database: db.clone(),
+                    provisioned: false,
+                    pool: PoolSettings {
+                        max_connections: if i == 0 { pool_size } else { 5 },
+                        idle_timeout_secs: 300,
+                    },
+                    state: TenantState::Active,
+                    isolation: Isolation::Dedicated,
+                },
+                WriteMode::Create,
+            )
+            .await?;
+    }
+    let registry = Arc::new(Registry::new(RegistryOptions {
+        max_total_connections: BUDGET,
+        ..RegistryOptions::default()
+    }));
+    let (tenants, version) = control.load_all().await?;
+    registry.replace_all(tenants, version);
+    let state = ServerState {
+        registry: Arc::clone(&registry),
+        control,
+        sync: None,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let router = app(state, AppConfig::default(), 64 * 1024);
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    // One user, valid on every tenant (they share the database), and one note to read.
+    let client = reqwest::Client::new();
+    client
+        .post(format!("{url}/api/register"))
+        .header("Host", "t-0.test.com")
+        .json(&json!({"username": "bench", "email": "bench@example.com", "password": "correct horse"}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let login: Value = client
+        .post(format!("{url}/api/login"))
+        .header("Host", "t-0.test.com")
+        .json(&json!({"email": "bench@example.com", "password": "correct horse"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = login["token"].as_str().unwrap_or_default().to_string();
+    let note: Value = client
+        .post(format!("{url}/api/notes"))
+        .header("Host", "t-0.test.com")
+        .bearer_auth(&token)
+        .json(&json!({"content": "read me"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    println!("READY {url} {token} {} {}", note["id"], pg.port());
+
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    while stdin.read(&mut buf).await? > 0 {}
+    let s = registry.budget().stats();
+    eprintln!(
+        "budget {}: evictions {}, waits {}, refusals {}",
+        s.max_total_connections, s.evictions_total, s.waits_total, s.refusals_total
+    );
+    Ok(())
+}
