@@ -3,11 +3,15 @@
 //! Tenant `t-0`'s pool may hold BENCH_POOL_SIZE connections (default 16), so `GET
 //! /api/notes/{id}` on it can be compared with `pgbench -S` at the same connection count.
 //!
+//! Also 1,000 *shared* tenants `s-0` … `s-999` (one pool on the shared schema), each with a
+//! session for the same token, for rotating traffic that needs no new connections.
+//!
 //! Prints `READY <url> <token> <note id> <postgres port>` and serves until stdin closes.
 
 use std::sync::Arc;
 
 use serde_json::{Value, json};
+use sha2::Digest as _;
 use tenant_router::app::AppConfig;
 use tenant_router::control::{ControlDb, TenantSpec, WriteMode};
 use tenant_router::local::LocalPostgres;
@@ -54,8 +58,46 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
     }
+    // The shared tenants, with one user and one session each for the same token.
+    let shared = tenant_router::shared::SharedDb::connect_lazy(&db);
+    shared.prepare().await?;
+    let token_for_shared = "tra_shared_bench_token";
+    let hash = sha2::Sha256::digest(token_for_shared.as_bytes()).to_vec();
+    sqlx::query("INSERT INTO tenants (id) SELECT 's-' || g FROM generate_series(0, 999) g")
+        .execute(shared.pool())
+        .await?;
+    sqlx::query(
+        "INSERT INTO users (tenant_id, username, email, password_hash)
+         SELECT 's-' || g, 'bench', 'bench@example.com', 'x' FROM generate_series(0, 999) g",
+    )
+    .execute(shared.pool())
+    .await?;
+    sqlx::query(
+        "INSERT INTO sessions (tenant_id, token_hash, user_id, expires_at)
+         SELECT tenant_id, $1, id, now() + interval '1 day' FROM users",
+    )
+    .bind(&hash)
+    .execute(shared.pool())
+    .await?;
+    for i in 0..TENANTS {
+        control
+            .write(
+                &TenantSpec {
+                    id: TenantId::parse(&format!("s-{i}"))?,
+                    hosts: vec![TenantHost::parse(&format!("s-{i}.test.com"))?],
+                    database: db.clone(),
+                    provisioned: false,
+                    pool: PoolSettings::default(),
+                    state: TenantState::Active,
+                    isolation: Isolation::Shared,
+                },
+                WriteMode::Create,
+            )
+            .await?;
+    }
     let registry = Arc::new(Registry::new(RegistryOptions {
         max_total_connections: BUDGET,
+        shared_database: Some(db.clone()),
         ..RegistryOptions::default()
     }));
     let (tenants, version) = control.load_all().await?;
@@ -99,7 +141,11 @@ async fn main() -> anyhow::Result<()> {
         .error_for_status()?
         .json()
         .await?;
-    println!("READY {url} {token} {} {}", note["id"], pg.port());
+    println!(
+        "READY {url} {token} {} {} {token_for_shared}",
+        note["id"],
+        pg.port()
+    );
 
     let mut stdin = tokio::io::stdin();
     let mut buf = [0u8; 64];
