@@ -43,6 +43,7 @@ pub mod moving;
 pub mod operations;
 pub mod pool;
 pub mod problem;
+pub mod process;
 pub mod provision;
 pub mod registry;
 pub mod server;
