@@ -212,8 +212,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             state,
             if_match,
         }) => {
-            let Ok(id) = TenantId::parse(&id) else {
-                return report::<TenantView>(Err(OpError::NotFound(id)));
+            let id = match parse_id(id) {
+                Ok(id) => id,
+                Err(e) => return report::<TenantView>(Err(e)),
             };
             let patch = TenantPatchRequest {
                 hosts: (!hosts.is_empty()).then_some(hosts),
@@ -228,8 +229,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             report(result.map(|t| TenantView::from(&t)))
         }
         Command::Tenants(TenantsCommand::Move { id, to }) => {
-            let Ok(id) = TenantId::parse(&id) else {
-                return report::<TenantView>(Err(OpError::NotFound(id)));
+            let id = match parse_id(id) {
+                Ok(id) => id,
+                Err(e) => return report::<TenantView>(Err(e)),
             };
             let to = match to.parse::<Isolation>() {
                 Ok(to) => to,
@@ -264,8 +266,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Tenants(TenantsCommand::Remove { id, drop_database }) => {
-            let Ok(id) = TenantId::parse(&id) else {
-                return report::<TenantView>(Err(OpError::NotFound(id)));
+            let id = match parse_id(id) {
+                Ok(id) => id,
+                Err(e) => return report::<TenantView>(Err(e)),
             };
             let result = operations(&settings)
                 .await?
@@ -309,6 +312,11 @@ async fn operations(settings: &Settings) -> anyhow::Result<TenantOps> {
     )
     .with_publisher(publisher)
     .with_shared(settings.shared_database()))
+}
+
+/// An id as the commands take it: one that cannot be a tenant's is simply not found.
+fn parse_id(raw: String) -> Result<TenantId, OpError> {
+    TenantId::parse(&raw).map_err(|_| OpError::NotFound(raw))
 }
 
 fn invalid(errors: &[FieldError]) -> ExitCode {

@@ -180,6 +180,19 @@ async fn count(db: &DatabaseUrl, sql: &'static str) -> i64 {
     n
 }
 
+/// What `diag.sleep` logged in a tenant's Redis namespace: `start|end <job> <worker>` lines.
+async fn diag_runs(cluster: &Cluster, tenant: &str) -> Vec<String> {
+    let redis = redis::Client::open(cluster.redis.url()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let key = format!(
+        "{}diag:runs",
+        Keys::default().namespace(&TenantId::parse(tenant).unwrap())
+    );
+    redis::AsyncCommands::lrange(&mut conn, key, 0, -1)
+        .await
+        .unwrap()
+}
+
 fn queue(cluster: &Cluster) -> JobQueue {
     JobQueue::new(
         &cluster.redis.url(),
@@ -569,19 +582,7 @@ async fn a_job_of_a_killed_worker_is_reclaimed_and_applied_once() {
     );
     assert_eq!(count(&site.db, "SELECT count(*) FROM job_runs").await, 1);
     // Both workers started it; only the second finished it.
-    let redis = redis::Client::open(cluster.redis.url()).unwrap();
-    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-    let log: Vec<String> = redis::AsyncCommands::lrange(
-        &mut conn,
-        format!(
-            "{}diag:runs",
-            Keys::default().namespace(&TenantId::parse("jobs-crash").unwrap())
-        ),
-        0,
-        -1,
-    )
-    .await
-    .unwrap();
+    let log = diag_runs(&cluster, "jobs-crash").await;
     assert_eq!(
         log.iter().filter(|l| l.starts_with("start")).count(),
         2,
@@ -628,19 +629,7 @@ async fn two_workers_share_the_load_and_never_run_a_job_twice() {
             .unwrap();
     assert_eq!(by_worker.len(), 2, "both workers took jobs: {by_worker:?}");
     assert_eq!(by_worker.iter().map(|(_, n)| n).sum::<i64>(), 100);
-    let redis = redis::Client::open(cluster.redis.url()).unwrap();
-    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-    let log: Vec<String> = redis::AsyncCommands::lrange(
-        &mut conn,
-        format!(
-            "{}diag:runs",
-            Keys::default().namespace(&TenantId::parse("jobs-pair").unwrap())
-        ),
-        0,
-        -1,
-    )
-    .await
-    .unwrap();
+    let log = diag_runs(&cluster, "jobs-pair").await;
     for id in &ids {
         let starts = log
             .iter()
