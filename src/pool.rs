@@ -7,6 +7,15 @@
 //! recently used pool that has nothing in use (never a busy pool's), waits for a permit or
 //! a connection of its own up to the acquire timeout, and then gives up with
 //! `sqlx::Error::PoolTimedOut`, which the API answers with a 503.
+//!
+//! Who may evict whom, so that a working set that fits the budget stops churning:
+//! - a pool with no connection at all may close any idle connection of another pool (it
+//!   cannot make progress otherwise), once per acquire, and then queues for a permit;
+//! - a pool that already has connections may grow only into free permits or by closing a
+//!   *cold* connection (idle for [`COLD_AFTER`]); otherwise it waits for its own.
+//!
+//! The victim is always the connection idle the longest, whichever pool holds it; a
+//! connection in use is never closed.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,13 +29,22 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// After closing a connection, how long its permit is kept: the server needs a moment to
 /// end the backend, and `pg_stat_activity` must never show more than the budget.
-const CLOSE_GRACE: Duration = Duration::from_millis(20);
+const CLOSE_GRACE: Duration = Duration::from_millis(2);
+
+/// A pool that already has connections may close another pool's idle connection to grow
+/// only when that connection has been idle this long (the default of [`Budget::new`]).
+pub const COLD_AFTER: Duration = Duration::from_secs(1);
+
+/// How often a pool with no connection, waiting while every connection is in use, looks
+/// again for one to close.
+const EVICT_RETRY: Duration = Duration::from_millis(5);
 
 /// The global connection budget, shared by every tenant pool of a registry.
 pub struct Budget {
     max_total: usize,
+    cold_after: Duration,
     permits: Arc<Semaphore>,
-    /// Rung when a permit comes back or a connection goes idle somewhere.
+    /// Rung when a permit comes back.
     released: Notify,
     pools: Mutex<Vec<Weak<TenantPool>>>,
     opened: AtomicU64,
@@ -79,8 +97,15 @@ pub struct PoolStats {
 impl Budget {
     /// A budget of `max_total` open connections.
     pub fn new(max_total: usize) -> Arc<Self> {
+        Self::with_cold_after(max_total, COLD_AFTER)
+    }
+
+    /// A budget whose pools may grow by closing another pool's connection only when it has
+    /// been idle for `cold_after` ([`COLD_AFTER`] in [`Self::new`]).
+    pub fn with_cold_after(max_total: usize, cold_after: Duration) -> Arc<Self> {
         Arc::new(Self {
             max_total,
+            cold_after,
             permits: Arc::new(Semaphore::new(max_total)),
             released: Notify::new(),
             pools: Mutex::new(Vec::new()),
@@ -134,24 +159,32 @@ impl Budget {
         all
     }
 
-    /// Closes the idle connection of the least recently used pool with nothing in use.
-    /// Returns whether one was closed (its permit comes back after [`CLOSE_GRACE`]).
-    fn evict_one(&self, except: &TenantPool) -> bool {
+    /// Closes the connection that has been idle the longest, among pools with nothing in
+    /// use, if it has been idle for `min_idle`. Returns whether one was closed (its permit
+    /// comes back after [`CLOSE_GRACE`]). Pools reuse their newest idle connection, so an
+    /// active pool's surplus ages and goes first, and its last connection stays warm.
+    fn evict_one(&self, except: &TenantPool, min_idle: Duration) -> bool {
+        let oldest_idle = |s: &State| {
+            s.idle
+                .first()
+                .map(|c| c.since)
+                .filter(|since| since.elapsed() >= min_idle)
+        };
         let victim = self
             .live_pools()
             .into_iter()
             .filter(|p| !std::ptr::eq(Arc::as_ptr(p), except))
             .filter_map(|p| {
-                let s = p.lock();
-                (s.in_use == 0 && !s.idle.is_empty()).then_some((s.last_used, p.clone()))
+                let since = oldest_idle(&p.lock())?;
+                Some((since, p))
             })
-            .min_by_key(|(used, _)| *used);
+            .min_by_key(|(since, _)| *since);
         let Some((_, pool)) = victim else {
             return false;
         };
         let conn = {
             let mut s = pool.lock();
-            if s.in_use > 0 || s.idle.is_empty() {
+            if oldest_idle(&s).is_none() {
                 return false;
             }
             s.open -= 1;
@@ -277,14 +310,15 @@ impl TenantPool {
     }
 
     /// A connection: an idle one, a new one within the pool's cap and the budget (closing
-    /// another pool's idle connection if the budget is spent), or, after waiting up to the
-    /// acquire timeout, `PoolTimedOut`.
+    /// another pool's idle connection if the budget is spent, see the module's rules), or,
+    /// after waiting up to the acquire timeout, `PoolTimedOut`.
     pub async fn acquire(self: &Arc<Self>) -> Result<PooledConn, sqlx::Error> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(sqlx::Error::PoolClosed);
         }
         let deadline = tokio::time::Instant::now() + self.acquire_timeout;
         let mut counted_wait = false;
+        let mut evicted = false;
         loop {
             let returned = self.returned.notified();
             let released = self.budget.released.notified();
@@ -292,32 +326,64 @@ impl TenantPool {
             returned.as_mut().enable();
             released.as_mut().enable();
 
-            let may_open = {
+            let (may_open, has_open) = {
                 let mut s = self.lock();
                 if let Some(idle) = s.idle.pop() {
                     s.in_use += 1;
                     s.last_used = Instant::now();
                     return Ok(PooledConn::new(self, idle.conn, idle.permit));
                 }
-                s.open < self.cap
+                (s.open < self.cap, s.open > 0)
             };
             if may_open {
-                match Arc::clone(&self.budget.permits).try_acquire_owned() {
-                    Ok(permit) => return self.open(permit, deadline).await,
-                    Err(_) => {
-                        // Spent: make room by closing another pool's idle connection, then
-                        // wait for its permit like any other.
-                        self.budget.evict_one(self);
+                if let Ok(permit) = Arc::clone(&self.budget.permits).try_acquire_owned() {
+                    if let Some(conn) = self.open(permit, deadline).await? {
+                        return Ok(conn);
                     }
+                    continue;
+                }
+                // Spent: make room by closing another pool's idle connection (a cold one, if
+                // this pool has connections of its own), then wait for a permit.
+                if !evicted {
+                    let min_idle = if has_open {
+                        self.budget.cold_after
+                    } else {
+                        Duration::ZERO
+                    };
+                    evicted = self.budget.evict_one(self, min_idle);
                 }
             }
             if !counted_wait {
                 counted_wait = true;
                 self.budget.waits.fetch_add(1, Ordering::Relaxed);
             }
+            // A pool with no connection queues for a permit (first come, first served, so
+            // the permit its eviction frees is not taken by pools that only want to grow)
+            // and, until it has closed one, looks for an idle connection again shortly.
+            let queue = may_open && !has_open;
+            let permit = async {
+                if queue {
+                    Arc::clone(&self.budget.permits).acquire_owned().await.ok()
+                } else {
+                    std::future::pending().await
+                }
+            };
+            let retry = async {
+                if queue && !evicted {
+                    tokio::time::sleep(EVICT_RETRY).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
                 () = &mut returned => {}
                 () = &mut released => {}
+                Some(permit) = permit => {
+                    if let Some(conn) = self.open(permit, deadline).await? {
+                        return Ok(conn);
+                    }
+                }
+                () = retry => {}
                 () = tokio::time::sleep_until(deadline) => {
                     self.budget.refusals.fetch_add(1, Ordering::Relaxed);
                     return Err(sqlx::Error::PoolTimedOut);
@@ -326,13 +392,21 @@ impl TenantPool {
         }
     }
 
+    /// Opens a connection with `permit`, unless the pool reached its cap meanwhile (then
+    /// the permit goes back and the answer is `None`).
     async fn open(
         self: &Arc<Self>,
         permit: OwnedSemaphorePermit,
         deadline: tokio::time::Instant,
-    ) -> Result<PooledConn, sqlx::Error> {
+    ) -> Result<Option<PooledConn>, sqlx::Error> {
         {
             let mut s = self.lock();
+            if s.open >= self.cap {
+                drop(s);
+                drop(permit);
+                self.budget.released.notify_waiters();
+                return Ok(None);
+            }
             s.open += 1;
             s.in_use += 1;
             s.last_used = Instant::now();
@@ -342,7 +416,7 @@ impl TenantPool {
         match connected {
             Ok(Ok(conn)) => {
                 self.budget.opened.fetch_add(1, Ordering::Relaxed);
-                Ok(PooledConn::new(self, conn, permit))
+                Ok(Some(PooledConn::new(self, conn, permit)))
             }
             failed => {
                 {
@@ -399,7 +473,6 @@ impl TenantPool {
             });
         }
         self.returned.notify_one();
-        self.budget.released.notify_waiters();
     }
 
     /// Forgets a connection that cannot be reused.

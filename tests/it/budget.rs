@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use reqwest::StatusCode;
 use serde_json::Value;
+use tenant_router::pool::{Budget, TenantPool};
 use tenant_router::tenant::DatabaseUrl;
 
 use crate::harness::{TestApp, shared_postgres, spec, tenant_database};
@@ -245,4 +246,113 @@ async fn a_running_query_keeps_its_connection_under_pressure() {
     let stats = app.registry.budget().stats();
     assert!(stats.evictions_total > 0, "there was pressure: {stats:?}");
     assert!(stats.open <= 2, "{stats:?}");
+}
+
+/// Pools on one tenant database under `budget`, each with room for 5 connections.
+async fn pools(
+    budget: &Arc<Budget>,
+    labels: &[&str],
+    acquire_timeout: Duration,
+) -> Vec<Arc<TenantPool>> {
+    let db = tenant_database(shared_postgres().await, "pools").await;
+    labels
+        .iter()
+        .map(|label| {
+            TenantPool::new(
+                label,
+                budget,
+                db.connect_options(),
+                5,
+                Duration::from_secs(300),
+                acquire_timeout,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_working_set_within_the_budget_stops_churning() {
+    // Four busy tenants and six connections: every pool keeps one connection and grows only
+    // into free permits, so nobody evicts anybody (growing by evicting, the pools would
+    // take each other's last connection and reconnect for ever).
+    let budget = Budget::with_cold_after(6, Duration::from_secs(3600));
+    let pools = pools(
+        &budget,
+        &["w-a", "w-b", "w-c", "w-d"],
+        Duration::from_secs(10),
+    )
+    .await;
+    for pool in &pools {
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::query("SELECT 1").execute(&mut *conn).await.unwrap();
+    }
+    let tasks: Vec<_> = (0..8)
+        .map(|task| {
+            let pools = pools.clone();
+            tokio::spawn(async move {
+                for i in 0..150 {
+                    let mut conn = pools[(task + i) % 4].acquire().await.unwrap();
+                    sqlx::query("SELECT pg_sleep(0.001)")
+                        .execute(&mut *conn)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stats = budget.stats();
+    assert!(stats.waits_total > 0, "there was pressure: {stats:?}");
+    assert_eq!(stats.evictions_total, 0, "{stats:?}");
+    assert!(stats.opened_total <= 6, "{stats:?}");
+    for pool in &pools {
+        assert!(pool.stats().open >= 1, "{:?}", pool.stats());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_pool_without_connections_evicts_a_warm_one() {
+    // Budget 2: A holds one connection in use, B one idle for a moment.
+    let budget = Budget::with_cold_after(2, Duration::from_secs(3600));
+    let p = pools(&budget, &["g-a", "g-b", "g-c"], Duration::from_millis(300)).await;
+    let (a, b, c) = (&p[0], &p[1], &p[2]);
+    drop(b.acquire().await.unwrap());
+    let held = a.acquire().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await; // B's connection is back, idle
+
+    // A wants a second connection: B's is warm, so A waits for its own and gives up.
+    let err = a
+        .acquire()
+        .await
+        .err()
+        .expect("A must not take B's warm connection");
+    assert!(matches!(err, sqlx::Error::PoolTimedOut), "{err}");
+    assert_eq!(b.stats().open, 1, "{:?}", b.stats());
+    assert_eq!(budget.stats().evictions_total, 0);
+    assert_eq!(budget.stats().refusals_total, 1);
+
+    // C has no connection at all: it may close B's, warm or not.
+    let mut conn = c.acquire().await.unwrap();
+    sqlx::query("SELECT 1").execute(&mut *conn).await.unwrap();
+    assert_eq!(b.stats().open, 0, "{:?}", b.stats());
+    assert_eq!(budget.stats().evictions_total, 1);
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_grows_into_a_cold_connection() {
+    let budget = Budget::with_cold_after(2, Duration::from_millis(100));
+    let p = pools(&budget, &["c-a", "c-b"], Duration::from_secs(5)).await;
+    let (a, b) = (&p[0], &p[1]);
+    drop(b.acquire().await.unwrap());
+    let held = a.acquire().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // B's connection goes cold
+    let mut second = a.acquire().await.expect("A grows into B's cold connection");
+    sqlx::query("SELECT 1").execute(&mut *second).await.unwrap();
+    assert_eq!(a.stats().open, 2);
+    assert_eq!(b.stats().open, 0);
+    assert_eq!(budget.stats().evictions_total, 1);
+    drop(held);
 }
