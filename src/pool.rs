@@ -411,29 +411,45 @@ impl TenantPool {
             s.in_use += 1;
             s.last_used = Instant::now();
         }
-        let connected =
-            tokio::time::timeout_at(deadline, PgConnection::connect_with(&self.options)).await;
-        match connected {
-            Ok(Ok(conn)) => {
-                self.budget.opened.fetch_add(1, Ordering::Relaxed);
-                Ok(Some(PooledConn::new(self, conn, permit)))
-            }
-            failed => {
-                {
-                    let mut s = self.lock();
-                    s.open -= 1;
-                    s.in_use -= 1;
+        // Connecting runs in a task of its own: a request that goes away meanwhile (its
+        // client hung up, and the server dropped the handler) must not leave the pool
+        // counting a connection that never arrives. The connection then goes idle for the
+        // next request instead.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            let connected =
+                tokio::time::timeout_at(deadline, PgConnection::connect_with(&pool.options)).await;
+            let outcome = match connected {
+                Ok(Ok(conn)) => {
+                    pool.budget.opened.fetch_add(1, Ordering::Relaxed);
+                    Ok((conn, permit))
                 }
-                drop(permit);
-                self.budget.released.notify_waiters();
-                match failed {
-                    Ok(Err(e)) => Err(e),
-                    _ => {
-                        self.budget.refusals.fetch_add(1, Ordering::Relaxed);
-                        Err(sqlx::Error::PoolTimedOut)
+                failed => {
+                    {
+                        let mut s = pool.lock();
+                        s.open -= 1;
+                        s.in_use -= 1;
+                    }
+                    drop(permit);
+                    pool.budget.released.notify_waiters();
+                    match failed {
+                        Ok(Err(e)) => Err(e),
+                        _ => {
+                            pool.budget.refusals.fetch_add(1, Ordering::Relaxed);
+                            Err(sqlx::Error::PoolTimedOut)
+                        }
                     }
                 }
+            };
+            if let Err(Ok((conn, permit))) = tx.send(outcome) {
+                pool.put_back(conn, permit);
             }
+        });
+        match rx.await {
+            Ok(Ok((conn, permit))) => Ok(Some(PooledConn::new(self, conn, permit))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(sqlx::Error::WorkerCrashed),
         }
     }
 
@@ -566,5 +582,50 @@ impl Drop for PooledConn {
             }
             Err(_) => pool.discard(conn, permit),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that accepts connections and never answers: connecting to it hangs.
+    async fn silent_server() -> (tokio::net::TcpListener, u16) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        (listener, port)
+    }
+
+    #[tokio::test]
+    async fn a_request_that_goes_away_while_connecting_leaves_nothing_counted() {
+        let (listener, port) = silent_server().await;
+        let held = tokio::spawn(async move {
+            let mut sockets = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                sockets.push(socket);
+            }
+        });
+        let budget = Budget::new(2);
+        let options = PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(port)
+            .username("nobody");
+        let pool = TenantPool::new(
+            "gone",
+            &budget,
+            options,
+            1,
+            Duration::from_secs(300),
+            Duration::from_millis(300),
+        );
+        // The request is dropped mid-connect (as axum drops a handler whose client left).
+        let dropped = tokio::time::timeout(Duration::from_millis(50), pool.acquire()).await;
+        assert!(dropped.is_err(), "the connect should still be pending");
+        // Once the connect gives up, the pool and the budget count nothing.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let s = pool.stats();
+        assert_eq!((s.open, s.in_use), (0, 0), "{s:?}");
+        assert_eq!(budget.stats().open, 0, "{:?}", budget.stats());
+        held.abort();
     }
 }
