@@ -47,6 +47,10 @@ pub struct Budget {
     /// Rung when a permit comes back.
     released: Notify,
     pools: Mutex<Vec<Weak<TenantPool>>>,
+    /// The pools that may hold idle connections (each listed once, see `State::listed`):
+    /// at most the budget's worth plus pools that emptied since the last eviction, so an
+    /// eviction looks at a few dozen pools, not at every tenant that ever had traffic.
+    with_idle: Mutex<Vec<Weak<TenantPool>>>,
     opened: AtomicU64,
     closed: AtomicU64,
     evictions: AtomicU64,
@@ -109,6 +113,7 @@ impl Budget {
             permits: Arc::new(Semaphore::new(max_total)),
             released: Notify::new(),
             pools: Mutex::new(Vec::new()),
+            with_idle: Mutex::new(Vec::new()),
             opened: AtomicU64::new(0),
             closed: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -170,15 +175,32 @@ impl Budget {
                 .map(|c| c.since)
                 .filter(|since| since.elapsed() >= min_idle)
         };
-        let victim = self
-            .live_pools()
-            .into_iter()
-            .filter(|p| !std::ptr::eq(Arc::as_ptr(p), except))
-            .filter_map(|p| {
-                let since = oldest_idle(&p.lock())?;
-                Some((since, p))
-            })
-            .min_by_key(|(since, _)| *since);
+        // Lock order: `with_idle`, then a pool's state (`put_back` never holds both).
+        let victim = {
+            let mut listed = self.with_idle.lock().unwrap_or_else(|e| e.into_inner());
+            let mut victim: Option<(Instant, Arc<TenantPool>)> = None;
+            listed.retain(|weak| {
+                let Some(pool) = weak.upgrade() else {
+                    return false;
+                };
+                let mut s = pool.lock();
+                if s.idle.is_empty() {
+                    s.listed = false;
+                    return false;
+                }
+                let older =
+                    oldest_idle(&s).filter(|since| victim.as_ref().is_none_or(|(v, _)| since < v));
+                drop(s);
+                match older {
+                    Some(since) if !std::ptr::eq(Arc::as_ptr(&pool), except) => {
+                        victim = Some((since, pool));
+                    }
+                    _ => {}
+                }
+                true
+            });
+            victim
+        };
         let Some((_, pool)) = victim else {
             return false;
         };
@@ -240,6 +262,8 @@ struct IdleConn {
 
 struct State {
     idle: Vec<IdleConn>,
+    /// In the budget's `with_idle` list.
+    listed: bool,
     open: usize,
     in_use: usize,
     last_used: Instant,
@@ -278,6 +302,7 @@ impl TenantPool {
             acquire_timeout,
             state: Mutex::new(State {
                 idle: Vec::new(),
+                listed: false,
                 open: 0,
                 in_use: 0,
                 last_used: Instant::now(),
@@ -478,7 +503,7 @@ impl TenantPool {
             self.budget_close(conn, permit);
             return;
         }
-        {
+        let list = {
             let mut s = self.lock();
             s.in_use -= 1;
             s.last_used = Instant::now();
@@ -487,6 +512,14 @@ impl TenantPool {
                 permit,
                 since: Instant::now(),
             });
+            !std::mem::replace(&mut s.listed, true)
+        };
+        if list {
+            self.budget
+                .with_idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Arc::downgrade(self));
         }
         self.returned.notify_one();
     }
