@@ -3,10 +3,10 @@
 //! Every open tenant connection holds one permit of the [`Budget`]'s semaphore, taken
 //! *before* the connection is opened and given back only after it is closed, so the number
 //! of open connections can never exceed the budget, whatever the load. When a tenant needs a
-//! connection and the budget is spent, the pool closes the idle connection of the least
-//! recently used pool that has nothing in use (never a busy pool's), waits for a permit or
-//! a connection of its own up to the acquire timeout, and then gives up with
-//! `sqlx::Error::PoolTimedOut`, which the API answers with a 503.
+//! connection and the budget is spent, the pool closes the connection that has been idle
+//! the longest (never one in use), waits for a permit or a connection of its own up to the
+//! acquire timeout, and then gives up with `sqlx::Error::PoolTimedOut`, which the API
+//! answers with a 503.
 //!
 //! Who may evict whom, so that a working set that fits the budget stops churning:
 //! - a pool with no connection at all may close any idle connection of another pool (it
@@ -14,8 +14,10 @@
 //! - a pool that already has connections may grow only into free permits or by closing a
 //!   *cold* connection (idle for [`COLD_AFTER`]); otherwise it waits for its own.
 //!
-//! The victim is always the connection idle the longest, whichever pool holds it; a
-//! connection in use is never closed.
+//! The victim is always the connection idle the longest, whichever pool holds it: a busy
+//! pool's idle surplus (left by a burst) goes before a quiet pool's only connection, so a
+//! burst cannot hoard the budget while other tenants get 503s. A connection in use is never
+//! closed.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
