@@ -41,6 +41,10 @@ pub const COLD_AFTER: Duration = Duration::from_secs(1);
 /// again for one to close.
 const EVICT_RETRY: Duration = Duration::from_millis(5);
 
+/// At most how long a pool that wants to grow waits before it looks for a cold connection
+/// again.
+const COLD_RETRY: Duration = Duration::from_millis(250);
+
 /// The global connection budget, shared by every tenant pool of a registry.
 pub struct Budget {
     max_total: usize,
@@ -385,8 +389,7 @@ impl TenantPool {
                 self.budget.waits.fetch_add(1, Ordering::Relaxed);
             }
             // A pool with no connection queues for a permit (first come, first served, so
-            // the permit its eviction frees is not taken by pools that only want to grow)
-            // and, until it has closed one, looks for an idle connection again shortly.
+            // the permit its eviction frees is not taken by pools that only want to grow).
             let queue = may_open && !has_open;
             let permit = async {
                 if queue {
@@ -395,11 +398,18 @@ impl TenantPool {
                     std::future::pending().await
                 }
             };
+            // Until it has closed one, a pool with no connection looks again shortly; a pool
+            // that wants to grow looks again as idle connections turn cold (nothing else
+            // may happen meanwhile to wake it).
+            let look_again = match (may_open && !evicted, has_open) {
+                (true, false) => Some(EVICT_RETRY),
+                (true, true) => Some((self.budget.cold_after / 4).clamp(EVICT_RETRY, COLD_RETRY)),
+                (false, _) => None,
+            };
             let retry = async {
-                if queue && !evicted {
-                    tokio::time::sleep(EVICT_RETRY).await;
-                } else {
-                    std::future::pending::<()>().await;
+                match look_again {
+                    Some(after) => tokio::time::sleep(after).await,
+                    None => std::future::pending::<()>().await,
                 }
             };
             tokio::select! {

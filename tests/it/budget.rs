@@ -356,3 +356,23 @@ async fn a_pool_grows_into_a_cold_connection() {
     assert_eq!(budget.stats().evictions_total, 1);
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_pool_takes_a_connection_once_it_turns_cold() {
+    // Nothing else happens while A waits: no connection returns, no permit comes back. B's
+    // idle connection turning cold must be enough.
+    let budget = Budget::with_cold_after(2, Duration::from_millis(200));
+    let p = pools(&budget, &["t-a", "t-b"], Duration::from_secs(3)).await;
+    let (a, b) = (&p[0], &p[1]);
+    let held = a.acquire().await.unwrap();
+    drop(b.acquire().await.unwrap());
+    tokio::time::sleep(Duration::from_millis(20)).await; // B's connection is back, warm
+    let mut second = a
+        .acquire()
+        .await
+        .expect("A takes B's connection once it is cold, within the acquire timeout");
+    sqlx::query("SELECT 1").execute(&mut *second).await.unwrap();
+    assert_eq!(b.stats().open, 0);
+    assert_eq!(budget.stats().refusals_total, 0);
+    drop(held);
+}
