@@ -20,7 +20,7 @@
 //! closed.
 
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,10 @@ pub const COLD_AFTER: Duration = Duration::from_secs(1);
 /// again for one to close.
 const EVICT_RETRY: Duration = Duration::from_millis(5);
 
+/// How long a queued pool with no connection waits for the permit its eviction freed
+/// before it checks whether that permit went to an earlier acquire.
+const REEVICT_AFTER: Duration = Duration::from_millis(50);
+
 /// At most how long a pool that wants to grow waits before it looks for a cold connection
 /// again.
 const COLD_RETRY: Duration = Duration::from_millis(250);
@@ -57,6 +61,10 @@ pub struct Budget {
     /// at most the budget's worth plus pools that emptied since the last eviction, so an
     /// eviction looks at a few dozen pools, not at every tenant that ever had traffic.
     with_idle: Mutex<Vec<Weak<TenantPool>>>,
+    /// Connections being closed whose permits have not come back yet.
+    closing: AtomicUsize,
+    /// Acquires of pools with no connection, queued for a permit.
+    queued: AtomicUsize,
     opened: AtomicU64,
     closed: AtomicU64,
     evictions: AtomicU64,
@@ -120,6 +128,8 @@ impl Budget {
             released: Notify::new(),
             pools: Mutex::new(Vec::new()),
             with_idle: Mutex::new(Vec::new()),
+            closing: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
             opened: AtomicU64::new(0),
             closed: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -260,6 +270,26 @@ impl Budget {
     }
 }
 
+type WaitForPermit = std::pin::Pin<
+    Box<dyn Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send>,
+>;
+
+/// Counts an acquire in the budget's queue of pools with no connection while it lives.
+struct Queued<'a>(&'a Budget);
+
+impl<'a> Queued<'a> {
+    fn new(budget: &'a Budget) -> Self {
+        budget.queued.fetch_add(1, Ordering::Relaxed);
+        Self(budget)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 struct IdleConn {
     conn: PgConnection,
     permit: OwnedSemaphorePermit,
@@ -350,6 +380,10 @@ impl TenantPool {
         let deadline = tokio::time::Instant::now() + self.acquire_timeout;
         let mut counted_wait = false;
         let mut evicted = false;
+        let mut evicted_at: Option<Instant> = None;
+        let mut queued: Option<Queued<'_>> = None;
+        // Kept across turns of the loop: dropping it would lose the place in the queue.
+        let mut in_queue: Option<WaitForPermit> = None;
         loop {
             let returned = self.returned.notified();
             let released = self.budget.released.notified();
@@ -366,6 +400,16 @@ impl TenantPool {
                 }
                 (s.open < self.cap, s.open > 0)
             };
+            // A pool with no connection queues for a permit (first come, first served, so
+            // the permit its eviction frees is not taken by pools that only want to grow).
+            let queue = may_open && !has_open;
+            if !queue {
+                queued = None;
+                in_queue = None;
+            } else if queued.is_none() {
+                queued = Some(Queued::new(&self.budget));
+                in_queue = Some(Box::pin(Arc::clone(&self.budget.permits).acquire_owned()));
+            }
             if may_open {
                 if let Ok(permit) = Arc::clone(&self.budget.permits).try_acquire_owned() {
                     if let Some(conn) = self.open(permit, deadline).await? {
@@ -373,38 +417,52 @@ impl TenantPool {
                     }
                     continue;
                 }
-                // Spent: make room by closing another pool's idle connection (a cold one, if
-                // this pool has connections of its own), then wait for a permit.
-                if !evicted {
-                    let min_idle = if has_open {
-                        self.budget.cold_after
-                    } else {
-                        Duration::ZERO
-                    };
-                    evicted = self.budget.evict_one(self, min_idle);
+                // Spent: make room by closing another pool's idle connection, then wait.
+                // A pool that has connections takes only a cold one, once; the queue of
+                // pools with none makes sure a permit is on its way for each of them.
+                if has_open {
+                    if !evicted {
+                        evicted = self.budget.evict_one(self, self.budget.cold_after);
+                    }
+                } else {
+                    // Once on arrival; again only if the permit it freed went to an earlier
+                    // acquire and no other is on its way for this one.
+                    let stalled = evicted_at
+                        .is_some_and(|at: Instant| at.elapsed() >= REEVICT_AFTER)
+                        && self.budget.closing.load(Ordering::Relaxed)
+                            < self.budget.queued.load(Ordering::Relaxed);
+                    if (evicted_at.is_none() || stalled)
+                        && self.budget.evict_one(self, Duration::ZERO)
+                    {
+                        evicted_at = Some(Instant::now());
+                    }
                 }
             }
             if !counted_wait {
                 counted_wait = true;
                 self.budget.waits.fetch_add(1, Ordering::Relaxed);
             }
-            // A pool with no connection queues for a permit (first come, first served, so
-            // the permit its eviction frees is not taken by pools that only want to grow).
-            let queue = may_open && !has_open;
             let permit = async {
-                if queue {
-                    Arc::clone(&self.budget.permits).acquire_owned().await.ok()
-                } else {
-                    std::future::pending().await
+                match in_queue.as_mut() {
+                    Some(waiting) => waiting.await.ok(),
+                    None => std::future::pending().await,
                 }
             };
-            // Until it has closed one, a pool with no connection looks again shortly; a pool
-            // that wants to grow looks again as idle connections turn cold (nothing else
-            // may happen meanwhile to wake it).
-            let look_again = match (may_open && !evicted, has_open) {
-                (true, false) => Some(EVICT_RETRY),
-                (true, true) => Some((self.budget.cold_after / 4).clamp(EVICT_RETRY, COLD_RETRY)),
-                (false, _) => None,
+            // A queued pool looks again shortly until it has closed a connection (one may
+            // have gone idle), then now and then (the permit it freed may have gone to an
+            // earlier one); a pool that
+            // wants to grow looks again as idle connections turn cold (nothing else may
+            // happen meanwhile to wake it).
+            let look_again = if queue {
+                Some(if evicted_at.is_some() {
+                    REEVICT_AFTER
+                } else {
+                    EVICT_RETRY
+                })
+            } else if may_open && !evicted {
+                Some((self.budget.cold_after / 4).clamp(EVICT_RETRY, COLD_RETRY))
+            } else {
+                None
             };
             let retry = async {
                 match look_again {
@@ -412,18 +470,23 @@ impl TenantPool {
                     None => std::future::pending::<()>().await,
                 }
             };
+            let mut granted = None;
             tokio::select! {
                 () = &mut returned => {}
                 () = &mut released => {}
                 Some(permit) = permit => {
-                    if let Some(conn) = self.open(permit, deadline).await? {
-                        return Ok(conn);
-                    }
+                    granted = Some(permit);
                 }
                 () = retry => {}
                 () = tokio::time::sleep_until(deadline) => {
                     self.budget.refusals.fetch_add(1, Ordering::Relaxed);
                     return Err(sqlx::Error::PoolTimedOut);
+                }
+            }
+            if let Some(permit) = granted {
+                (queued, in_queue) = (None, None);
+                if let Some(conn) = self.open(permit, deadline).await? {
+                    return Ok(conn);
                 }
             }
         }
@@ -493,18 +556,21 @@ impl TenantPool {
     /// Closes the connection, then gives the permit back after [`CLOSE_GRACE`].
     fn budget_close(&self, conn: PgConnection, permit: OwnedSemaphorePermit) {
         let budget = Arc::clone(&self.budget);
-        let finish = async move {
+        budget.closing.fetch_add(1, Ordering::Relaxed);
+        // Without a runtime (shutting down), the socket closes and the permit comes back
+        // right here.
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            budget.closing.fetch_sub(1, Ordering::Relaxed);
+            return;
+        };
+        handle.spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(2), conn.close()).await;
             tokio::time::sleep(CLOSE_GRACE).await;
             drop(permit);
+            budget.closing.fetch_sub(1, Ordering::Relaxed);
             budget.closed.fetch_add(1, Ordering::Relaxed);
             budget.released.notify_waiters();
-        };
-        // Without a runtime (shutting down), dropping `finish` closes the socket and gives
-        // the permit back.
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(finish);
-        }
+        });
     }
 
     /// Takes a connection back: idle for reuse, or closed when the pool is retired.
