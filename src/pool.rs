@@ -450,9 +450,8 @@ impl TenantPool {
             };
             // A queued pool looks again shortly until it has closed a connection (one may
             // have gone idle), then now and then (the permit it freed may have gone to an
-            // earlier one); a pool that
-            // wants to grow looks again as idle connections turn cold (nothing else may
-            // happen meanwhile to wake it).
+            // earlier one); a pool that wants to grow looks again as idle connections turn
+            // cold (nothing else may happen meanwhile to wake it).
             let look_again = if queue {
                 Some(if evicted_at.is_some() {
                     REEVICT_AFTER
