@@ -343,36 +343,32 @@ async fn only_a_pool_without_connections_evicts_a_warm_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_grows_into_a_cold_connection() {
-    let budget = Budget::with_cold_after(2, Duration::from_millis(100));
-    let p = pools(&budget, &["c-a", "c-b"], Duration::from_secs(5)).await;
-    let (a, b) = (&p[0], &p[1]);
-    drop(b.acquire().await.unwrap());
-    let held = a.acquire().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await; // B's connection goes cold
-    let mut second = a.acquire().await.expect("A grows into B's cold connection");
-    sqlx::query("SELECT 1").execute(&mut *second).await.unwrap();
-    assert_eq!(a.stats().open, 2);
-    assert_eq!(b.stats().open, 0);
-    assert_eq!(budget.stats().evictions_total, 1);
-    drop(held);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_waiting_pool_takes_a_connection_once_it_turns_cold() {
-    // Nothing else happens while A waits: no connection returns, no permit comes back. B's
-    // idle connection turning cold must be enough.
-    let budget = Budget::with_cold_after(2, Duration::from_millis(200));
-    let p = pools(&budget, &["t-a", "t-b"], Duration::from_secs(3)).await;
-    let (a, b) = (&p[0], &p[1]);
-    let held = a.acquire().await.unwrap();
-    drop(b.acquire().await.unwrap());
-    tokio::time::sleep(Duration::from_millis(20)).await; // B's connection is back, warm
-    let mut second = a
-        .acquire()
-        .await
-        .expect("A takes B's connection once it is cold, within the acquire timeout");
-    sqlx::query("SELECT 1").execute(&mut *second).await.unwrap();
-    assert_eq!(b.stats().open, 0);
-    assert_eq!(budget.stats().refusals_total, 0);
-    drop(held);
+    // B's idle connection is cold when A asks; or it turns cold while A waits, with nothing
+    // else happening meanwhile (no connection returns, no permit comes back).
+    for (case, asks_after) in [("cold", 300), ("turns-cold", 20)] {
+        let budget = Budget::with_cold_after(2, Duration::from_millis(200));
+        let p = pools(
+            &budget,
+            &[&format!("{case}-a"), &format!("{case}-b")],
+            Duration::from_secs(3),
+        )
+        .await;
+        let (a, b) = (&p[0], &p[1]);
+        let held = a.acquire().await.unwrap();
+        drop(b.acquire().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(asks_after)).await;
+        let mut second = a
+            .acquire()
+            .await
+            .unwrap_or_else(|e| panic!("{case}: A grows into B's cold connection: {e}"));
+        sqlx::query("SELECT 1").execute(&mut *second).await.unwrap();
+        assert_eq!((a.stats().open, b.stats().open), (2, 0), "{case}");
+        let stats = budget.stats();
+        assert_eq!(
+            (stats.evictions_total, stats.refusals_total),
+            (1, 0),
+            "{case}"
+        );
+        drop(held);
+    }
 }
