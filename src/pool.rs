@@ -180,10 +180,10 @@ impl Budget {
         all
     }
 
-    /// Closes the connection that has been idle the longest, among pools with nothing in
-    /// use, if it has been idle for `min_idle`. Returns whether one was closed (its permit
-    /// comes back after [`CLOSE_GRACE`]). Pools reuse their newest idle connection, so an
-    /// active pool's surplus ages and goes first, and its last connection stays warm.
+    /// Closes the connection that has been idle the longest, in any pool but `except`, if
+    /// it has been idle for `min_idle`. Returns whether one was closed (its permit comes
+    /// back after [`CLOSE_GRACE`]). Pools reuse their newest idle connection, so an active
+    /// pool's surplus ages and goes first, and its last connection stays warm.
     fn evict_one(&self, except: &TenantPool, min_idle: Duration) -> bool {
         let oldest_idle = |s: &State| {
             s.idle
@@ -302,7 +302,6 @@ struct State {
     listed: bool,
     open: usize,
     in_use: usize,
-    last_used: Instant,
 }
 
 /// One tenant's pool (or the shared database's), at most `max_connections` open, all
@@ -341,7 +340,6 @@ impl TenantPool {
                 listed: false,
                 open: 0,
                 in_use: 0,
-                last_used: Instant::now(),
             }),
             returned: Notify::new(),
             closed: AtomicBool::new(false),
@@ -395,7 +393,6 @@ impl TenantPool {
                 let mut s = self.lock();
                 if let Some(idle) = s.idle.pop() {
                     s.in_use += 1;
-                    s.last_used = Instant::now();
                     return Ok(PooledConn::new(self, idle.conn, idle.permit));
                 }
                 (s.open < self.cap, s.open > 0)
@@ -508,7 +505,6 @@ impl TenantPool {
             }
             s.open += 1;
             s.in_use += 1;
-            s.last_used = Instant::now();
         }
         // Connecting runs in a task of its own: a request that goes away meanwhile (its
         // client hung up, and the server dropped the handler) must not leave the pool
@@ -583,7 +579,6 @@ impl TenantPool {
         let list = {
             let mut s = self.lock();
             s.in_use -= 1;
-            s.last_used = Instant::now();
             s.idle.push(IdleConn {
                 conn,
                 permit,
