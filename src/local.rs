@@ -69,6 +69,11 @@ impl Supervised {
             .stderr(Stdio::null());
         if let Some((uid, gid)) = run_as {
             cmd.uid(uid.as_raw()).gid(gid.as_raw());
+            // Our HOME is not theirs: libpq inside the server (Citus' connections to other
+            // nodes) would look for client certificates under it, and fail on permissions.
+            if let Some(dir) = log.parent() {
+                cmd.env("HOME", dir);
+            }
         }
         let mut child = cmd
             .spawn()
@@ -155,6 +160,25 @@ fn debian_postgres_dirs() -> Vec<PathBuf> {
     dirs.into_iter().map(|(_, d)| d).collect()
 }
 
+/// The directory of the PostgreSQL server binaries we run: `initdb`'s, on `PATH` or the
+/// newest under `/usr/lib/postgresql`.
+fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
+    let initdb = find_binary("initdb", &debian_postgres_dirs()).context(
+        "PostgreSQL's initdb was not found on PATH or under /usr/lib/postgresql \
+         (install it with: apt-get install postgresql)",
+    )?;
+    // `/usr/local/bin/initdb` may be a link into the real installation; its lib directory
+    // is beside the real one.
+    let initdb = initdb.canonicalize().unwrap_or(initdb);
+    let bin_dir = initdb.parent().expect("a file has a parent").to_path_buf();
+    anyhow::ensure!(
+        bin_dir.join("postgres").is_file(),
+        "no postgres binary beside {}",
+        initdb.display()
+    );
+    Ok(bin_dir)
+}
+
 /// PostgreSQL refuses to run as root; as root we run it as the `postgres` account.
 fn postgres_account() -> anyhow::Result<Option<(Uid, Gid)>> {
     if !Uid::effective().is_root() {
@@ -196,18 +220,29 @@ pub struct LocalPostgres {
     ephemeral: bool,
     bin_dir: PathBuf,
     run_as: Option<(Uid, Gid)>,
+    /// Extra `-c name=value` settings, for every start.
+    settings: Vec<(String, String)>,
     server: Option<Supervised>,
 }
 
 impl LocalPostgres {
     /// Initialises and starts a throwaway server on a free port.
     pub async fn start_ephemeral() -> anyhow::Result<Self> {
+        Self::start_ephemeral_with(&[]).await
+    }
+
+    /// [`Self::start_ephemeral`], with extra server settings (`name`, `value`).
+    pub async fn start_ephemeral_with(settings: &[(&str, &str)]) -> anyhow::Result<Self> {
         let root = tempfile::Builder::new()
             .prefix("tenant-router-pg-")
             .tempdir()
             .context("creating a temporary directory")?
             .keep();
-        Self::init_and_start(root, None, true).await
+        let settings = settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::init_and_start(root, None, true, settings).await
     }
 
     /// Opens the persistent server in `dir`, initialising it on first use. Its port is chosen
@@ -220,25 +255,16 @@ impl LocalPostgres {
             Ok(s) => Some(s.trim().parse().context("parsing the saved port")?),
             Err(_) => None,
         };
-        Self::init_and_start(dir, port, false).await
+        Self::init_and_start(dir, port, false, Vec::new()).await
     }
 
     async fn init_and_start(
         root: PathBuf,
         port: Option<u16>,
         ephemeral: bool,
+        settings: Vec<(String, String)>,
     ) -> anyhow::Result<Self> {
-        let extra = debian_postgres_dirs();
-        let initdb = find_binary("initdb", &extra).context(
-            "PostgreSQL's initdb was not found on PATH or under /usr/lib/postgresql \
-             (install it with: apt-get install postgresql)",
-        )?;
-        let bin_dir = initdb.parent().expect("a file has a parent").to_path_buf();
-        anyhow::ensure!(
-            bin_dir.join("postgres").is_file(),
-            "no postgres binary beside {}",
-            initdb.display()
-        );
+        let bin_dir = postgres_bin_dir()?;
         let run_as = postgres_account()?;
         if let Some((uid, gid)) = run_as {
             std::os::unix::fs::chown(&root, Some(uid.as_raw()), Some(gid.as_raw()))
@@ -253,10 +279,11 @@ impl LocalPostgres {
             ephemeral,
             bin_dir,
             run_as,
+            settings,
             server: None,
         };
         if !pg.data_dir().join("PG_VERSION").exists() {
-            pg.initdb(&initdb)?;
+            pg.initdb(&pg.bin_dir.join("initdb"))?;
         }
         let mut attempts = 0;
         loop {
@@ -332,6 +359,9 @@ impl LocalPostgres {
             set("fsync", "off");
             set("synchronous_commit", "off");
             set("full_page_writes", "off");
+        }
+        for (k, v) in &self.settings {
+            args.extend(["-c".into(), format!("{k}={v}")]);
         }
         let cleanup = self.ephemeral.then_some(self.root.as_path());
         let log = self.log_path();
@@ -414,6 +444,106 @@ impl Drop for LocalPostgres {
         } else if self.ephemeral {
             let _ = std::fs::remove_dir_all(&self.root);
         }
+    }
+}
+
+/// Where Citus would be for the PostgreSQL we run: `citus.so` in its library directory
+/// (`pg_config --pkglibdir`, else `../lib` beside the binaries). `Err` says why it is not.
+pub fn citus_library() -> Result<PathBuf, String> {
+    let bin_dir = postgres_bin_dir().map_err(|e| format!("{e:#}"))?;
+    let lib_dir = Command::new(bin_dir.join("pg_config"))
+        .arg("--pkglibdir")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .unwrap_or_else(|| bin_dir.with_file_name("lib"));
+    let so = lib_dir.join("citus.so");
+    if so.is_file() {
+        Ok(so)
+    } else {
+        Err(format!(
+            "citus.so is not in {} (the library directory of the PostgreSQL in {})",
+            lib_dir.display(),
+            bin_dir.display()
+        ))
+    }
+}
+
+/// A throwaway Citus cluster of our own: a coordinator and two workers, each a
+/// [`LocalPostgres`] with Citus preloaded. Citus keeps its metadata per database, so each
+/// [`LocalCitus::create_database`] is a cluster of its own: the database on every node, the
+/// extension in each, the workers registered with the coordinator. Tests share the servers
+/// and stay apart by database.
+pub struct LocalCitus {
+    coordinator: LocalPostgres,
+    workers: Vec<LocalPostgres>,
+}
+
+/// The server settings of every node.
+const CITUS_SETTINGS: &[(&str, &str)] = &[
+    ("shared_preload_libraries", "citus"),
+    // Tenant isolation and shard moves copy with logical replication.
+    ("wal_level", "logical"),
+    // `citus_stat_tenants` counts only when tracking is on, and only a superuser may turn
+    // it on.
+    ("citus.stat_tenants_track", "all"),
+];
+
+impl LocalCitus {
+    /// Starts a coordinator and two workers on free ports. Fails, saying why, when Citus is
+    /// not installed ([`citus_library`]).
+    pub async fn start_ephemeral() -> anyhow::Result<Self> {
+        citus_library().map_err(anyhow::Error::msg)?;
+        let (coordinator, w1, w2) = tokio::try_join!(
+            LocalPostgres::start_ephemeral_with(CITUS_SETTINGS),
+            LocalPostgres::start_ephemeral_with(CITUS_SETTINGS),
+            LocalPostgres::start_ephemeral_with(CITUS_SETTINGS),
+        )?;
+        Ok(Self {
+            coordinator,
+            workers: vec![w1, w2],
+        })
+    }
+
+    /// The coordinator, where the router connects.
+    pub fn coordinator(&self) -> &LocalPostgres {
+        &self.coordinator
+    }
+
+    /// The workers.
+    pub fn workers(&self) -> &[LocalPostgres] {
+        &self.workers
+    }
+
+    /// Creates database `name` on every node with the citus extension, registers the
+    /// workers with the coordinator, and returns its URL on the coordinator.
+    pub async fn create_database(&self, name: &str) -> anyhow::Result<DatabaseUrl> {
+        for node in std::iter::once(&self.coordinator).chain(&self.workers) {
+            let url = node.create_database(name).await?;
+            let mut conn = PgConnection::connect_with(&url.connect_options()).await?;
+            sqlx::query("CREATE EXTENSION IF NOT EXISTS citus")
+                .execute(&mut conn)
+                .await
+                .with_context(|| format!("creating the citus extension on port {}", node.port))?;
+            let _ = conn.close().await;
+        }
+        let url = self.coordinator.url(name);
+        let mut conn = PgConnection::connect_with(&url.connect_options()).await?;
+        sqlx::query("SELECT citus_set_coordinator_host('127.0.0.1', $1)")
+            .bind(i32::from(self.coordinator.port))
+            .execute(&mut conn)
+            .await
+            .context("citus_set_coordinator_host")?;
+        for worker in &self.workers {
+            sqlx::query("SELECT citus_add_node('127.0.0.1', $1)")
+                .bind(i32::from(worker.port))
+                .execute(&mut conn)
+                .await
+                .with_context(|| format!("citus_add_node for port {}", worker.port))?;
+        }
+        let _ = conn.close().await;
+        Ok(url)
     }
 }
 

@@ -45,28 +45,46 @@ pub const TENANT_TABLES: &[&str] = &["users", "sessions", "notes", "job_runs"];
 /// Reference tables (replicated to every Citus node): the tenant directory.
 pub const REFERENCE_TABLES: &[&str] = &["tenants"];
 
-/// The Citus calls that distribute the shared schema, in the order Citus needs: reference
-/// tables first (distributed tables reference them), then every tenant table distributed by
-/// `tenant_id`, co-located with the first, so a tenant's rows of every table sit on one node
-/// and joins and foreign keys stay local.
-pub fn citus_statements() -> Vec<String> {
-    let mut out: Vec<String> = REFERENCE_TABLES
-        .iter()
-        .map(|t| format!("SELECT create_reference_table('{t}')"))
-        .collect();
-    let first = TENANT_TABLES[0];
-    for t in TENANT_TABLES {
-        if *t == first {
-            out.push(format!(
-                "SELECT create_distributed_table('{t}', 'tenant_id')"
-            ));
-        } else {
-            out.push(format!(
-                "SELECT create_distributed_table('{t}', 'tenant_id', colocate_with => '{first}')"
-            ));
-        }
-    }
-    out
+/// The roles shared-tenant transactions switch to. Citus opens its connections to the
+/// workers as the current role, so on Citus they must be allowed to log in.
+pub const ROLES: &[&str] = &[APP_ROLE, APEX_ROLE];
+
+/// The role of the apex login's cross-tenant lookup (reads `users`' emails and hashes only).
+pub const APEX_ROLE: &str = "tenant_router_apex";
+
+/// What Citus has made of a table (`pg_dist_partition`), as far as shared mode cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CitusKind {
+    /// Not in Citus' metadata: a plain PostgreSQL table on the coordinator.
+    Plain,
+    /// A reference table, copied to every node.
+    Reference,
+    /// Hash-distributed, in this co-location group, by this column.
+    Distributed { colocation: i32, by_tenant: bool },
+    /// Anything else: a Citus local table (what a foreign key to a reference table makes
+    /// of a plain one), or distributed by range or append.
+    Other,
+}
+
+async fn citus_kind(conn: &mut PgConnection, table: &str) -> anyhow::Result<CitusKind> {
+    let row: Option<(String, String, i32, bool)> = sqlx::query_as(
+        "SELECT partmethod::text, repmodel::text, colocationid,
+                coalesce(column_to_column_name(logicalrelid, partkey) = 'tenant_id', false)
+         FROM pg_dist_partition WHERE logicalrelid = $1::regclass",
+    )
+    .bind(table)
+    .fetch_optional(&mut *conn)
+    .await
+    .with_context(|| format!("reading what Citus made of {table}"))?;
+    Ok(match row {
+        None => CitusKind::Plain,
+        Some((m, r, _, _)) if m == "n" && r == "t" => CitusKind::Reference,
+        Some((m, _, colocation, by_tenant)) if m == "h" => CitusKind::Distributed {
+            colocation,
+            by_tenant,
+        },
+        Some(_) => CitusKind::Other,
+    })
 }
 
 /// The shared database, as the router administers it (migrations, the directory). Tenant
@@ -130,29 +148,155 @@ impl SharedDb {
             .await
             .context("migrating the shared database")?;
         let citus = self.has_citus().await?;
-        let mut distributed = Vec::new();
-        if citus {
-            for (table, statement) in REFERENCE_TABLES
-                .iter()
-                .chain(TENANT_TABLES)
-                .zip(citus_statements())
-            {
-                let done: bool = sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = $1::regclass)",
-                )
-                .bind(table)
-                .fetch_one(&self.pool)
-                .await?;
-                if !done {
-                    sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
-                        .execute(&self.pool)
-                        .await
-                        .with_context(|| format!("distributing {table}"))?;
-                    distributed.push(statement);
+        let distributed = if citus {
+            self.allow_role_login().await?;
+            self.distribute().await?
+        } else {
+            Vec::new()
+        };
+        Ok(Prepared { citus, distributed })
+    }
+
+    /// Citus connects to the workers as the current role, so the roles shared-tenant
+    /// transactions switch to must be allowed to log in (Citus passes `ALTER ROLE` on to
+    /// every node). They have no password: where the nodes ask for one, give it in
+    /// `pg_dist_authinfo` (see the README's Citus mode).
+    async fn allow_role_login(&self) -> anyhow::Result<()> {
+        for role in ROLES {
+            let can: bool =
+                sqlx::query_scalar("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1")
+                    .bind(role)
+                    .fetch_one(&self.pool)
+                    .await
+                    .with_context(|| format!("looking up role {role}"))?;
+            if !can {
+                let altered = sqlx::query(sqlx::AssertSqlSafe(format!("ALTER ROLE {role} LOGIN")))
+                    .execute(&self.pool)
+                    .await;
+                // Roles are the server's: another database's preparation may have done it
+                // at the same moment ("tuple concurrently updated").
+                let now: bool =
+                    sqlx::query_scalar("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1")
+                        .bind(role)
+                        .fetch_one(&self.pool)
+                        .await?;
+                if !now {
+                    altered
+                        .with_context(|| format!("letting role {role} log in (Citus needs it)"))?;
                 }
             }
         }
-        Ok(Prepared { citus, distributed })
+        Ok(())
+    }
+
+    /// Makes the directory a reference table and every tenant table hash-distributed by
+    /// `tenant_id` in one co-location group, deciding by what each table *is*. Tables an
+    /// earlier version left as Citus local tables are converted: their foreign keys are
+    /// dropped (which turns them back into plain tables), the tables distributed, the keys
+    /// added again. One transaction, under an advisory lock: all of it or nothing, one
+    /// process at a time. Returns the Citus calls it made.
+    async fn distribute(&self) -> anyhow::Result<Vec<String>> {
+        let mut tx = self.pool.begin().await?;
+        // DDL over several nodes in one transaction must use one connection per node.
+        sqlx::raw_sql(
+            "SELECT pg_advisory_xact_lock(7401105001);
+             SET LOCAL citus.multi_shard_modify_mode TO 'sequential'",
+        )
+        .execute(&mut *tx)
+        .await
+        .context("locking the shared schema's distribution")?;
+        let mut kinds = Vec::new();
+        for table in TENANT_TABLES {
+            kinds.push(citus_kind(&mut tx, table).await?);
+        }
+        let first_group = match kinds[0] {
+            CitusKind::Distributed { colocation, .. } => Some(colocation),
+            _ => None,
+        };
+        for (table, kind) in TENANT_TABLES.iter().zip(&kinds) {
+            if let CitusKind::Distributed {
+                colocation,
+                by_tenant,
+            } = *kind
+            {
+                anyhow::ensure!(
+                    by_tenant,
+                    "shared.{table} is distributed by another column than tenant_id; \
+                     undistribute it (SELECT undistribute_table('shared.{table}')) and run migrate again"
+                );
+                anyhow::ensure!(
+                    Some(colocation) == first_group,
+                    "shared.{table} is not co-located with shared.{}; \
+                     SELECT update_distributed_table_colocation('shared.{table}', colocate_with => 'shared.{}') \
+                     and run migrate again",
+                    TENANT_TABLES[0],
+                    TENANT_TABLES[0]
+                );
+            }
+        }
+        let mut done = Vec::new();
+        let pending: Vec<&str> = TENANT_TABLES
+            .iter()
+            .zip(&kinds)
+            .filter(|(_, k)| !matches!(k, CitusKind::Distributed { .. }))
+            .map(|(t, _)| *t)
+            .collect();
+        // The foreign keys of and to the tables still to distribute.
+        let keys: Vec<(String, String)> = if pending.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as(
+                "SELECT format('ALTER TABLE %s DROP CONSTRAINT %I', conrelid::regclass, conname),
+                        format('ALTER TABLE %s ADD CONSTRAINT %I %s',
+                               conrelid::regclass, conname, pg_get_constraintdef(oid))
+                 FROM pg_constraint
+                 WHERE contype = 'f'
+                   AND (conrelid = ANY($1::regclass[]) OR confrelid = ANY($1::regclass[]))
+                 ORDER BY oid",
+            )
+            .bind(&pending)
+            .fetch_all(&mut *tx)
+            .await
+            .context("reading the foreign keys")?
+        };
+        for (drop, _) in &keys {
+            sqlx::query(sqlx::AssertSqlSafe(drop.clone()))
+                .execute(&mut *tx)
+                .await
+                .with_context(|| format!("{drop}"))?;
+        }
+        for table in REFERENCE_TABLES {
+            match citus_kind(&mut tx, table).await? {
+                CitusKind::Reference => {}
+                CitusKind::Plain => {
+                    let call = format!("SELECT create_reference_table('{table}')");
+                    run(&mut tx, &call).await?;
+                    done.push(call);
+                }
+                other => anyhow::bail!(
+                    "shared.{table} should be a reference table, and Citus has it as {other:?}"
+                ),
+            }
+        }
+        for table in &pending {
+            let colocate = if *table == TENANT_TABLES[0] {
+                // A group of its own: isolating a tenant splits every table of the group,
+                // and another app's tables have no business there.
+                "none".to_string()
+            } else {
+                TENANT_TABLES[0].to_string()
+            };
+            let call = format!(
+                "SELECT create_distributed_table('{table}', 'tenant_id', colocate_with => '{colocate}')"
+            );
+            run(&mut tx, &call).await?;
+            done.push(call);
+        }
+        for (_, add) in &keys {
+            run(&mut tx, add).await?;
+        }
+        tx.commit().await.context("committing the distribution")?;
+        Ok(done)
     }
 
     /// The shared database's topology, as `GET /admin/shards` shows it: nodes, distributed
@@ -176,7 +320,7 @@ impl SharedDb {
             ),
             (
                 "tables",
-                "SELECT table_name::text, citus_table_type, distribution_column, colocation_id, shard_count FROM citus_tables ORDER BY 1",
+                "SELECT table_name::text, citus_table_type, distribution_column, colocation_id, shard_count FROM public.citus_tables ORDER BY 1",
             ),
             (
                 "placements",
@@ -260,14 +404,62 @@ impl SharedDb {
     }
 }
 
-/// Makes the rest of the transaction run as [`APP_ROLE`] for tenant `scope`.
+async fn run(conn: &mut PgConnection, sql: &str) -> anyhow::Result<()> {
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(conn)
+        .await
+        .with_context(|| sql.to_string())?;
+    Ok(())
+}
+
+/// The two statements that make the rest of an open transaction run as [`APP_ROLE`] for
+/// tenant `scope`, each to be sent on its own. Literal `SET LOCAL`s, not `set_config`: on
+/// Citus only a `SET LOCAL` reaches the workers, and only with
+/// `citus.propagate_set_commands = 'local'` (plain PostgreSQL takes that setting as an unused
+/// placeholder). Citus replays a propagated `SET LOCAL` on the workers as the *whole query
+/// string* it arrived in, so the tenant's `SET LOCAL` travels alone; the role needs no
+/// propagating (Citus connects to the workers as the current role) and goes first, with the
+/// setting. The id is validated; it is quoted all the same.
+fn scope_sql(scope: &str) -> [String; 2] {
+    [
+        format!("SET LOCAL ROLE {APP_ROLE}; SET LOCAL citus.propagate_set_commands TO 'local'"),
+        format!("SET LOCAL app.tenant_id TO {}", quote_literal(scope)),
+    ]
+}
+
+/// Whether `error` is a violation of constraint `name`. On Citus the error comes from a
+/// shard: it names the shard's copy of the constraint (`name_<shard id>`), and only in its
+/// message, not in the constraint field.
+pub fn violates(error: &dyn sqlx::error::DatabaseError, name: &str) -> bool {
+    let from_message = || {
+        let message = error.message();
+        let start = message.find("constraint \"")? + "constraint \"".len();
+        let len = message[start..].find('"')?;
+        Some(&message[start..start + len])
+    };
+    error.constraint().or_else(from_message).is_some_and(|c| {
+        c == name
+            || c.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('_'))
+                .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+/// `value` as an SQL string literal (`standard_conforming_strings` is on since
+/// PostgreSQL 9.1, so only quotes need doubling).
+fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Makes the rest of the open transaction run as [`APP_ROLE`] for tenant `scope`.
 pub async fn scope_tx(conn: &mut PgConnection, scope: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "SELECT set_config('role', 'tenant_router_app', true), set_config('app.tenant_id', $1, true)",
-    )
-    .bind(scope)
-    .execute(conn)
-    .await?;
+    let [role, tenant] = scope_sql(scope);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(role))
+        .execute(&mut *conn)
+        .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(tenant))
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -306,9 +498,20 @@ impl<'a> TenantDb<'a> {
     pub async fn begin(&self) -> Result<TenantConn, sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
         conn.set_dirty(true);
-        sqlx::query("BEGIN").execute(&mut *conn).await?;
-        if self.tenant.isolation == Isolation::Shared {
-            scope_tx(&mut conn, self.scope()).await?;
+        match self.tenant.isolation {
+            Isolation::Dedicated => {
+                sqlx::query("BEGIN").execute(&mut *conn).await?;
+            }
+            // Two round trips: the tenant's `SET LOCAL` must travel alone (see `scope_sql`).
+            Isolation::Shared => {
+                let [role, tenant] = scope_sql(self.scope());
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("BEGIN; {role}")))
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(tenant))
+                    .execute(&mut *conn)
+                    .await?;
+            }
         }
         Ok(TenantConn { conn, in_tx: true })
     }
@@ -350,17 +553,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reference_tables_first_then_colocated_distribution() {
-        let ddl = citus_statements();
+    fn the_scope_travels_alone_after_the_citus_setting() {
+        let [role, tenant] = scope_sql("acme");
+        assert!(
+            role.contains("SET LOCAL citus.propagate_set_commands TO 'local'"),
+            "{role}"
+        );
+        assert!(role.contains("SET LOCAL ROLE tenant_router_app"), "{role}");
+        assert_eq!(tenant, "SET LOCAL app.tenant_id TO 'acme'");
         assert_eq!(
-            ddl,
-            [
-                "SELECT create_reference_table('tenants')",
-                "SELECT create_distributed_table('users', 'tenant_id')",
-                "SELECT create_distributed_table('sessions', 'tenant_id', colocate_with => 'users')",
-                "SELECT create_distributed_table('notes', 'tenant_id', colocate_with => 'users')",
-                "SELECT create_distributed_table('job_runs', 'tenant_id', colocate_with => 'users')",
-            ]
+            quote_literal("a'; DROP TABLE users; --"),
+            "'a''; DROP TABLE users; --'"
         );
     }
 }

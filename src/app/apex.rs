@@ -97,7 +97,9 @@ struct Choose {
 /// is this lookup.
 async fn lookup(shared: &PgPool, email: &str) -> Result<Vec<(String, i64, String)>, sqlx::Error> {
     let mut tx = shared.begin().await?;
-    sqlx::query("SELECT set_config('role', 'tenant_router_apex', true)")
+    // On Citus the workers are queried as this role too (it may log in there; see
+    // `shared::ROLES`).
+    sqlx::query("SET LOCAL ROLE tenant_router_apex")
         .execute(&mut *tx)
         .await?;
     let rows = sqlx::query_as(

@@ -97,7 +97,7 @@ pub(super) async fn list(
          FROM sessions s
          LEFT JOIN LATERAL (
              SELECT id, content, created_at, updated_at FROM notes
-             WHERE tenant_id = s.tenant_id AND user_id = s.user_id AND id < $3
+             WHERE tenant_id = $1 AND user_id = s.user_id AND id < $3
              ORDER BY id DESC LIMIT $4
          ) n ON true
          WHERE s.tenant_id = $1 AND s.token_hash = $2 AND s.expires_at > now()

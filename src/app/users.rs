@@ -10,6 +10,7 @@ use super::AppConfig;
 use super::auth::{hash_password, new_token, verify_password};
 use crate::middleware::CurrentTenant;
 use crate::problem::{ApiError, ApiJson, FieldError};
+use crate::shared::violates;
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
@@ -90,10 +91,10 @@ pub(super) async fn register(
     .fetch_one(&mut *conn)
     .await
     .map_err(|e| match &e {
-        sqlx::Error::Database(db) if db.constraint() == Some("users_username_key") => {
+        sqlx::Error::Database(db) if violates(db.as_ref(), "users_username_key") => {
             ApiError::Conflict("this username is taken".into())
         }
-        sqlx::Error::Database(db) if db.constraint() == Some("users_email_key") => {
+        sqlx::Error::Database(db) if violates(db.as_ref(), "users_email_key") => {
             ApiError::Conflict("this email is already registered".into())
         }
         _ => e.into(),

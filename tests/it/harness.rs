@@ -9,7 +9,7 @@ use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use tenant_router::config::{Settings, SettingsArgs};
 use tenant_router::control::{ControlDb, TenantSpec};
-use tenant_router::local::LocalPostgres;
+use tenant_router::local::{LocalCitus, LocalPostgres};
 use tenant_router::provision;
 use tenant_router::registry::Registry;
 use tenant_router::server::Application;
@@ -29,6 +29,48 @@ pub async fn shared_postgres() -> &'static LocalPostgres {
             .expect("starting the shared test PostgreSQL")
     })
     .await
+}
+
+/// One Citus cluster (a coordinator and two workers) for the whole test binary, or `None`
+/// when Citus is not installed: the Citus group is then skipped, and says so once on the
+/// terminal (outside the test harness' capture). With `TENANT_ROUTER_TEST_CITUS=required`
+/// a missing Citus fails every test of the group instead. Tests stay apart by database:
+/// [`citus_database`].
+pub async fn citus_cluster() -> Option<&'static LocalCitus> {
+    static CITUS: OnceCell<Option<LocalCitus>> = OnceCell::const_new();
+    CITUS
+        .get_or_init(|| async {
+            let required = std::env::var("TENANT_ROUTER_TEST_CITUS").is_ok_and(|v| v == "required");
+            match tenant_router::local::citus_library() {
+                Ok(_) => Some(
+                    LocalCitus::start_ephemeral()
+                        .await
+                        .expect("starting the test Citus cluster"),
+                ),
+                Err(why) if required => {
+                    panic!("TENANT_ROUTER_TEST_CITUS=required, and Citus is missing: {why}")
+                }
+                Err(why) => {
+                    use std::io::Write as _;
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "\n*** Citus test group SKIPPED: {why}. Install Citus to run it \
+                         (../shared/citus/install.sh, or Citus built from source; see the \
+                         README); TENANT_ROUTER_TEST_CITUS=required makes this a failure. ***\n"
+                    );
+                    None
+                }
+            }
+        })
+        .await
+        .as_ref()
+}
+
+/// A fresh database on the test Citus cluster (a cluster of its own: Citus keeps its
+/// metadata per database), or `None` when the Citus group is skipped.
+pub async fn citus_database(prefix: &str) -> Option<DatabaseUrl> {
+    let citus = citus_cluster().await?;
+    Some(citus.create_database(&unique_name(prefix)).await.unwrap())
 }
 
 /// A database name no other test in this run uses.
@@ -67,9 +109,10 @@ pub fn spec(id: &str, hosts: &[&str], database: DatabaseUrl) -> TenantSpec {
     }
 }
 
-/// Runs a reference-app test twice: against dedicated tenants (each its own database) and
-/// against shared tenants (rows in the shared schema), as `<name>::dedicated` and
-/// `<name>::shared`. The test is `async fn <name>(app: TestApp)`.
+/// Runs a reference-app test three times: against dedicated tenants (each its own
+/// database), against shared tenants (rows in the shared schema) on plain PostgreSQL, and
+/// against shared tenants on the Citus cluster (skipped without Citus), as
+/// `<name>::dedicated`, `<name>::shared` and `<name>::citus`. The test is `async fn <name>(app: TestApp)`.
 macro_rules! both {
     ($name:ident) => {
         mod $name {
@@ -80,6 +123,12 @@ macro_rules! both {
             #[tokio::test]
             async fn shared() {
                 super::$name($crate::harness::TestApp::with_shared_demo_tenants().await).await
+            }
+            #[tokio::test]
+            async fn citus() {
+                if let Some(app) = $crate::harness::TestApp::with_citus_demo_tenants().await {
+                    super::$name(app).await
+                }
             }
         }
     };
@@ -128,10 +177,32 @@ impl TestApp {
         .await
     }
 
+    /// The two demo tenants, both shared, on a database of the Citus cluster (control and
+    /// shared database in one, as on plain PostgreSQL). `None` when Citus is skipped.
+    pub async fn with_citus_demo_tenants() -> Option<TestApp> {
+        let control_url = citus_database("citus").await?;
+        Some(
+            TestApp::spawn_shared_on(
+                control_url,
+                &[
+                    ("tenant-1", "tenant-1.test.com"),
+                    ("tenant-2", "tenant-2.test.com"),
+                ],
+            )
+            .await,
+        )
+    }
+
     /// An app whose tenants (id, host) are all shared.
     pub async fn spawn_shared(tenants: &[(&str, &str)]) -> TestApp {
         let pg = shared_postgres().await;
         let control_url = pg.create_database(&unique_name("control")).await.unwrap();
+        Self::spawn_shared_on(control_url, tenants).await
+    }
+
+    /// An app whose tenants (id, host) are all shared, in the shared schema of
+    /// `control_url` (which is also the control database).
+    pub async fn spawn_shared_on(control_url: DatabaseUrl, tenants: &[(&str, &str)]) -> TestApp {
         let shared = SharedDb::connect_lazy(&control_url);
         shared.prepare().await.unwrap();
         let specs = tenants
@@ -167,6 +238,13 @@ impl TestApp {
         tenants: Vec<TenantSpec>,
         adjust: impl FnOnce(&mut Settings),
     ) -> TestApp {
+        // `RUST_LOG=tenant_router=debug cargo test ... -- --nocapture` shows the server's log.
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
         let control = ControlDb::connect_lazy(&control_url);
         control.migrate().await.unwrap();
         for t in &tenants {
