@@ -500,10 +500,27 @@ impl LocalCitus {
             LocalPostgres::start_ephemeral_with(CITUS_SETTINGS),
             LocalPostgres::start_ephemeral_with(CITUS_SETTINGS),
         )?;
-        Ok(Self {
+        let citus = Self {
             coordinator,
             workers: vec![w1, w2],
-        })
+        };
+        // The roles shared mode switches to, allowed to log in on every node, as
+        // docker-compose's `citus-setup` makes them. Roles belong to a server, not to a
+        // database: were they made by the first test database's `migrate`, a later
+        // database's `citus_add_node` could copy a state read before the `LOGIN` onto the
+        // workers.
+        for node in std::iter::once(&citus.coordinator).chain(&citus.workers) {
+            let mut conn =
+                PgConnection::connect_with(&node.url("postgres").connect_options()).await?;
+            for role in crate::shared::ROLES {
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE ROLE {role} LOGIN")))
+                    .execute(&mut conn)
+                    .await
+                    .with_context(|| format!("creating role {role} on port {}", node.port))?;
+            }
+            let _ = conn.close().await;
+        }
+        Ok(citus)
     }
 
     /// The coordinator, where the router connects.

@@ -76,32 +76,68 @@ async fn read_rows(conn: &mut PgConnection, scope: &str) -> anyhow::Result<Vec<V
     Ok(out)
 }
 
+/// How rows reach the target.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// One `INSERT … SELECT` per table: a dedicated database.
+    Bulk,
+    /// One `INSERT … VALUES` per row: the shared schema. On Citus an `INSERT … SELECT` from
+    /// the coordinator goes to the shards as a `COPY`, which row-level security refuses;
+    /// an `INSERT … VALUES` of one tenant is routed to its shard like any other insert.
+    PerRow,
+}
+
 /// Writes rows read by [`read_rows`] under `scope`, and checks the counts.
 async fn write_rows(
     conn: &mut PgConnection,
     scope: &str,
     rows: &[Value],
+    write: Write,
 ) -> anyhow::Result<Vec<Copied>> {
     let mut copied = Vec::new();
     for (t, data) in TABLES.iter().zip(rows) {
         let cols = t.columns.join(", ");
-        let picked: Vec<String> = t.columns.iter().map(|c| format!("r.{c}")).collect();
-        let overriding = if t.identity.is_some() {
+        let overriding = if t.identity.is_some() && write == Write::Bulk {
             "OVERRIDING SYSTEM VALUE"
         } else {
             ""
         };
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO {name} (tenant_id, {cols}) {overriding}
-             SELECT $2, {picked} FROM jsonb_populate_recordset(NULL::{name}, $1) r",
-            name = t.name,
-            picked = picked.join(", "),
-        )))
-        .bind(data)
-        .bind(scope)
-        .execute(&mut *conn)
-        .await
-        .with_context(|| format!("copying {}", t.name))?;
+        match write {
+            Write::Bulk => {
+                let picked: Vec<String> = t.columns.iter().map(|c| format!("r.{c}")).collect();
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO {name} (tenant_id, {cols}) {overriding}
+                     SELECT $2, {picked} FROM jsonb_populate_recordset(NULL::{name}, $1) r",
+                    name = t.name,
+                    picked = picked.join(", "),
+                )))
+                .bind(data)
+                .bind(scope)
+                .execute(&mut *conn)
+                .await
+                .with_context(|| format!("copying {}", t.name))?;
+            }
+            Write::PerRow => {
+                let values: Vec<String> = t
+                    .columns
+                    .iter()
+                    .map(|c| format!("(jsonb_populate_record(NULL::{}, $1)).{c}", t.name))
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO {name} (tenant_id, {cols}) VALUES ($2, {values})",
+                    name = t.name,
+                    values = values.join(", "),
+                );
+                for row in data.as_array().into_iter().flatten() {
+                    sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                        .bind(row)
+                        .bind(scope)
+                        .execute(&mut *conn)
+                        .await
+                        .with_context(|| format!("copying {}", t.name))?;
+                }
+            }
+        }
         let expected = data.as_array().map_or(0, |a| a.len()) as i64;
         let got: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) FROM {} WHERE tenant_id = $1",
@@ -188,6 +224,9 @@ impl Source {
                         .await
                         .with_context(|| format!("connecting to {database}"))?;
                 sqlx::query("BEGIN").execute(&mut conn).await?;
+                // One role for the whole transaction (see migration 0003 of the shared
+                // schema): on Citus, two would deadlock with each other.
+                scope_tx(&mut conn, id.as_str()).await?;
                 // New rows of this tenant reference its directory row (users, job_runs) or
                 // its users (sessions, notes): locking those blocks its writers only.
                 sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE")
@@ -195,7 +234,6 @@ impl Source {
                     .execute(&mut conn)
                     .await
                     .context("locking the tenant's directory row")?;
-                scope_tx(&mut conn, id.as_str()).await?;
                 for table in ["users", "notes", "sessions", "job_runs"] {
                     sqlx::query(sqlx::AssertSqlSafe(format!(
                         "SELECT 1 FROM {table} WHERE tenant_id = $1 FOR UPDATE"
@@ -252,7 +290,6 @@ impl Source {
                     .execute(&mut conn)
                     .await?;
                 }
-                sqlx::query("RESET ROLE").execute(&mut conn).await?;
                 sqlx::query("DELETE FROM tenants WHERE id = $1")
                     .bind(id.as_str())
                     .execute(&mut conn)
@@ -295,7 +332,7 @@ pub(crate) async fn copy_to_dedicated(
             .execute(&mut *tx)
             .await?;
     }
-    let copied = write_rows(&mut tx, "", rows).await?;
+    let copied = write_rows(&mut tx, "", rows, Write::Bulk).await?;
     bump_sequences(&mut tx, rows).await?;
     tx.commit().await?;
     let _ = conn.close().await;
@@ -319,7 +356,7 @@ pub(crate) async fn copy_to_shared(
         .execute(&mut *tx)
         .await?;
     }
-    let copied = write_rows(&mut tx, id.as_str(), rows).await?;
+    let copied = write_rows(&mut tx, id.as_str(), rows, Write::PerRow).await?;
     sqlx::query("RESET ROLE").execute(&mut *tx).await?;
     bump_sequences(&mut tx, rows).await?;
     tx.commit().await?;

@@ -163,27 +163,23 @@ impl SharedDb {
     /// `pg_dist_authinfo` (see the README's Citus mode).
     async fn allow_role_login(&self) -> anyhow::Result<()> {
         for role in ROLES {
-            let can: bool =
-                sqlx::query_scalar("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1")
-                    .bind(role)
-                    .fetch_one(&self.pool)
-                    .await
-                    .with_context(|| format!("looking up role {role}"))?;
+            // On the coordinator and on every worker: a role made on a worker by hand, or
+            // copied there by `citus_add_node` before it could log in, counts too.
+            let can: bool = sqlx::query_scalar(
+                "SELECT (SELECT rolcanlogin FROM pg_roles WHERE rolname = $1)
+                    AND coalesce(bool_and(success AND result = 't'), true)
+                 FROM run_command_on_workers(
+                     format('SELECT rolcanlogin FROM pg_roles WHERE rolname = %L', $1::text))",
+            )
+            .bind(role)
+            .fetch_one(&self.pool)
+            .await
+            .with_context(|| format!("looking up role {role} on the nodes"))?;
             if !can {
-                let altered = sqlx::query(sqlx::AssertSqlSafe(format!("ALTER ROLE {role} LOGIN")))
+                sqlx::query(sqlx::AssertSqlSafe(format!("ALTER ROLE {role} LOGIN")))
                     .execute(&self.pool)
-                    .await;
-                // Roles are the server's: another database's preparation may have done it
-                // at the same moment ("tuple concurrently updated").
-                let now: bool =
-                    sqlx::query_scalar("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1")
-                        .bind(role)
-                        .fetch_one(&self.pool)
-                        .await?;
-                if !now {
-                    altered
-                        .with_context(|| format!("letting role {role} log in (Citus needs it)"))?;
-                }
+                    .await
+                    .with_context(|| format!("letting role {role} log in (Citus needs it)"))?;
             }
         }
         Ok(())
@@ -394,7 +390,7 @@ impl SharedDb {
             .await?
             .rows_affected();
         }
-        sqlx::query("RESET ROLE").execute(&mut *tx).await?;
+        // Still as the app role: one role per transaction (shared migration 0003).
         sqlx::query("DELETE FROM tenants WHERE id = $1")
             .bind(id.as_str())
             .execute(&mut *tx)

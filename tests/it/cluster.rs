@@ -91,6 +91,11 @@ impl Cluster {
     pub async fn new() -> Cluster {
         let pg = shared_postgres().await;
         let control_url = pg.create_database(&unique_name("control")).await.unwrap();
+        Self::new_on(control_url).await
+    }
+
+    /// [`Cluster::new`] over the database `control_url` (a Citus one, for instance).
+    pub async fn new_on(control_url: DatabaseUrl) -> Cluster {
         let control = ControlDb::connect_lazy(&control_url);
         control.migrate().await.unwrap();
         let (token, hash) = tenant_router::admin_token::generate();

@@ -73,6 +73,61 @@ pub async fn citus_database(prefix: &str) -> Option<DatabaseUrl> {
     Some(citus.create_database(&unique_name(prefix)).await.unwrap())
 }
 
+/// Where a shared-mode test runs: plain PostgreSQL, or the Citus cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Plain,
+    Citus,
+}
+
+impl Backend {
+    /// A fresh database on this backend (on Citus: a cluster of its own).
+    pub async fn database(self, prefix: &str) -> DatabaseUrl {
+        match self {
+            Backend::Plain => shared_postgres()
+                .await
+                .create_database(&unique_name(prefix))
+                .await
+                .unwrap(),
+            Backend::Citus => citus_database(prefix)
+                .await
+                .expect("a Citus test runs only with the cluster"),
+        }
+    }
+
+    /// The server its databases live on (the coordinator, on Citus).
+    pub async fn server(self) -> &'static LocalPostgres {
+        match self {
+            Backend::Plain => shared_postgres().await,
+            Backend::Citus => citus_cluster()
+                .await
+                .expect("a Citus test runs only with the cluster")
+                .coordinator(),
+        }
+    }
+}
+
+/// Runs a shared-mode test on plain PostgreSQL and on the Citus cluster (skipped without
+/// Citus), as `<name>::plain` and `<name>::citus`. The test is
+/// `async fn <name>(backend: Backend)`.
+macro_rules! plain_and_citus {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn plain() {
+                super::$name($crate::harness::Backend::Plain).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn citus() {
+                if $crate::harness::citus_cluster().await.is_some() {
+                    super::$name($crate::harness::Backend::Citus).await
+                }
+            }
+        }
+    };
+}
+pub(crate) use plain_and_citus;
+
 /// A database name no other test in this run uses.
 pub fn unique_name(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -170,10 +225,13 @@ impl TestApp {
     /// The two demo tenants, both shared: rows in the shared schema of the app's control
     /// database.
     pub async fn with_shared_demo_tenants() -> TestApp {
-        TestApp::spawn_shared(&[
-            ("tenant-1", "tenant-1.test.com"),
-            ("tenant-2", "tenant-2.test.com"),
-        ])
+        TestApp::spawn_shared(
+            Backend::Plain,
+            &[
+                ("tenant-1", "tenant-1.test.com"),
+                ("tenant-2", "tenant-2.test.com"),
+            ],
+        )
         .await
     }
 
@@ -193,11 +251,9 @@ impl TestApp {
         )
     }
 
-    /// An app whose tenants (id, host) are all shared.
-    pub async fn spawn_shared(tenants: &[(&str, &str)]) -> TestApp {
-        let pg = shared_postgres().await;
-        let control_url = pg.create_database(&unique_name("control")).await.unwrap();
-        Self::spawn_shared_on(control_url, tenants).await
+    /// An app whose tenants (id, host) are all shared, on `backend`.
+    pub async fn spawn_shared(backend: Backend, tenants: &[(&str, &str)]) -> TestApp {
+        Self::spawn_shared_on(backend.database("control").await, tenants).await
     }
 
     /// An app whose tenants (id, host) are all shared, in the shared schema of

@@ -718,3 +718,63 @@ async fn sigterm_during_load_loses_no_job() {
     }
     assert_eq!(count(&site.db, "SELECT count(*) FROM job_runs").await, 80);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_runs_shared_tenants_jobs_on_citus() {
+    let Some(control) = crate::harness::citus_database("jobs").await else {
+        return;
+    };
+    let cluster = Cluster::new_on(control).await;
+    let server = cluster.start("server").await;
+    let one = add_shared_tenant(&cluster, &server, "cjobs-one").await;
+    let two = add_shared_tenant(&cluster, &server, "cjobs-two").await;
+    let _worker = cluster.start_worker("worker", &[]).await;
+    let mut jobs = Vec::new();
+    for n in 0..10 {
+        for (site, name) in [(&one, "one"), (&two, "two")] {
+            let id = submit(
+                &cluster,
+                &server,
+                site,
+                "notes.create",
+                json!({"content": format!("{name} {n}")}),
+            )
+            .await;
+            jobs.push((site, id));
+        }
+    }
+    for (site, id) in &jobs {
+        let s = wait_for(
+            &cluster,
+            &server,
+            site,
+            id,
+            "succeeded",
+            Duration::from_secs(30),
+        )
+        .await;
+        assert!(s["result"]["note_id"].is_i64(), "{s}");
+    }
+    for (site, tenant, mine, theirs) in [
+        (&one, "cjobs-one", "one %", "two %"),
+        (&two, "cjobs-two", "two %", "one %"),
+    ] {
+        let p = pool(&site.db).await;
+        let (m, t): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FILTER (WHERE content LIKE $1), count(*) FILTER (WHERE content LIKE $2) FROM {}",
+            site.notes
+        )))
+        .bind(mine)
+        .bind(theirs)
+        .fetch_one(&p)
+        .await
+        .unwrap();
+        assert_eq!((m, t), (10, 0), "{}", site.host);
+        // The ledger is the distributed job_runs, on the worker holding the tenant's shard.
+        let (_, runs) =
+            crate::citus::rows_on_worker(&cluster.control_url, "job_runs", tenant).await;
+        assert_eq!(runs, 10, "{tenant}");
+        let (_, notes) = crate::citus::rows_on_worker(&cluster.control_url, "notes", tenant).await;
+        assert_eq!(notes, 10, "{tenant}");
+    }
+}

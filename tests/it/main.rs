@@ -4,6 +4,7 @@
 
 mod admin;
 mod budget;
+mod citus;
 mod cluster;
 mod demo;
 mod harness;

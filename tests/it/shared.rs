@@ -6,18 +6,24 @@ use serde_json::{Value, json};
 use tenant_router::middleware::CurrentTenant;
 use tenant_router::shared::{SharedDb, TENANT_TABLES};
 
-use crate::harness::{TestApp, problem, shared_postgres, unique_name};
+use crate::harness::{Backend, TestApp, plain_and_citus, problem};
 
-#[tokio::test]
-async fn every_key_of_a_tenant_table_includes_tenant_id() {
-    let pg = shared_postgres().await;
-    let url = pg.create_database(&unique_name("catalog")).await.unwrap();
+plain_and_citus!(every_key_of_a_tenant_table_includes_tenant_id);
+async fn every_key_of_a_tenant_table_includes_tenant_id(backend: Backend) {
+    let url = backend.database("catalog").await;
     let shared = SharedDb::connect_lazy(&url);
     let first = shared.prepare().await.unwrap();
-    assert!(!first.citus, "no Citus on this machine");
-    assert!(first.distributed.is_empty());
+    assert_eq!(first.citus, backend == Backend::Citus);
+    // Citus: the directory made a reference table, every tenant table distributed.
+    let calls = if backend == Backend::Citus {
+        1 + TENANT_TABLES.len()
+    } else {
+        0
+    };
+    assert_eq!(first.distributed.len(), calls, "{first:?}");
     // Idempotent, and safe to run again.
-    assert_eq!(shared.prepare().await.unwrap(), first);
+    let again = shared.prepare().await.unwrap();
+    assert!(again.distributed.is_empty(), "{again:?}");
 
     let tables: Vec<String> = TENANT_TABLES.iter().map(|t| t.to_string()).collect();
     // Primary keys and unique indexes, with the columns they cover.
@@ -85,9 +91,9 @@ async fn every_key_of_a_tenant_table_includes_tenant_id() {
 const T1: &str = "tenant-1.test.com";
 const T2: &str = "tenant-2.test.com";
 
-#[tokio::test]
-async fn row_level_security_stops_a_query_that_forgets_its_filter() {
-    let app = TestApp::with_shared_demo_tenants().await;
+plain_and_citus!(row_level_security_stops_a_query_that_forgets_its_filter);
+async fn row_level_security_stops_a_query_that_forgets_its_filter(backend: Backend) {
+    let app = TestApp::spawn_shared(backend, &[("tenant-1", T1), ("tenant-2", T2)]).await;
     let one = app.user_token(T1, "uno").await;
     let two = app.user_token(T2, "dos").await;
     app.create_note(T1, &one, "one's").await;
@@ -245,13 +251,16 @@ async fn shared_tenants_through_the_admin_api() {
     .await;
 }
 
-#[tokio::test]
-async fn apex_login_finds_the_tenant_and_never_guesses() {
-    let app = TestApp::spawn_shared(&[
-        ("acme", "acme.test.com"),
-        ("globex", "globex.test.com"),
-        ("initech", "initech.test.com"),
-    ])
+plain_and_citus!(apex_login_finds_the_tenant_and_never_guesses);
+async fn apex_login_finds_the_tenant_and_never_guesses(backend: Backend) {
+    let app = TestApp::spawn_shared(
+        backend,
+        &[
+            ("acme", "acme.test.com"),
+            ("globex", "globex.test.com"),
+            ("initech", "initech.test.com"),
+        ],
+    )
     .await;
     let register =
         |host: &'static str, name: &'static str, email: &'static str, password: &'static str| {
@@ -369,12 +378,12 @@ async fn apex_login_finds_the_tenant_and_never_guesses() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenant_moves_to_dedicated_and_back_under_load_without_losing_a_row() {
+plain_and_citus!(a_tenant_moves_to_dedicated_and_back_under_load_without_losing_a_row);
+async fn a_tenant_moves_to_dedicated_and_back_under_load_without_losing_a_row(backend: Backend) {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
-    let app = Arc::new(TestApp::with_shared_demo_tenants().await);
+    let app = Arc::new(TestApp::spawn_shared(backend, &[("tenant-1", T1), ("tenant-2", T2)]).await);
     let one = app.user_token(T1, "mover").await;
     let two = app.user_token(T2, "stayer").await;
     for i in 0..20 {
@@ -496,8 +505,30 @@ async fn a_tenant_moves_to_dedicated_and_back_under_load_without_losing_a_row() 
         .await
         .unwrap();
     assert_eq!(tenant["isolation"], "shared");
+    // Back in the shared schema, its rows are distributed again (on Citus: in the shard of
+    // a worker).
+    if backend == Backend::Citus {
+        let shared = SharedDb::connect_lazy(&app.control_url);
+        for table in TENANT_TABLES {
+            let kind: String = sqlx::query_scalar(
+                "SELECT citus_table_type FROM public.citus_tables WHERE table_name = $1::regclass",
+            )
+            .bind(table)
+            .fetch_one(shared.pool())
+            .await
+            .unwrap();
+            assert_eq!(kind, "distributed", "{table}");
+        }
+        let (port, rows) =
+            crate::citus::rows_on_worker(&app.control_url, "notes", "tenant-1").await;
+        assert_eq!(
+            rows as usize,
+            seen.len(),
+            "tenant-1's notes on the worker at {port}"
+        );
+    }
     // The dedicated database it lived in meanwhile is empty, and refuses writes.
-    let pg = shared_postgres().await;
+    let pg = backend.server().await;
     let old = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect_with(pg.url("tenant_tenant_1").connect_options())
