@@ -1,12 +1,15 @@
 //! `citus-ads load` on synthetic data in the tutorial's CSV format, then `serve`, against a
-//! throwaway PostgreSQL (plain: the Citus calls are skipped when the extension is absent).
+//! throwaway plain PostgreSQL (the Citus calls are skipped without the extension) and a
+//! throwaway three-node Citus cluster (skipped, saying so, when Citus is not installed;
+//! a failure with `TENANT_ROUTER_TEST_CITUS=required`).
 
 use std::fmt::Write as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tenant_router::local::{LocalPostgres, free_port};
+use tenant_router::local::{LocalCitus, LocalPostgres, free_port};
+use tenant_router::tenant::DatabaseUrl;
 
 const COMPANIES: i64 = 5;
 const CAMPAIGNS_PER_COMPANY: i64 = 15;
@@ -69,6 +72,28 @@ fn citus_ads(control: &str) -> Command {
 async fn loads_the_tutorial_format_and_answers_the_campaign_query() {
     let pg = LocalPostgres::start_ephemeral().await.unwrap();
     let control = pg.create_database("control").await.unwrap();
+    loads_and_answers(control, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_the_tutorial_format_and_answers_the_campaign_query_on_citus() {
+    if let Err(why) = tenant_router::local::citus_library() {
+        if std::env::var("TENANT_ROUTER_TEST_CITUS").is_ok_and(|v| v == "required") {
+            panic!("TENANT_ROUTER_TEST_CITUS=required, and Citus is missing: {why}");
+        }
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** citus-ads on Citus SKIPPED: {why} ***\n"
+        );
+        return;
+    }
+    let citus = LocalCitus::start_ephemeral().await.unwrap();
+    let control = citus.create_database("control").await.unwrap();
+    loads_and_answers(control, true).await;
+}
+
+async fn loads_and_answers(control: DatabaseUrl, citus: bool) {
     let dir = tempfile::tempdir().unwrap();
     generate(dir.path());
 
@@ -154,6 +179,32 @@ async fn loads_the_tutorial_format_and_answers_the_campaign_query() {
             .collect();
         assert_eq!(got, expected, "company {company}");
         assert!(got.iter().all(|c| c.0.starts_with(&format!("c{company}-"))));
+    }
+    if citus {
+        // Each table distributed by the company, co-located, with shards on both workers.
+        let tables: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT c.relname::text, t.citus_table_type, t.distribution_column
+             FROM public.citus_tables t JOIN pg_class c ON c.oid = t.table_name
+             WHERE c.relnamespace = 'citus_ads'::regnamespace ORDER BY 1",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let names: Vec<&str> = tables.iter().map(|t| t.0.as_str()).collect();
+        assert_eq!(
+            names,
+            ["ads", "campaigns", "companies"],
+            "{tables:?}"
+        );
+        assert!(tables.iter().all(|t| t.1 == "distributed"), "{tables:?}");
+        let nodes: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT nodeport) FROM citus_shards
+             WHERE table_name = 'citus_ads.campaigns'::regclass",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(nodes, 2);
     }
     // Other hosts and bad parameters.
     assert_eq!(get("company-99.test.com", "").await.unwrap().status(), 404);
