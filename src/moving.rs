@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::{Connection as _, PgConnection};
 
-use crate::shared::{SharedDb, scope_tx};
+use crate::shared::{SharedDb, lock_tenant_exclusively, scope_tx};
 use crate::tenant::{DatabaseUrl, Isolation, TenantId};
 
 /// A table's columns, besides `tenant_id`, and its identity column.
@@ -224,6 +224,11 @@ impl Source {
                         .await
                         .with_context(|| format!("connecting to {database}"))?;
                 sqlx::query("BEGIN").execute(&mut conn).await?;
+                // The tenant's own transactions wait from here on, and those under way
+                // finish first (see `shared::lock_tenant_exclusively`).
+                lock_tenant_exclusively(&mut conn, id.as_str())
+                    .await
+                    .context("locking the tenant's writers out")?;
                 // One role for the whole transaction (see migration 0003 of the shared
                 // schema): on Citus, two would deadlock with each other.
                 scope_tx(&mut conn, id.as_str()).await?;
@@ -346,6 +351,7 @@ pub(crate) async fn copy_to_shared(
     rows: &[Value],
 ) -> anyhow::Result<Vec<Copied>> {
     let mut tx = shared.pool().begin().await?;
+    lock_tenant_exclusively(&mut tx, id.as_str()).await?;
     scope_tx(&mut tx, id.as_str()).await?;
     for t in TABLES.iter().rev() {
         sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -259,7 +259,7 @@ impl SharedDb {
             sqlx::query(sqlx::AssertSqlSafe(drop.clone()))
                 .execute(&mut *tx)
                 .await
-                .with_context(|| format!("{drop}"))?;
+                .with_context(|| drop.clone())?;
         }
         for table in REFERENCE_TABLES {
             match citus_kind(&mut tx, table).await? {
@@ -267,6 +267,7 @@ impl SharedDb {
                 CitusKind::Plain => {
                     let call = format!("SELECT create_reference_table('{table}')");
                     run(&mut tx, &call).await?;
+                    forget_local_rows(&mut tx, table).await?;
                     done.push(call);
                 }
                 other => anyhow::bail!(
@@ -286,6 +287,7 @@ impl SharedDb {
                 "SELECT create_distributed_table('{table}', 'tenant_id', colocate_with => '{colocate}')"
             );
             run(&mut tx, &call).await?;
+            forget_local_rows(&mut tx, table).await?;
             done.push(call);
         }
         for (_, add) in &keys {
@@ -379,6 +381,7 @@ impl SharedDb {
     /// Deletes every row of a tenant, and its directory entry, in one transaction.
     pub async fn purge(&self, id: &TenantId) -> anyhow::Result<u64> {
         let mut tx = self.pool.begin().await?;
+        lock_tenant_exclusively(&mut tx, id.as_str()).await?;
         scope_tx(&mut tx, id.as_str()).await?;
         let mut rows = 0;
         for table in TENANT_TABLES.iter().rev() {
@@ -398,6 +401,17 @@ impl SharedDb {
         tx.commit().await?;
         Ok(rows)
     }
+}
+
+/// Distributing a table copies its rows into the shards and leaves the originals on the
+/// coordinator's disk, out of sight: a purge or a move would never reach them. This
+/// removes them.
+async fn forget_local_rows(conn: &mut PgConnection, table: &str) -> anyhow::Result<()> {
+    run(
+        conn,
+        &format!("SELECT truncate_local_data_after_distributing_table('{table}')"),
+    )
+    .await
 }
 
 async fn run(conn: &mut PgConnection, sql: &str) -> anyhow::Result<()> {
@@ -421,6 +435,37 @@ fn scope_sql(scope: &str) -> [String; 2] {
         format!("SET LOCAL ROLE {APP_ROLE}; SET LOCAL citus.propagate_set_commands TO 'local'"),
         format!("SET LOCAL app.tenant_id TO {}", quote_literal(scope)),
     ]
+}
+
+/// The advisory lock that orders a shared tenant's transactions against a move or purge of
+/// its rows: every transaction of the tenant holds it shared, a move or purge exclusively.
+/// On Citus the directory row's `FOR UPDATE` cannot do this: it locks the coordinator's copy
+/// of the reference table only, while the foreign key checks of new `users` and `job_runs`
+/// rows run on the workers' copies, so rows written during a move would be deleted with the
+/// source. Every shared transaction passes through the coordinator, and so does this lock.
+/// Shared, it is taken by `tenant_router_enter` (shared migration 0004), which also checks
+/// that the tenant still lives in the shared schema.
+fn tenant_lock_sql(scope: &str) -> String {
+    format!(
+        "SELECT pg_advisory_xact_lock({TENANT_LOCK_CLASS}, hashtext({}))",
+        quote_literal(scope)
+    )
+}
+
+/// The first key of [`tenant_lock_sql`]'s locks (the second is the tenant's hash); shared
+/// migration 0004 names it too.
+const TENANT_LOCK_CLASS: i32 = 7_401_105;
+
+/// Takes tenant `scope`'s lock exclusively for the rest of the open transaction: its own
+/// transactions wait until this one ends (see [`tenant_lock_sql`]).
+pub async fn lock_tenant_exclusively(
+    conn: &mut PgConnection,
+    scope: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(tenant_lock_sql(scope)))
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Whether `error` is a violation of constraint `name`. On Citus the error comes from a
@@ -498,10 +543,15 @@ impl<'a> TenantDb<'a> {
             Isolation::Dedicated => {
                 sqlx::query("BEGIN").execute(&mut *conn).await?;
             }
-            // Two round trips: the tenant's `SET LOCAL` must travel alone (see `scope_sql`).
+            // Two round trips: the tenant's lock and check (shared migration 0004) with the
+            // role, then the tenant's `SET LOCAL`, which must travel alone (see `scope_sql`).
             Isolation::Shared => {
                 let [role, tenant] = scope_sql(self.scope());
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("BEGIN; {role}")))
+                let enter = format!(
+                    "SELECT tenant_router_enter({})",
+                    quote_literal(self.scope())
+                );
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("BEGIN; {enter}; {role}")))
                     .execute(&mut *conn)
                     .await?;
                 sqlx::raw_sql(sqlx::AssertSqlSafe(tenant))

@@ -202,6 +202,19 @@ async fn a_shared_database_the_previous_version_left_local_is_distributed_by_mig
     .await
     .unwrap();
     assert_eq!(keys, 4);
+    // And no copy of the old rows is left behind on the coordinator's disk.
+    for table in TENANT_TABLES.iter().chain(&["tenants"]) {
+        let bytes: i64 =
+            sqlx::query_scalar("SELECT pg_relation_size(format('shared.%I', $1::text)::regclass)")
+                .bind(table)
+                .fetch_one(shared.pool())
+                .await
+                .unwrap();
+        assert_eq!(
+            bytes, 0,
+            "{table}: the undistributed rows are still on disk"
+        );
+    }
     // New ids go on after the old ones, and the app works on the upgraded tables.
     let app = TestApp::spawn_shared_on(url.clone(), &[("old", "old.test.com")]).await;
     let r = app

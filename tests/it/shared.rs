@@ -422,6 +422,30 @@ async fn a_tenant_moves_to_dedicated_and_back_under_load_without_losing_a_row(ba
             retries
         })
     };
+    // Another registers users: new `users` rows reference the directory row, which on Citus
+    // a lock on the coordinator's copy does not guard (the key is checked on the workers).
+    let registered = Arc::new(Mutex::new(Vec::<String>::new()));
+    let registrar = {
+        let (app, stop, registered) =
+            (Arc::clone(&app), Arc::clone(&stop), Arc::clone(&registered));
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let name = format!("reg{n}");
+                let r = app
+                    .register(T1, &name, &format!("{name}@example.com"))
+                    .await;
+                match r.status() {
+                    StatusCode::CREATED => {
+                        registered.lock().unwrap().push(name);
+                        n += 1;
+                    }
+                    StatusCode::SERVICE_UNAVAILABLE => {}
+                    other => panic!("{other}: {}", r.text().await.unwrap()),
+                }
+            }
+        })
+    };
     let move_to = |to: &'static str| {
         let app = Arc::clone(&app);
         async move {
@@ -454,6 +478,16 @@ async fn a_tenant_moves_to_dedicated_and_back_under_load_without_losing_a_row(ba
     tokio::time::sleep(std::time::Duration::from_millis(150)).await;
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
+    registrar.await.unwrap();
+    // Every acknowledged registration survived both moves.
+    let registered = registered.lock().unwrap().clone();
+    assert!(!registered.is_empty(), "the registrar got through");
+    for name in &registered {
+        let r = app
+            .login(T1, &format!("{name}@example.com"), "correct horse")
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "{name} was lost in a move");
+    }
 
     // Every note written before or acknowledged during the moves is there; nothing else.
     let mut seen = Vec::new();

@@ -191,11 +191,7 @@ async fn loads_and_answers(control: DatabaseUrl, citus: bool) {
         .await
         .unwrap();
         let names: Vec<&str> = tables.iter().map(|t| t.0.as_str()).collect();
-        assert_eq!(
-            names,
-            ["ads", "campaigns", "companies"],
-            "{tables:?}"
-        );
+        assert_eq!(names, ["ads", "campaigns", "companies"], "{tables:?}");
         assert!(tables.iter().all(|t| t.1 == "distributed"), "{tables:?}");
         let nodes: i64 = sqlx::query_scalar(
             "SELECT count(DISTINCT nodeport) FROM citus_shards
