@@ -176,10 +176,20 @@ impl SharedDb {
             .await
             .with_context(|| format!("looking up role {role} on the nodes"))?;
             if !can {
-                sqlx::query(sqlx::AssertSqlSafe(format!("ALTER ROLE {role} LOGIN")))
+                let altered = sqlx::query(sqlx::AssertSqlSafe(format!("ALTER ROLE {role} LOGIN")))
                     .execute(&self.pool)
-                    .await
-                    .with_context(|| format!("letting role {role} log in (Citus needs it)"))?;
+                    .await;
+                // Roles are the server's: another process, or another database's
+                // preparation, may be doing the same ("tuple concurrently updated").
+                let done: bool =
+                    sqlx::query_scalar("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1")
+                        .bind(role)
+                        .fetch_one(&self.pool)
+                        .await?;
+                if !done {
+                    altered
+                        .with_context(|| format!("letting role {role} log in (Citus needs it)"))?;
+                }
             }
         }
         Ok(())
