@@ -289,9 +289,9 @@ impl SharedDb {
             let colocate = if *table == TENANT_TABLES[0] {
                 // A group of its own: isolating a tenant splits every table of the group,
                 // and another app's tables have no business there.
-                "none".to_string()
+                "none"
             } else {
-                TENANT_TABLES[0].to_string()
+                TENANT_TABLES[0]
             };
             let call = format!(
                 "SELECT create_distributed_table('{table}', 'tenant_id', colocate_with => '{colocate}')"

@@ -53,6 +53,24 @@ pub async fn rows_on_worker(db: &DatabaseUrl, table: &str, tenant: &str) -> (u16
     (worker.port(), rows)
 }
 
+/// Runs the `tenant-router` CLI over database `db` and asserts that it succeeded.
+fn tenant_router_ok(db: &DatabaseUrl, args: &[&str]) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenant-router"))
+        .args(args)
+        .env("TENANT_ROUTER_DATABASE_URL", db.expose())
+        .env_remove("TENANT_ROUTER_CONFIG")
+        .env_remove("TENANT_ROUTER_REDIS_URL")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tenant-router {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `(table, citus_table_type, distribution_column, colocation_id)` of the shared schema.
 async fn citus_tables(db: &DatabaseUrl) -> Vec<(String, String, String, i32)> {
     sqlx::query_as(
@@ -170,20 +188,7 @@ async fn a_shared_database_the_previous_version_left_local_is_distributed_by_mig
         .unwrap();
 
     // `migrate`, as a user upgrading would run it.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenant-router"))
-        .arg("migrate")
-        .env("TENANT_ROUTER_DATABASE_URL", url.expose())
-        .env_remove("TENANT_ROUTER_CONFIG")
-        .env_remove("TENANT_ROUTER_REDIS_URL")
-        .current_dir(std::env::temp_dir())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tenant_router_ok(&url, &["migrate"]);
     assert_distributed(&citus_tables(&url).await);
     // Nothing lost, every row where its tenant's shard is, keys back in place.
     for (table, rows) in [
@@ -247,20 +252,7 @@ async fn an_isolated_tenant_has_a_shard_of_its_own_in_every_table_and_keeps_serv
     app.create_note(T1, &one, "before").await;
     app.create_note(T2, &two, "two's").await;
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenant-router"))
-        .args(["tenants", "isolate", "tenant-1"])
-        .env("TENANT_ROUTER_DATABASE_URL", app.control_url.expose())
-        .env_remove("TENANT_ROUTER_CONFIG")
-        .env_remove("TENANT_ROUTER_REDIS_URL")
-        .current_dir(std::env::temp_dir())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tenant_router_ok(&app.control_url, &["tenants", "isolate", "tenant-1"]);
     let shared = SharedDb::connect_lazy(&app.control_url);
     for table in TENANT_TABLES {
         let (min, max): (String, String) = sqlx::query_as(
