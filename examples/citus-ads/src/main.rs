@@ -14,7 +14,6 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
 use axum::routing::get;
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
@@ -27,6 +26,7 @@ use tenant_router::middleware::{CurrentTenant, TenantLayer};
 use tenant_router::problem::{ApiError, ApiQuery};
 use tenant_router::registry::{Registry, RegistryOptions};
 use tenant_router::server::{shutdown_signal, with_common_layers};
+use tenant_router::shared::SharedDb;
 use tenant_router::sync::ConfigSync;
 use tenant_router::tenant::{
     DatabaseUrl, Isolation, PoolSettings, TenantHost, TenantId, TenantState,
@@ -121,8 +121,14 @@ async fn connect(url: &DatabaseUrl) -> anyhow::Result<PgPool> {
         .await?)
 }
 
-/// Migrates, and on Citus distributes what is not distributed yet, in order.
-async fn prepare(pool: &PgPool) -> anyhow::Result<()> {
+/// Prepares the library's shared schema (the tenant directory, the roles requests run as,
+/// and on Citus their right to log in on the workers), then migrates the app's own schema
+/// and on Citus distributes what is not distributed yet, in order.
+async fn prepare(pool: &PgPool, shared_url: &DatabaseUrl) -> anyhow::Result<()> {
+    SharedDb::connect_lazy(shared_url)
+        .prepare()
+        .await
+        .context("preparing the shared schema")?;
     MIGRATOR.run(pool).await.context("migrating")?;
     let citus: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
@@ -148,13 +154,26 @@ fn company_tenant(id: i64) -> anyhow::Result<TenantId> {
     Ok(TenantId::parse(&format!("company-{id}"))?)
 }
 
+/// Puts every company in the shared schema's tenant directory (idempotent): a shared
+/// tenant's requests are served only while it is listed there.
+async fn register_companies(pool: &PgPool) -> anyhow::Result<u64> {
+    Ok(sqlx::query(
+        "INSERT INTO shared.tenants (id) SELECT 'company-' || id FROM companies
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .execute(pool)
+    .await
+    .context("listing the companies in the tenant directory")?
+    .rows_affected())
+}
+
 async fn load(
     settings: &Settings,
     shared_url: &DatabaseUrl,
     pool: &PgPool,
     dir: &Path,
 ) -> anyhow::Result<()> {
-    prepare(pool).await?;
+    prepare(pool, shared_url).await?;
     let mut conn = pool.acquire().await?;
     for table in ["companies", "campaigns", "ads"] {
         let path = dir.join(format!("{table}.csv"));
@@ -201,6 +220,7 @@ async fn load(
             .with_context(|| format!("registering {tenant}"))?;
         last = Some(written.tenant);
     }
+    register_companies(pool).await?;
     println!("{} companies registered as tenants", ids.len());
     if let (Some(url), Some(tenant)) = (settings.redis_url.as_deref(), last) {
         let _ = Publisher::new(url, &settings.redis_channel)?
@@ -214,13 +234,14 @@ async fn load(
     Ok(())
 }
 
-#[derive(Clone)]
-struct AppState {
-    pool: PgPool,
-}
-
+/// Serves through the library's tenant data path: the registry's one pool on the shared
+/// database (under the connection budget), a transaction per request as
+/// `tenant_router_app` scoped to the company, row-level security behind the filter. The
+/// app's own pool only prepares, and is closed before serving.
 async fn serve(settings: &Settings, shared_url: &DatabaseUrl, pool: PgPool) -> anyhow::Result<()> {
-    prepare(&pool).await?;
+    prepare(&pool, shared_url).await?;
+    register_companies(&pool).await?;
+    pool.close().await;
     let control = ControlDb::connect_lazy(settings.require_database_url()?);
     control.migrate().await?;
     let registry = Arc::new(Registry::new(RegistryOptions {
@@ -235,7 +256,6 @@ async fn serve(settings: &Settings, shared_url: &DatabaseUrl, pool: PgPool) -> a
     tokio::spawn(Arc::clone(&sync).run(settings.bus(), settings.reconcile_interval, stop_rx));
     let app = Router::new()
         .route("/api/campaigns", get(campaigns))
-        .with_state(AppState { pool })
         .layer(TenantLayer::new(registry));
     let app = with_common_layers(app, settings.max_body_bytes);
     let listener = tokio::net::TcpListener::bind(settings.listen)
@@ -268,7 +288,6 @@ struct Campaign {
 /// `SELECT name, cost_model, state, monthly_budget FROM campaigns WHERE company_id = $1
 /// ORDER BY monthly_budget DESC LIMIT 10` answers. Always scoped to the host's company.
 async fn campaigns(
-    State(state): State<AppState>,
     tenant: CurrentTenant,
     ApiQuery(q): ApiQuery<CampaignQuery>,
 ) -> Result<Json<Vec<Campaign>>, ApiError> {
@@ -297,14 +316,17 @@ async fn campaigns(
             ));
         }
     };
+    let db = tenant.db();
+    let mut conn = db.begin().await?;
     let rows: Vec<Campaign> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT name, cost_model, state, monthly_budget FROM campaigns
+        "SELECT name, cost_model, state, monthly_budget FROM citus_ads.campaigns
          WHERE company_id = $1 ORDER BY {column} {direction}, id LIMIT $2"
     )))
     .bind(company)
     .bind(limit)
-    .fetch_all(&state.pool)
+    .fetch_all(&mut *conn)
     .await?;
+    conn.commit().await?;
     Ok(Json(rows))
 }
 

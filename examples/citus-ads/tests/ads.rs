@@ -116,6 +116,8 @@ async fn loads_and_answers(control: DatabaseUrl, citus: bool) {
     let mut server = citus_ads(control.expose())
         .arg("serve")
         .env("TENANT_ROUTER_LISTEN", format!("127.0.0.1:{port}"))
+        // Requests go through the library's budgeted pool: two connections at most.
+        .env("TENANT_ROUTER_MAX_TOTAL_CONNECTIONS", "2")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -180,6 +182,80 @@ async fn loads_and_answers(control: DatabaseUrl, citus: bool) {
         assert_eq!(got, expected, "company {company}");
         assert!(got.iter().all(|c| c.0.starts_with(&format!("c{company}-"))));
     }
+    // Row-level security holds on the app's tables (on Citus: on the workers): scoped to
+    // company 1, a query with no filter sees company 1's rows only; unscoped, nothing.
+    for (scope, companies, campaigns, ads) in [
+        (
+            "company-1",
+            1,
+            CAMPAIGNS_PER_COMPANY,
+            3 * CAMPAIGNS_PER_COMPANY,
+        ),
+        ("", 0, 0, 0),
+    ] {
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::raw_sql(
+            "SET LOCAL ROLE tenant_router_app; SET LOCAL citus.propagate_set_commands TO 'local'",
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "SET LOCAL app.tenant_id TO '{scope}'"
+        )))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        let seen: (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM citus_ads.companies),
+                    (SELECT count(*) FROM citus_ads.campaigns),
+                    (SELECT count(*) FROM citus_ads.ads)",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        assert_eq!(seen, (companies, campaigns, ads), "scope {scope:?}");
+    }
+
+    // The connection budget applies: bursts over every company never have more than two
+    // request transactions open at once (the control database's pool, the only other
+    // `tenant-router` connections here, is idle meanwhile).
+    let mut most = 0;
+    for _round in 0..5 {
+        let requests = (0..40).map(|i| {
+            let company = 1 + i % COMPANIES;
+            get(&format!("company-{company}.test.com"), "?limit=5")
+        });
+        let sample = async {
+            let mut most = 0;
+            for _ in 0..40 {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND application_name = 'tenant-router'
+                       AND xact_start IS NOT NULL",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                most = most.max(n);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            most
+        };
+        let (responses, seen) = tokio::join!(futures_util::future::join_all(requests), sample);
+        for r in responses {
+            assert_eq!(r.unwrap().status(), 200);
+        }
+        most = most.max(seen);
+        if most > 0 {
+            break;
+        }
+    }
+    assert!(
+        (1..=2).contains(&most),
+        "{most} request transactions at once"
+    );
+
     if citus {
         // Each table distributed by the company, co-located, with shards on both workers.
         let tables: Vec<(String, String, String)> = sqlx::query_as(
