@@ -150,21 +150,18 @@ async fn prepare(pool: &PgPool, shared_url: &DatabaseUrl) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The tenant of company `id`: `company-<id>`, the only form the row-level security
+/// policies (migration 0002) match.
 fn company_tenant(id: i64) -> anyhow::Result<TenantId> {
+    anyhow::ensure!(id >= 0, "company {id}: ids must not be negative");
     Ok(TenantId::parse(&format!("company-{id}"))?)
 }
 
-/// Puts every company in the shared schema's tenant directory (idempotent): a shared
-/// tenant's requests are served only while it is listed there.
-async fn register_companies(pool: &PgPool) -> anyhow::Result<u64> {
-    Ok(sqlx::query(
-        "INSERT INTO shared.tenants (id) SELECT 'company-' || id FROM companies
-         ON CONFLICT (id) DO NOTHING",
-    )
-    .execute(pool)
-    .await
-    .context("listing the companies in the tenant directory")?
-    .rows_affected())
+/// The company of a tenant, when its id is a company's in the canonical form
+/// ([`company_tenant`]): `company-01` or `company--5` is not company 1 or -5.
+fn company_of(tenant: &TenantId) -> Option<i64> {
+    let id: i64 = tenant.as_str().strip_prefix("company-")?.parse().ok()?;
+    (id >= 0 && format!("company-{id}") == tenant.as_str()).then_some(id)
 }
 
 async fn load(
@@ -174,6 +171,7 @@ async fn load(
     dir: &Path,
 ) -> anyhow::Result<()> {
     prepare(pool, shared_url).await?;
+    let shared = SharedDb::connect_lazy(shared_url);
     let mut conn = pool.acquire().await?;
     for table in ["companies", "campaigns", "ads"] {
         let path = dir.join(format!("{table}.csv"));
@@ -205,6 +203,12 @@ async fn load(
     let mut last = None;
     for id in &ids {
         let tenant = company_tenant(*id)?;
+        // In the tenant directory first: a server that learns of the tenant from the
+        // control database serves it only once it is listed there.
+        shared
+            .register(&tenant)
+            .await
+            .with_context(|| format!("listing {tenant} in the tenant directory"))?;
         let spec = TenantSpec {
             hosts: vec![TenantHost::parse(&format!("{tenant}.{base}"))?],
             id: tenant.clone(),
@@ -220,7 +224,6 @@ async fn load(
             .with_context(|| format!("registering {tenant}"))?;
         last = Some(written.tenant);
     }
-    register_companies(pool).await?;
     println!("{} companies registered as tenants", ids.len());
     if let (Some(url), Some(tenant)) = (settings.redis_url.as_deref(), last) {
         let _ = Publisher::new(url, &settings.redis_channel)?
@@ -240,7 +243,6 @@ async fn load(
 /// app's own pool only prepares, and is closed before serving.
 async fn serve(settings: &Settings, shared_url: &DatabaseUrl, pool: PgPool) -> anyhow::Result<()> {
     prepare(&pool, shared_url).await?;
-    register_companies(&pool).await?;
     pool.close().await;
     let control = ControlDb::connect_lazy(settings.require_database_url()?);
     control.migrate().await?;
@@ -291,12 +293,16 @@ async fn campaigns(
     tenant: CurrentTenant,
     ApiQuery(q): ApiQuery<CampaignQuery>,
 ) -> Result<Json<Vec<Campaign>>, ApiError> {
-    let company: i64 = tenant
-        .id()
-        .as_str()
-        .strip_prefix("company-")
-        .and_then(|n| n.parse().ok())
+    let company = company_of(tenant.id())
         .ok_or_else(|| ApiError::NotFound("this host is not a company".into()))?;
+    if tenant.tenant().isolation != Isolation::Shared {
+        // Its rows are in the shared database, distributed by company; a tenant moved to a
+        // database of its own took none of them along.
+        return Err(ApiError::Conflict(format!(
+            "{} is not a shared tenant; citus-ads serves shared tenants only",
+            tenant.id()
+        )));
+    }
     let limit = q.limit.unwrap_or(10);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::invalid("limit", "must be between 1 and 100"));
@@ -333,6 +339,24 @@ async fn campaigns(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_canonical_form_names_a_company() {
+        let of = |s: &str| company_of(&TenantId::parse(s).unwrap());
+        assert_eq!(of("company-1"), Some(1));
+        assert_eq!(of("company-0"), Some(0));
+        assert_eq!(of("company-9223372036854775807"), Some(i64::MAX));
+        for other in [
+            "company-01",
+            "company--5",
+            "company-1x",
+            "company-99999999999999999999",
+            "acme",
+        ] {
+            assert_eq!(of(other), None, "{other}");
+        }
+        assert!(company_tenant(-5).is_err());
+    }
 
     #[test]
     fn companies_first_then_colocated_tables() {

@@ -183,7 +183,8 @@ async fn loads_and_answers(control: DatabaseUrl, citus: bool) {
         assert!(got.iter().all(|c| c.0.starts_with(&format!("c{company}-"))));
     }
     // Row-level security holds on the app's tables (on Citus: on the workers): scoped to
-    // company 1, a query with no filter sees company 1's rows only; unscoped, nothing.
+    // company 1, a query with no filter sees company 1's rows only; unscoped, or under a
+    // non-canonical id that parses to 1 (`company-01`), nothing.
     for (scope, companies, campaigns, ads) in [
         (
             "company-1",
@@ -192,6 +193,7 @@ async fn loads_and_answers(control: DatabaseUrl, citus: bool) {
             3 * CAMPAIGNS_PER_COMPANY,
         ),
         ("", 0, 0, 0),
+        ("company-01", 0, 0, 0),
     ] {
         let mut tx = pool.begin().await.unwrap();
         sqlx::raw_sql(
