@@ -22,6 +22,7 @@ fn registry(n: usize) -> Registry {
             state: TenantState::Active,
             isolation: Default::default(),
             version: i as i64 + 1,
+            incarnation: 1,
         })
         .collect();
     registry.replace_all(tenants, 0);

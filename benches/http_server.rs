@@ -47,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
                 },
                 state: TenantState::Active,
                 isolation: Default::default(),
+                incarnation: None,
             })
             .await?;
     }

@@ -194,8 +194,9 @@ async fn throughput(
     let start = Instant::now();
     let submitted: Vec<_> = futures_util::stream::iter(0..n)
         .map(|_| {
-            queue.submit(
+            queue.submit_raw(
                 &setup.tenant,
+                None,
                 kind,
                 payload.clone(),
                 Some(setup.user_id),
@@ -267,6 +268,7 @@ async fn main() -> anyhow::Result<()> {
                 },
                 state: TenantState::Active,
                 isolation: Default::default(),
+                incarnation: None,
             },
             WriteMode::Create,
         )
@@ -328,7 +330,7 @@ async fn main() -> anyhow::Result<()> {
         finished.as_mut().enable();
         let start = Instant::now();
         queue
-            .submit(&setup.tenant, "bench.count", json!({}), None, None)
+            .submit_raw(&setup.tenant, None, "bench.count", json!({}), None, None)
             .await?;
         while DONE.load(Ordering::Relaxed) == before {
             tokio::time::timeout(Duration::from_secs(5), finished.as_mut()).await?;

@@ -32,6 +32,7 @@ fn tenant(i: usize, database: DatabaseUrl) -> Tenant {
         state: TenantState::Active,
         isolation: Isolation::Dedicated,
         version: i as i64 + 1,
+        incarnation: 1,
     }
 }
 

@@ -53,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
                     },
                     state: TenantState::Active,
                     isolation: Isolation::Dedicated,
+                    incarnation: None,
                 },
                 WriteMode::Create,
             )
@@ -90,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
                     pool: PoolSettings::default(),
                     state: TenantState::Active,
                     isolation: Isolation::Shared,
+                    incarnation: None,
                 },
                 WriteMode::Create,
             )

@@ -40,6 +40,7 @@ fn tenant(i: usize, version: i64) -> Tenant {
         state: TenantState::Active,
         isolation: Isolation::Dedicated,
         version,
+        incarnation: 1,
     }
 }
 

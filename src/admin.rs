@@ -52,6 +52,12 @@ pub fn router(state: AdminState) -> Router {
             get(show_tenant).patch(update_tenant).delete(remove_tenant),
         )
         .route("/admin/tenants/{id}/move", axum::routing::post(move_tenant))
+        .route("/admin/leftovers", get(list_leftovers))
+        .route(
+            "/admin/leftovers/{id}",
+            axum::routing::delete(discard_leftover),
+        )
+        .route("/admin/operations", get(list_operations))
         .route("/admin/registry", get(registry))
         .route("/admin/shards", get(shards))
         .route("/admin/pools", get(pools))
@@ -108,6 +114,12 @@ pub struct TenantView {
     pub isolation: Isolation,
     /// Version (also the `ETag`).
     pub version: i64,
+    /// Incarnation: a new one each time the id is created anew.
+    pub incarnation: i64,
+    /// An operation on the tenant that has not finished: running, or interrupted (its
+    /// process died; retry it or run `tenant-router tenants repair <id>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<crate::journal::Journaled>,
 }
 
 impl From<&Tenant> for TenantView {
@@ -120,6 +132,8 @@ impl From<&Tenant> for TenantView {
             state: t.state,
             isolation: t.isolation,
             version: t.version,
+            incarnation: t.incarnation,
+            operation: None,
         }
     }
 }
@@ -189,7 +203,50 @@ async fn show_tenant(
         .get_tenant(&parsed)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no tenant '{id}'")))?;
-    Ok(tenant_response(StatusCode::OK, &tenant))
+    let mut view = TenantView::from(&tenant);
+    view.operation = state.control.unfinished_operation(&parsed).await?;
+    let mut response = (StatusCode::OK, Json(view)).into_response();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", tenant.version)) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(response)
+}
+
+async fn list_leftovers(
+    State(state): State<AdminState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let leftovers = state.control.leftovers().await?;
+    Ok(Json(serde_json::json!({ "leftovers": leftovers })))
+}
+
+async fn discard_leftover(
+    State(state): State<AdminState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let id = TenantId::parse(&id)
+        .map_err(|_| ApiError::NotFound(format!("no kept data of tenant '{id}'")))?;
+    let removal = state.ops.discard_leftover(&id).await?;
+    Ok(Json(removal).into_response())
+}
+
+#[derive(Serialize)]
+struct OperationView {
+    #[serde(flatten)]
+    operation: crate::journal::Journaled,
+    running: bool,
+}
+
+async fn list_operations(
+    State(state): State<AdminState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let open: Vec<OperationView> = state
+        .control
+        .unfinished_operations()
+        .await?
+        .into_iter()
+        .map(|(operation, running)| OperationView { operation, running })
+        .collect();
+    Ok(Json(serde_json::json!({ "operations": open })))
 }
 
 async fn create_tenant(

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use serde::Serialize;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Row, migrate::Migrator};
 
@@ -18,6 +19,7 @@ pub static CONTROL_MIGRATOR: Migrator = sqlx::migrate!("./migrations/control");
 pub struct ControlDb {
     pool: PgPool,
     url: DatabaseUrl,
+    base_domain: Option<std::sync::Arc<str>>,
 }
 
 /// What an import or update asks a tenant to look like.
@@ -37,6 +39,9 @@ pub struct TenantSpec {
     pub state: TenantState,
     /// Dedicated or shared.
     pub isolation: Isolation,
+    /// The incarnation: `None` keeps the stored one, or draws a new one for a new tenant;
+    /// `Some` adopts the data a removal kept ([`Leftover`]) of that incarnation.
+    pub incarnation: Option<i64>,
 }
 
 /// Why a write was refused.
@@ -62,9 +67,41 @@ pub enum WriteError {
         /// Its current version.
         current: i64,
     },
+    /// A removed incarnation of this id kept its data: the id cannot be created again
+    /// unless that data is adopted or discarded.
+    #[error("tenant '{}' was removed with its data kept", .0.tenant_id)]
+    Leftover(Box<Leftover>),
+    /// A host is the wildcard host (`<id>.<base domain>`) of another tenant, or the new
+    /// tenant's wildcard host is held by another tenant.
+    #[error("host '{host}' is the wildcard host of tenant '{owner}'")]
+    WildcardTaken {
+        /// The host.
+        host: String,
+        /// The tenant it belongs to.
+        owner: String,
+    },
     /// Anything else.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
+}
+
+/// The data a removal kept: a removed incarnation's database (or rows in the shared
+/// schema), Redis keys and files.
+#[derive(Debug, Clone, Serialize)]
+pub struct Leftover {
+    /// The removed tenant's id.
+    pub tenant_id: String,
+    /// Its incarnation.
+    pub incarnation: i64,
+    /// Where its rows are.
+    pub isolation: Isolation,
+    /// Its database (shown redacted).
+    #[serde(serialize_with = "redacted")]
+    pub database: DatabaseUrl,
+    /// Whether the router created that database.
+    pub provisioned: bool,
+    /// The version of the removal.
+    pub removed_version: i64,
 }
 
 /// What [`ControlDb::upsert`] did.
@@ -80,7 +117,7 @@ pub enum UpsertOutcome {
 
 const SELECT_TENANTS: &str = "
     SELECT t.id, t.database_url, t.max_connections, t.idle_timeout_secs, t.state, t.version,
-           t.isolation, coalesce(array_agg(h.host ORDER BY h.host) FILTER (WHERE h.host IS NOT NULL), '{}')
+           t.isolation, t.incarnation, coalesce(array_agg(h.host ORDER BY h.host) FILTER (WHERE h.host IS NOT NULL), '{}')
                AS hosts
     FROM tenants t LEFT JOIN tenant_hosts h ON h.tenant_id = t.id";
 
@@ -94,7 +131,23 @@ impl ControlDb {
         Self {
             pool,
             url: url.clone(),
+            base_domain: None,
         }
+    }
+
+    /// Hosts `<id>.<base_domain>` are the wildcard hosts of tenant `<id>`: no other tenant
+    /// may claim one (see [`WriteError::WildcardTaken`]).
+    pub fn with_base_domain(mut self, base_domain: Option<&str>) -> Self {
+        self.base_domain = base_domain
+            .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+            .filter(|d| !d.is_empty())
+            .map(std::sync::Arc::from);
+        self
+    }
+
+    /// The base domain of wildcard hosts, if any.
+    pub fn base_domain(&self) -> Option<&str> {
+        self.base_domain.as_deref()
     }
 
     /// A connection of its own, outside the pool: for a lock held across slow work
@@ -183,7 +236,7 @@ impl ControlDb {
         lock_writers(&mut tx).await?;
         let existing = sqlx::query(
             "SELECT database_url, max_connections, idle_timeout_secs, state, provisioned, version,
-                    isolation,
+                    isolation, incarnation,
                     array(SELECT host FROM tenant_hosts WHERE tenant_id = $1 ORDER BY host) AS hosts
              FROM tenants WHERE id = $1 FOR UPDATE",
         )
@@ -196,7 +249,7 @@ impl ControlDb {
         hosts.sort();
         hosts.dedup();
 
-        let stored = |version: i64| Tenant {
+        let stored = |version: i64, incarnation: i64| Tenant {
             id: spec.id.clone(),
             hosts: hosts
                 .iter()
@@ -207,6 +260,7 @@ impl ControlDb {
             state: spec.state,
             isolation: spec.isolation,
             version,
+            incarnation,
         };
 
         let outcome = match (&existing, mode) {
@@ -234,21 +288,52 @@ impl ControlDb {
                     && row.try_get::<bool, _>("provisioned").ok() == Some(spec.provisioned)
                     && row.try_get::<String, _>("isolation").ok().as_deref()
                         == Some(spec.isolation.as_str())
+                    && spec
+                        .incarnation
+                        .is_none_or(|i| row.try_get::<i64, _>("incarnation").ok() == Some(i))
                     && row.try_get::<Vec<String>, _>("hosts").ok().as_ref() == Some(&hosts);
                 if same {
+                    let incarnation = row.try_get("incarnation").context("the incarnation")?;
                     return Ok(Written {
                         outcome: UpsertOutcome::Unchanged,
-                        tenant: stored(version),
+                        tenant: stored(version, incarnation),
                     });
                 }
                 UpsertOutcome::Updated
             }
         };
 
-        let version: i64 = sqlx::query_scalar(
+        if existing.is_none() {
+            // A new tenant: a removed incarnation's kept data blocks the id, unless this
+            // write adopts exactly that incarnation (and takes the leftover with it).
+            if let Some(leftover) = leftover_of(&mut tx, &spec.id).await? {
+                if spec.incarnation != Some(leftover.incarnation) {
+                    return Err(WriteError::Leftover(Box::new(leftover)));
+                }
+                sqlx::query("DELETE FROM tenant_leftovers WHERE tenant_id = $1")
+                    .bind(spec.id.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .context("adopting the kept data")?;
+            }
+        }
+        // Only what this write adds is checked: a claim made before the rule stays valid.
+        let held: Vec<String> = existing
+            .as_ref()
+            .and_then(|row| row.try_get("hosts").ok())
+            .unwrap_or_default();
+        let added: Vec<String> = hosts
+            .iter()
+            .filter(|h| !held.contains(h))
+            .cloned()
+            .collect();
+        self.check_wildcards(&mut tx, &spec.id, &added, existing.is_none())
+            .await?;
+
+        let (version, incarnation): (i64, i64) = sqlx::query_as(
             "INSERT INTO tenants (id, database_url, max_connections, idle_timeout_secs, state, provisioned,
-                                  isolation)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
+                                  isolation, incarnation)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, coalesce($8, nextval('tenant_incarnation_seq')))
              ON CONFLICT (id) DO UPDATE SET
                  isolation = EXCLUDED.isolation,
                  database_url = EXCLUDED.database_url,
@@ -256,9 +341,11 @@ impl ControlDb {
                  idle_timeout_secs = EXCLUDED.idle_timeout_secs,
                  state = EXCLUDED.state,
                  provisioned = EXCLUDED.provisioned,
+                 incarnation = coalesce($8, tenants.incarnation),
                  version = nextval('tenant_version_seq'),
+                 change_id = gen_random_uuid(),
                  updated_at = now()
-             RETURNING version",
+             RETURNING version, incarnation",
         )
         .bind(spec.id.as_str())
         .bind(spec.database.expose())
@@ -267,6 +354,7 @@ impl ControlDb {
         .bind(spec.state.as_str())
         .bind(spec.provisioned)
         .bind(spec.isolation.as_str())
+        .bind(spec.incarnation)
         .fetch_one(&mut *tx)
         .await
         .context("writing the tenant")?;
@@ -298,13 +386,70 @@ impl ControlDb {
         tx.commit().await.context("committing the tenant")?;
         Ok(Written {
             outcome,
-            tenant: stored(version),
+            tenant: stored(version, incarnation),
         })
+    }
+
+    /// Refuses hosts that are another tenant's wildcard host, and a new wildcard host
+    /// (`<id>.<base domain>`) that another tenant holds exactly. Runs under the writers' lock.
+    async fn check_wildcards(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        id: &TenantId,
+        hosts: &[String],
+        creating: bool,
+    ) -> Result<(), WriteError> {
+        let Some(base) = self.base_domain.as_deref() else {
+            return Ok(());
+        };
+        let suffix = format!(".{base}");
+        for host in hosts {
+            let Some(label) = host.strip_suffix(&suffix) else {
+                continue;
+            };
+            if label == id.as_str() || label.contains('.') {
+                continue;
+            }
+            let owner: Option<String> = sqlx::query_scalar("SELECT id FROM tenants WHERE id = $1")
+                .bind(label)
+                .fetch_optional(&mut *tx)
+                .await
+                .context("looking up a wildcard host's tenant")?;
+            if let Some(owner) = owner {
+                return Err(WriteError::WildcardTaken {
+                    host: host.clone(),
+                    owner,
+                });
+            }
+        }
+        if !creating {
+            return Ok(());
+        }
+        let own = format!("{id}{suffix}");
+        let holder: Option<String> = sqlx::query_scalar(
+            "SELECT tenant_id FROM tenant_hosts WHERE host = $1 AND tenant_id <> $2",
+        )
+        .bind(&own)
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .context("looking up the tenant's wildcard host")?;
+        if let Some(owner) = holder {
+            return Err(WriteError::WildcardTaken { host: own, owner });
+        }
+        Ok(())
     }
 
     /// Every tenant and the highest committed version, read from one snapshot, so the
     /// version claims exactly what the list holds.
     pub async fn load_all(&self) -> anyhow::Result<(Vec<Tenant>, i64)> {
+        let (tenants, version, _) = self.load_all_marked().await?;
+        Ok((tenants, version))
+    }
+
+    /// [`Self::load_all`], with the token of the write at the returned version (see
+    /// [`Changes`]).
+    pub async fn load_all_marked(&self) -> anyhow::Result<(Vec<Tenant>, i64, Option<String>)> {
         let mut tx = self.pool.begin().await.context("beginning a transaction")?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
@@ -316,8 +461,17 @@ impl ControlDb {
         .await
         .context("loading tenants from the control database")?;
         let version: i64 = sqlx::query_scalar(MAX_VERSION).fetch_one(&mut *tx).await?;
+        let mark: Option<String> =
+            sqlx::query_scalar("SELECT change_id::text FROM tenant_history WHERE version = $1")
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await?;
         tx.commit().await?;
-        Ok((rows.iter().filter_map(parse_logged).collect(), version))
+        Ok((
+            rows.iter().filter_map(parse_logged).collect(),
+            version,
+            mark,
+        ))
     }
 }
 
@@ -384,6 +538,20 @@ impl Change {
     }
 }
 
+/// The result of [`ControlDb::changes_after`]. Every write has a random token (its
+/// `change_id`), kept by version in `tenant_history`. An instance remembers the token of the
+/// last change it applied; when the control database holds another token at that version
+/// (or none), it was restored to an earlier state and the instance must reload in full.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// The changes, in version order.
+    pub changes: Vec<Change>,
+    /// The token of the write at version `after` itself, if the history holds it.
+    pub mark_at_after: Option<String>,
+    /// The version and token of the last change.
+    pub last_mark: Option<(i64, String)>,
+}
+
 /// A removed tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Removed {
@@ -393,35 +561,90 @@ pub struct Removed {
     pub provisioned: bool,
     /// That database.
     pub database: DatabaseUrl,
+    /// The removed incarnation.
+    pub incarnation: i64,
+    /// Where its rows were.
+    pub isolation: Isolation,
 }
 
 impl ControlDb {
-    /// Removes a tenant, leaving a tombstone. `None` when no such tenant exists.
+    /// Removes a tenant, leaving a tombstone, and records what it leaves behind as a
+    /// [`Leftover`] (discarded again by [`Self::forget_leftover`] once a purge has deleted
+    /// it). `None` when no such tenant exists.
     pub async fn delete(&self, id: &TenantId) -> anyhow::Result<Option<Removed>> {
         let mut tx = self.pool.begin().await.context("beginning a transaction")?;
         lock_writers(&mut tx).await?;
-        let row: Option<(bool, String)> =
-            sqlx::query_as("DELETE FROM tenants WHERE id = $1 RETURNING provisioned, database_url")
-                .bind(id.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-                .context("deleting the tenant")?;
-        let Some((provisioned, database)) = row else {
+        let row: Option<(bool, String, i64, String)> = sqlx::query_as(
+            "DELETE FROM tenants WHERE id = $1
+             RETURNING provisioned, database_url, incarnation, isolation",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .context("deleting the tenant")?;
+        let Some((provisioned, database, incarnation, isolation)) = row else {
             return Ok(None);
         };
         let version: i64 = sqlx::query_scalar(
-            "INSERT INTO tenant_tombstones (tenant_id) VALUES ($1) RETURNING version",
+            "INSERT INTO tenant_tombstones (tenant_id, incarnation) VALUES ($1, $2)
+             RETURNING version",
         )
         .bind(id.as_str())
+        .bind(incarnation)
         .fetch_one(&mut *tx)
         .await
         .context("writing the tombstone")?;
+        sqlx::query(
+            "INSERT INTO tenant_leftovers
+                 (tenant_id, incarnation, isolation, database_url, provisioned, removed_version)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id.as_str())
+        .bind(incarnation)
+        .bind(&isolation)
+        .bind(&database)
+        .bind(provisioned)
+        .bind(version)
+        .execute(&mut *tx)
+        .await
+        .context("recording what the removal keeps")?;
         tx.commit().await.context("committing the removal")?;
         Ok(Some(Removed {
             version,
             provisioned,
             database: DatabaseUrl::parse(&database)?,
+            incarnation,
+            isolation: isolation.parse()?,
         }))
+    }
+
+    /// The data a removal of `id` kept, if any.
+    pub async fn leftover(&self, id: &TenantId) -> anyhow::Result<Option<Leftover>> {
+        let mut conn = self.pool.acquire().await?;
+        leftover_of(&mut conn, id).await
+    }
+
+    /// Every removal's kept data, by id.
+    pub async fn leftovers(&self) -> anyhow::Result<Vec<Leftover>> {
+        let rows = sqlx::query(
+            "SELECT tenant_id, incarnation, isolation, database_url, provisioned, removed_version
+             FROM tenant_leftovers ORDER BY tenant_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .context("listing leftovers")?;
+        rows.iter().map(parse_leftover).collect()
+    }
+
+    /// Forgets a leftover of incarnation `incarnation`, once its data is deleted.
+    pub async fn forget_leftover(&self, id: &TenantId, incarnation: i64) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM tenant_leftovers WHERE tenant_id = $1 AND incarnation = $2")
+            .bind(id.as_str())
+            .bind(incarnation)
+            .execute(&self.pool)
+            .await
+            .context("forgetting a leftover")?;
+        Ok(())
     }
 
     /// The tenant holding `host`, if any.
@@ -466,28 +689,47 @@ impl ControlDb {
 
     /// Every change with a version above `after`, in version order: what an instance that
     /// has applied everything up to `after` must apply to catch up. One statement, so one
-    /// snapshot: together with the writers' lock, the result holds every committed version
+    /// snapshot: together with the writers' lock, the result holds every committed change
     /// up to its last one.
     pub async fn changes_since(&self, after: i64) -> anyhow::Result<Vec<Change>> {
+        Ok(self.changes_after(after).await?.changes)
+    }
+
+    /// [`Self::changes_since`], with the change tokens that let a caller notice a restore
+    /// ([`Changes::mark_at_after`], [`Changes::last_mark`]).
+    pub async fn changes_after(&self, after: i64) -> anyhow::Result<Changes> {
         let rows = sqlx::query(
             "SELECT t.id, t.database_url, t.max_connections, t.idle_timeout_secs, t.state,
-                    t.version, t.isolation, coalesce(array_agg(h.host ORDER BY h.host)
+                    t.version, t.isolation, t.incarnation, coalesce(array_agg(h.host ORDER BY h.host)
                         FILTER (WHERE h.host IS NOT NULL), '{}') AS hosts,
-                    false AS removed
+                    'upsert' AS kind, t.change_id::text AS change_id
              FROM tenants t LEFT JOIN tenant_hosts h ON h.tenant_id = t.id
              WHERE t.version > $1 GROUP BY t.id
              UNION ALL
-             SELECT tenant_id, NULL, NULL, NULL, NULL, version, NULL, NULL, true
+             SELECT tenant_id, NULL, NULL, NULL, NULL, version, NULL, NULL, NULL, 'remove',
+                    change_id::text
              FROM tenant_tombstones WHERE version > $1
+             UNION ALL
+             SELECT NULL, NULL, NULL, NULL, NULL, version, NULL, NULL, NULL, 'mark',
+                    change_id::text
+             FROM tenant_history WHERE version = $1
              ORDER BY version",
         )
         .bind(after)
         .fetch_all(&self.pool)
         .await
         .context("loading changes")?;
-        let mut changes = Vec::with_capacity(rows.len());
+        let mut out = Changes::default();
         for row in &rows {
-            if row.try_get::<bool, _>("removed")? {
+            let kind: String = row.try_get("kind")?;
+            let mark: Option<String> = row.try_get("change_id")?;
+            if kind == "mark" {
+                out.mark_at_after = mark;
+                continue;
+            }
+            out.last_mark = mark.map(|m| (row.try_get("version").unwrap_or_default(), m));
+            let changes = &mut out.changes;
+            if kind == "remove" {
                 let id: String = row.try_get("id")?;
                 match TenantId::parse(&id) {
                     Ok(id) => changes.push(Change::Remove {
@@ -502,8 +744,48 @@ impl ControlDb {
                 changes.push(Change::Upsert(t));
             }
         }
-        Ok(changes)
+        Ok(out)
     }
+
+    /// The token of the write that holds version `version` (see [`Changes`]).
+    pub async fn mark_at(&self, version: i64) -> anyhow::Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT change_id::text FROM tenant_history WHERE version = $1")
+                .bind(version)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+}
+
+fn redacted<S: serde::Serializer>(url: &DatabaseUrl, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(url)
+}
+
+async fn leftover_of(
+    conn: &mut sqlx::PgConnection,
+    id: &TenantId,
+) -> anyhow::Result<Option<Leftover>> {
+    let row = sqlx::query(
+        "SELECT tenant_id, incarnation, isolation, database_url, provisioned, removed_version
+         FROM tenant_leftovers WHERE tenant_id = $1",
+    )
+    .bind(id.as_str())
+    .fetch_optional(conn)
+    .await
+    .context("reading leftovers")?;
+    row.as_ref().map(parse_leftover).transpose()
+}
+
+fn parse_leftover(row: &PgRow) -> anyhow::Result<Leftover> {
+    Ok(Leftover {
+        tenant_id: row.try_get("tenant_id")?,
+        incarnation: row.try_get("incarnation")?,
+        isolation: row.try_get::<String, _>("isolation")?.parse()?,
+        database: DatabaseUrl::parse(row.try_get("database_url")?)?,
+        provisioned: row.try_get("provisioned")?,
+        removed_version: row.try_get("removed_version")?,
+    })
 }
 
 fn parse_logged(row: &PgRow) -> Option<Tenant> {
@@ -537,5 +819,6 @@ fn parse_tenant(row: &PgRow) -> anyhow::Result<Tenant> {
         state: row.try_get::<String, _>("state")?.parse()?,
         isolation: row.try_get::<String, _>("isolation")?.parse()?,
         version: row.try_get("version")?,
+        incarnation: row.try_get("incarnation")?,
     })
 }

@@ -37,6 +37,7 @@ pub mod config;
 pub mod control;
 pub mod host;
 pub mod jobs;
+pub mod journal;
 pub mod local;
 pub mod middleware;
 pub mod moving;

@@ -553,11 +553,32 @@ impl LocalCitus {
             .await
             .context("citus_set_coordinator_host")?;
         for worker in &self.workers {
-            sqlx::query("SELECT citus_add_node('127.0.0.1', $1)")
-                .bind(i32::from(worker.port))
-                .execute(&mut conn)
-                .await
-                .with_context(|| format!("citus_add_node for port {}", worker.port))?;
+            // `citus_add_node` is idempotent, and its connection to the worker has failed
+            // once in CI ("failure on connection marked as essential") while other tests
+            // were busy on the same servers: try again, and say what the servers logged.
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match sqlx::query("SELECT citus_add_node('127.0.0.1', $1)")
+                    .bind(i32::from(worker.port))
+                    .execute(&mut conn)
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(e) if attempt < 5 => {
+                        tracing::warn!(port = worker.port, error = %e, "citus_add_node failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+                    }
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "citus_add_node for port {} ({attempt} attempts)\n--- worker log ---\n{}\n--- coordinator log ---\n{}",
+                            worker.port,
+                            tail(&worker.log_path()),
+                            tail(&self.coordinator.log_path()),
+                        )));
+                    }
+                }
+            }
         }
         let _ = conn.close().await;
         Ok(url)

@@ -7,9 +7,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tenant_router::admin::TenantView;
 use tenant_router::admin_token::AdminTokenHash;
-use tenant_router::bus::{Hint, HintOp, Publisher};
 use tenant_router::config::{Settings, SettingsArgs};
-use tenant_router::control::{ControlDb, UpsertOutcome};
+use tenant_router::control::ControlDb;
 use tenant_router::local::{LocalPostgres, LocalRedis};
 use tenant_router::operations::{
     NewTenantRequest, OpError, PoolRequest, TenantOps, TenantPatchRequest,
@@ -19,7 +18,7 @@ use tenant_router::provision::{self, MigrationOutcome};
 use tenant_router::server::{Application, shutdown_signal};
 use tenant_router::shared::SharedDb;
 use tenant_router::tenant::{Isolation, TenantId};
-use tenant_router::tenants_file::{self, TenantsFile};
+use tenant_router::tenants_file::{self, ImportOutcome, TenantsFile};
 
 /// Database-per-tenant router: a request's Host header picks the tenant's own database.
 #[derive(Parser)]
@@ -60,6 +59,11 @@ enum TenantsCommand {
         /// The file [default: the configured tenants file].
         #[arg(long)]
         file: Option<PathBuf>,
+        /// Make existing tenants look like the file (state, hosts, pool). Without it they
+        /// are only compared, and differences reported. Isolation is never flipped: use
+        /// `move`.
+        #[arg(long)]
+        force: bool,
     },
     /// List tenants (database passwords are masked).
     List,
@@ -81,6 +85,10 @@ enum TenantsCommand {
         /// dedicated (its own database) or shared (the shared database) [default: dedicated].
         #[arg(long)]
         isolation: Option<String>,
+        /// Take over data already there: what a removal of this id kept, or an existing
+        /// tenant_<id> database.
+        #[arg(long)]
+        adopt: bool,
     },
     /// Change a tenant; what is not given is left alone.
     Update {
@@ -115,13 +123,31 @@ enum TenantsCommand {
         /// The tenant's id.
         id: String,
     },
-    /// Remove a tenant.
+    /// Remove a tenant. Without --drop-database its data (database or shared rows, Redis
+    /// keys, jobs, files) is kept, and the id cannot be created again until that data is
+    /// adopted (`add --adopt`) or discarded (`purge`).
     Remove {
         /// The tenant's id.
         id: String,
-        /// Also drop its database, if tenant-router created it.
-        #[arg(long)]
+        /// Delete everything of it: its database (if tenant-router created it) or shared
+        /// rows, its Redis keys and jobs, its files.
+        #[arg(long, alias = "purge")]
         drop_database: bool,
+    },
+    /// Delete what the removal of a tenant kept (see `remove`).
+    Purge {
+        /// The removed tenant's id.
+        id: String,
+    },
+    /// List what removals kept.
+    Leftovers,
+    /// List operations that did not finish: running, or interrupted (their process died).
+    Doctor,
+    /// Complete an interrupted move or removal of a tenant, or roll back an interrupted
+    /// create.
+    Repair {
+        /// The tenant's id.
+        id: String,
     },
 }
 
@@ -174,12 +200,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate { jobs } => migrate(&settings, jobs).await,
-        Command::Tenants(TenantsCommand::Import { file }) => {
-            let control = ControlDb::connect_lazy(settings.require_database_url()?);
-            control.migrate().await?;
+        Command::Tenants(TenantsCommand::Import { file, force }) => {
             let path = file.unwrap_or_else(|| settings.tenants_file.clone());
-            import(&control, &settings, &path).await?;
-            Ok(ExitCode::SUCCESS)
+            import(&settings, &path, force).await
         }
         Command::Tenants(TenantsCommand::Add {
             id,
@@ -188,6 +211,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pool,
             state,
             isolation,
+            adopt,
         }) => {
             let request = NewTenantRequest {
                 id: Some(id),
@@ -196,6 +220,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 pool: pool.request(),
                 state,
                 isolation,
+                adopt: Some(adopt),
             };
             let new = match request.validate() {
                 Ok(new) => new,
@@ -258,7 +283,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let url = settings
                 .shared_database()
                 .context("no shared database is configured")?;
-            let shard = SharedDb::connect_lazy(&url).isolate(&tenant.id).await?;
+            let lock = match control.lock_tenant(&tenant.id).await {
+                Ok(lock) => lock,
+                Err(e) => return report::<TenantView>(Err(OpError::from(e))),
+            };
+            let shard = SharedDb::connect_lazy(&url).isolate(&tenant.id).await;
+            lock.finish("").await;
+            let shard = shard?;
             println!(
                 "{}",
                 serde_json::json!({ "tenant": tenant.id, "shard": shard })
@@ -274,6 +305,67 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await?
                 .remove(&id, drop_database)
                 .await;
+            report(result)
+        }
+        Command::Tenants(TenantsCommand::Purge { id }) => {
+            let id = match parse_id(id) {
+                Ok(id) => id,
+                Err(e) => return report::<TenantView>(Err(e)),
+            };
+            let result = operations(&settings).await?.discard_leftover(&id).await;
+            report(result)
+        }
+        Command::Tenants(TenantsCommand::Leftovers) => {
+            let ops = operations(&settings).await?;
+            for l in ops.control().leftovers().await? {
+                println!(
+                    "{}\tincarnation {}\t{}\tremoved at v{}\t{}",
+                    l.tenant_id,
+                    l.incarnation,
+                    l.isolation.as_str(),
+                    l.removed_version,
+                    l.database.redacted()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tenants(TenantsCommand::Doctor) => {
+            let ops = operations(&settings).await?;
+            let open = ops.control().unfinished_operations().await?;
+            if open.is_empty() {
+                println!("no unfinished operations");
+            }
+            let mut interrupted = 0;
+            for (op, running) in &open {
+                if !running {
+                    interrupted += 1;
+                }
+                println!(
+                    "{}\t{}\t{}\tstep {}\tsince {}{}",
+                    op.tenant_id,
+                    if *running { "running" } else { "INTERRUPTED" },
+                    op.kind,
+                    op.step,
+                    op.started_at,
+                    if *running {
+                        String::new()
+                    } else {
+                        format!("\t(tenant-router tenants repair {})", op.tenant_id)
+                    }
+                );
+            }
+            Ok(if interrupted > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Tenants(TenantsCommand::Repair { id }) => {
+            let id = match parse_id(id) {
+                Ok(id) => id,
+                Err(e) => return report::<TenantView>(Err(e)),
+            };
+            let result = operations(&settings).await?.repair(&id).await;
             report(result)
         }
         Command::Tenants(TenantsCommand::List) => {
@@ -300,18 +392,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn operations(settings: &Settings) -> anyhow::Result<TenantOps> {
     let control = ControlDb::connect_lazy(settings.require_database_url()?);
     control.migrate().await?;
-    let publisher = settings
-        .redis_url
-        .as_deref()
-        .map(|url| Publisher::new(url, &settings.redis_channel))
-        .transpose()?;
-    Ok(TenantOps::new(
-        control,
-        settings.provision_server()?,
-        settings.tenant_migrations.clone(),
-    )
-    .with_publisher(publisher)
-    .with_shared(settings.shared_database()))
+    TenantOps::from_settings(control, settings)
 }
 
 /// An id as the commands take it: one that cannot be a tenant's is simply not found.
@@ -345,35 +426,39 @@ fn report<T: serde::Serialize>(result: Result<T, OpError>) -> anyhow::Result<Exi
 }
 
 async fn import(
-    control: &ControlDb,
     settings: &Settings,
     path: &std::path::Path,
-) -> anyhow::Result<()> {
+    force: bool,
+) -> anyhow::Result<ExitCode> {
     let file = TenantsFile::load(path)?;
-    let server = settings.provision_server()?;
-    let migrator = settings.tenant_migrations.load().await?;
-    let shared_url = settings.shared_database();
-    let shared_db = shared_url.as_ref().map(SharedDb::connect_lazy);
-    let shared = shared_db.as_ref().zip(shared_url.as_ref());
-    let lines = tenants_file::import(control, &server, &file, &migrator, shared).await?;
+    let ops = operations(settings).await?;
+    let lines = tenants_file::import(&ops, &file, force).await?;
+    let mut refused = 0;
     for line in &lines {
-        println!("{}: {:?}", line.id, line.outcome);
+        match &line.outcome {
+            ImportOutcome::Created => println!("{}: created", line.id),
+            ImportOutcome::Unchanged => println!("{}: unchanged", line.id),
+            ImportOutcome::Updated(what) => {
+                println!("{}: updated: {}", line.id, what.join("; "))
+            }
+            ImportOutcome::Drift(what) => {
+                println!(
+                    "{}: differs from the file, left alone (--force applies it): {}",
+                    line.id,
+                    what.join("; ")
+                )
+            }
+            ImportOutcome::Refused(why) => {
+                refused += 1;
+                eprintln!("{}: refused: {why}", line.id)
+            }
+        }
     }
-    // One hint is enough: any hint newer than what an instance holds makes it catch up.
-    if let (Some(url), Some(line)) = (
-        settings.redis_url.as_deref(),
-        lines.iter().find(|l| l.outcome != UpsertOutcome::Unchanged),
-    ) {
-        let version = control.max_version().await?;
-        let _ = Publisher::new(url, &settings.redis_channel)?
-            .publish(&Hint {
-                op: HintOp::Upsert,
-                tenant_id: line.id.clone(),
-                version,
-            })
-            .await;
-    }
-    Ok(())
+    Ok(if refused > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn migrate(settings: &Settings, jobs: usize) -> anyhow::Result<ExitCode> {
@@ -522,7 +607,9 @@ async fn demo(settings: &mut Settings) -> anyhow::Result<ExitCode> {
     let new_token = demo_admin_token(settings)?;
     let control = ControlDb::connect_lazy(settings.require_database_url()?);
     control.migrate().await?;
-    import(&control, settings, &settings.tenants_file.clone()).await?;
+    if import(settings, &settings.tenants_file.clone(), false).await? != ExitCode::SUCCESS {
+        anyhow::bail!("importing the demo's tenants failed (see above)");
+    }
     let tenants = control.load_tenants().await?;
     let dedicated: Vec<_> = tenants
         .iter()

@@ -5,11 +5,19 @@
 //!    database; its directory row and its rows, when it is shared). Readers go on; its
 //!    writers wait; no other tenant is touched.
 //! 2. Copy every row to the target in one transaction, and compare row counts per table.
-//! 3. Switch the tenant's configuration in one version bump, announced on the bus.
-//! 4. Delete the source rows in the transaction that holds the locks. A dedicated source
-//!    also gets a trigger that refuses writes with a retryable error (57P03, a 503 for the
-//!    client), so a writer that was waiting on the lock fails rather than writing to the
-//!    old place.
+//! 3. Close the source to the tenant's writers for good, in the transaction that holds the
+//!    locks, and commit it: a dedicated source gets a trigger that refuses writes with a
+//!    retryable error (57P03, a 503 for the client), a shared one its directory row marked
+//!    `moved_out` (which `tenant_router_enter` refuses). A writer that waited on the lock
+//!    fails rather than writing to the old place, before and after the switch alike. The
+//!    source rows are all still there.
+//! 4. Switch the tenant's configuration in one version bump, announced on the bus.
+//! 5. Delete the source rows ([`clean_source`]).
+//!
+//! Killed anywhere, the tenant's data is whole in one place: before the commit of step 3,
+//! at the source (the copy is replaced by the retry); between 3 and 4, at the source, closed
+//! to writes until the retry (whose lock lifts the guard); after 4, at the target, with
+//! the source's copy left for the retry to delete.
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -215,6 +223,16 @@ impl Source {
                 .execute(&mut conn)
                 .await
                 .context("locking the tenant's tables")?;
+                // A guard left by a move that was killed before its switch: lifted here,
+                // under the lock, and set again by `guard` (or never, on `abandon`).
+                for t in TABLES {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP TRIGGER IF EXISTS tenant_router_moved ON {}",
+                        t.name
+                    )))
+                    .execute(&mut conn)
+                    .await?;
+                }
                 let rows = read_rows(&mut conn, "").await?;
                 Ok((Self::Dedicated(conn), rows))
             }
@@ -233,8 +251,10 @@ impl Source {
                 // schema): on Citus, two would deadlock with each other.
                 scope_tx(&mut conn, id.as_str()).await?;
                 // New rows of this tenant reference its directory row (users, job_runs) or
-                // its users (sessions, notes): locking those blocks its writers only.
-                sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE")
+                // its users (sessions, notes): locking those blocks its writers only. A
+                // `moved_out` left by a move killed before its switch is lifted here, under
+                // the lock.
+                sqlx::query("UPDATE tenants SET moved_out = false WHERE id = $1")
                     .bind(id.as_str())
                     .execute(&mut conn)
                     .await
@@ -254,19 +274,17 @@ impl Source {
         }
     }
 
-    /// Deletes the source rows and commits, releasing the locks. A dedicated source is
-    /// closed to writes for good.
-    pub(crate) async fn finish(self, id: &TenantId) -> anyhow::Result<()> {
+    /// Closes the source to the tenant's writers for good and commits, releasing the
+    /// locks. Every row stays until [`clean_source`].
+    pub(crate) async fn guard(self, id: &TenantId) -> anyhow::Result<()> {
         match self {
             Self::Dedicated(mut conn) => {
-                for t in TABLES.iter().rev() {
-                    sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {}", t.name)))
-                        .execute(&mut conn)
-                        .await?;
-                }
                 sqlx::query(
                     "CREATE OR REPLACE FUNCTION tenant_router_moved() RETURNS trigger
                      LANGUAGE plpgsql AS $$ BEGIN
+                       IF current_setting('tenant_router.cleaning', true) = 'on' THEN
+                         RETURN NULL;
+                       END IF;
                        RAISE EXCEPTION 'this tenant has moved to another database; retry'
                          USING ERRCODE = '57P03';
                      END $$",
@@ -286,16 +304,7 @@ impl Source {
                 let _ = conn.close().await;
             }
             Self::Shared(mut conn) => {
-                for t in TABLES.iter().rev() {
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DELETE FROM {} WHERE tenant_id = $1",
-                        t.name
-                    )))
-                    .bind(id.as_str())
-                    .execute(&mut conn)
-                    .await?;
-                }
-                sqlx::query("DELETE FROM tenants WHERE id = $1")
+                sqlx::query("UPDATE tenants SET moved_out = true WHERE id = $1")
                     .bind(id.as_str())
                     .execute(&mut conn)
                     .await?;
@@ -353,6 +362,10 @@ pub(crate) async fn copy_to_shared(
     let mut tx = shared.pool().begin().await?;
     lock_tenant_exclusively(&mut tx, id.as_str()).await?;
     scope_tx(&mut tx, id.as_str()).await?;
+    sqlx::query("UPDATE tenants SET moved_out = false WHERE id = $1")
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
     for t in TABLES.iter().rev() {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM {} WHERE tenant_id = $1",
@@ -367,4 +380,61 @@ pub(crate) async fn copy_to_shared(
     bump_sequences(&mut tx, rows).await?;
     tx.commit().await?;
     Ok(copied)
+}
+
+/// Deletes a tenant's rows at the source of a move that has switched (the last step; see
+/// the module). A dedicated source keeps its guard; a shared one loses its directory row.
+/// Idempotent: a retry after a crash finds less or nothing to delete.
+pub(crate) async fn clean_source(
+    isolation: Isolation,
+    database: &DatabaseUrl,
+    id: &TenantId,
+) -> anyhow::Result<()> {
+    match isolation {
+        Isolation::Dedicated => {
+            let mut conn = PgConnection::connect_with(&database.connect_options())
+                .await
+                .with_context(|| format!("connecting to {database}"))?;
+            let mut tx = conn.begin().await?;
+            // The guard lets this transaction's deletes through, and nothing else.
+            sqlx::query("SET LOCAL tenant_router.cleaning = 'on'")
+                .execute(&mut *tx)
+                .await?;
+            for t in TABLES.iter().rev() {
+                sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {}", t.name)))
+                    .execute(&mut *tx)
+                    .await
+                    .with_context(|| format!("deleting the moved {}", t.name))?;
+            }
+            tx.commit().await?;
+            let _ = conn.close().await;
+        }
+        Isolation::Shared => {
+            let mut conn = PgConnection::connect_with(&crate::shared::connect_options(database))
+                .await
+                .with_context(|| format!("connecting to {database}"))?;
+            let mut tx = conn.begin().await?;
+            lock_tenant_exclusively(&mut tx, id.as_str())
+                .await
+                .context("locking the tenant's writers out")?;
+            scope_tx(&mut tx, id.as_str()).await?;
+            for t in TABLES.iter().rev() {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM {} WHERE tenant_id = $1",
+                    t.name
+                )))
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .with_context(|| format!("deleting the moved {}", t.name))?;
+            }
+            sqlx::query("DELETE FROM tenants WHERE id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            let _ = conn.close().await;
+        }
+    }
+    Ok(())
 }

@@ -9,7 +9,8 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use crate::bus::{Hint, HintOp, Publisher};
-use crate::control::{ControlDb, TenantSpec, WriteError, WriteMode};
+use crate::control::{ControlDb, Leftover, TenantSpec, WriteError, WriteMode};
+use crate::journal::{Operation, Refused};
 use crate::problem::{ApiError, FieldError};
 use crate::provision::{self, TenantMigrations};
 use crate::shared::SharedDb;
@@ -38,6 +39,9 @@ pub struct NewTenantRequest {
     pub state: Option<String>,
     /// `dedicated` (default: its own database) or `shared` (the shared database).
     pub isolation: Option<String>,
+    /// Take over data that is already there: what a removal of this id kept, or an existing
+    /// `tenant_<id>` database. Without it, such data makes the create a 409.
+    pub adopt: Option<bool>,
 }
 
 /// Pool settings as a client sends them; omitted fields keep their current (or default)
@@ -80,6 +84,8 @@ pub struct NewTenant {
     pub state: TenantState,
     /// Dedicated or shared.
     pub isolation: Isolation,
+    /// Take over data that is already there (see [`NewTenantRequest::adopt`]).
+    pub adopt: bool,
 }
 
 impl NewTenantRequest {
@@ -127,6 +133,7 @@ impl NewTenantRequest {
                 pool,
                 state,
                 isolation,
+                adopt: self.adopt.unwrap_or(false),
             }),
             _ => Err(errors),
         }
@@ -240,6 +247,10 @@ impl From<OpError> for ApiError {
 
 fn write_error(e: WriteError, id: &TenantId) -> OpError {
     match e {
+        WriteError::Leftover(l) => OpError::Conflict(leftover_message(&l)),
+        WriteError::WildcardTaken { host, owner } => OpError::Conflict(format!(
+            "host '{host}' is the wildcard host of tenant '{owner}'"
+        )),
         WriteError::HostTaken { host, owner } => {
             OpError::Conflict(format!("host '{host}' already belongs to tenant '{owner}'"))
         }
@@ -250,6 +261,32 @@ fn write_error(e: WriteError, id: &TenantId) -> OpError {
     }
 }
 
+fn leftover_message(l: &Leftover) -> String {
+    let what = match l.isolation {
+        Isolation::Dedicated => format!(
+            "its database '{}'",
+            l.database.database_name().unwrap_or("?")
+        ),
+        Isolation::Shared => "its rows in the shared database".to_string(),
+    };
+    format!(
+        "tenant '{id}' was removed (version {v}) and {what}, jobs and files were kept. \
+         Create it with \"adopt\": true to take that data back, or discard it first: \
+         DELETE /admin/leftovers/{id} (CLI: tenant-router tenants purge {id})",
+        id = l.tenant_id,
+        v = l.removed_version,
+    )
+}
+
+impl From<Refused> for OpError {
+    fn from(e: Refused) -> Self {
+        match e {
+            Refused::Other(e) => Self::Other(e),
+            refused => Self::Conflict(refused.to_string()),
+        }
+    }
+}
+
 /// What a removal did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Removal {
@@ -257,8 +294,13 @@ pub struct Removal {
     pub id: TenantId,
     /// The version of the removal.
     pub version: i64,
-    /// Whether its database was dropped.
+    /// Whether its database was dropped (or its shared rows deleted).
     pub database_dropped: bool,
+    /// Whether everything else of it was deleted: Redis keys, jobs, files.
+    pub purged: bool,
+    /// What the purge removed from Redis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<crate::jobs::Purged>,
 }
 
 /// What a move did.
@@ -287,6 +329,8 @@ pub struct TenantOps {
     drop_wait: Duration,
     shared: Option<(SharedDb, DatabaseUrl)>,
     shared_ready: Arc<tokio::sync::OnceCell<()>>,
+    redis: Option<(deadpool_redis::Pool, crate::jobs::Keys)>,
+    files_dir: Option<std::path::PathBuf>,
 }
 
 impl TenantOps {
@@ -305,7 +349,59 @@ impl TenantOps {
             drop_wait: DROP_WAIT,
             shared: None,
             shared_ready: Arc::default(),
+            redis: None,
+            files_dir: None,
         }
+    }
+
+    /// Where jobs keep a tenant's Redis keys, so a purge deletes them.
+    pub fn with_redis(mut self, redis: Option<(deadpool_redis::Pool, crate::jobs::Keys)>) -> Self {
+        self.redis = redis;
+        self
+    }
+
+    /// Where jobs keep a tenant's files (`<dir>/<id>`), so a purge deletes them.
+    pub fn with_files_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.files_dir = dir;
+        self
+    }
+
+    /// The control database.
+    pub fn control(&self) -> &ControlDb {
+        &self.control
+    }
+
+    /// Operations as the settings describe them: the provisioning server, migrations, the
+    /// bus, the shared database, the base domain's wildcard hosts, and what a purge deletes
+    /// (the jobs' Redis keys and files).
+    pub fn from_settings(
+        control: ControlDb,
+        settings: &crate::config::Settings,
+    ) -> anyhow::Result<Self> {
+        let control = control.with_base_domain(settings.base_domain.as_deref());
+        let publisher = settings
+            .redis_url
+            .as_deref()
+            .map(|url| Publisher::new(url, &settings.redis_channel))
+            .transpose()?;
+        let redis = match settings.redis_url.as_deref() {
+            Some(url) => Some((
+                deadpool_redis::Config::from_url(url)
+                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+                    .context("the Redis URL")?,
+                crate::jobs::Keys::default(),
+            )),
+            None => None,
+        };
+        Ok(Self::new(
+            control,
+            settings.provision_server()?,
+            settings.tenant_migrations.clone(),
+        )
+        .with_publisher(publisher)
+        .with_shared(settings.shared_database())
+        .with_redis(redis)
+        .with_files_dir(Some(settings.worker.files_dir.clone())))
     }
 
     /// Where shared tenants live.
@@ -348,7 +444,9 @@ impl TenantOps {
     }
 
     /// Creates a tenant. Without a database, one is created and migrated first; on any
-    /// failure what was created is dropped again.
+    /// failure what was created is dropped again. Data already there (what a removal of
+    /// this id kept, an existing `tenant_<id>` database, rows in the shared schema) is a 409
+    /// unless `adopt` is set.
     pub async fn create(&self, new: NewTenant) -> Result<Tenant, OpError> {
         // Clear answers before any work; the write below re-checks atomically.
         if self.control.get_tenant(&new.id).await?.is_some() {
@@ -364,40 +462,139 @@ impl TenantOps {
                 )));
             }
         }
-        // Two provisionings of one id wait for each other here (on a connection of its own,
-        // outside the pool), so the loser sees the winner's tenant instead of dropping the
-        // winner's fresh database. Closing the connection releases the lock.
-        let mut lock = None;
-        let mut registered = false;
-        let (database, provisioned) = match new.database {
-            _ if new.isolation == Isolation::Shared => {
-                let (db, url) = self.shared_db().await?;
-                registered = db.register(&new.id).await?;
-                (url.clone(), None)
+        // One operation per tenant: a second create of the id (from any instance) waits for
+        // nothing and gets a 409; one killed half-way is resumed by the next.
+        let mut op = self
+            .control
+            .begin_operation(
+                &new.id,
+                "create",
+                serde_json::json!({"isolation": new.isolation.as_str()}),
+            )
+            .await?;
+        let result = self.create_locked(&new, &mut op).await;
+        if result.is_err() {
+            // A database an interrupted run of this create made, and this run did not use.
+            let made = op
+                .resumed()
+                .and_then(|r| r.detail.get("database"))
+                .and_then(|d| d.as_str());
+            if let Some(name) = made {
+                if self.control.tenant_using_database(name).await?.is_none() {
+                    self.drop_quietly(name).await;
+                }
             }
-            Some(url) => (url, None),
-            None => {
-                let mut conn = self.control.dedicated_connection().await?;
-                sqlx::query(
-                    "SELECT pg_advisory_lock(hashtextextended('tenant-router:create:' || $1, 0))",
-                )
-                .bind(new.id.as_str())
-                .execute(&mut conn)
-                .await
-                .context("taking the tenant's creation lock")?;
-                lock = Some(conn);
-                if self.control.get_tenant(&new.id).await?.is_some() {
+        }
+        match &result {
+            Ok(_) => op.finish("done").await,
+            Err(e) => op.finish(&format!("failed: {e}")).await,
+        }
+        let tenant = result?;
+        self.announce(HintOp::Upsert, &tenant.id, tenant.version)
+            .await;
+        Ok(tenant)
+    }
+
+    async fn create_locked(&self, new: &NewTenant, op: &mut Operation) -> Result<Tenant, OpError> {
+        if self.control.get_tenant(&new.id).await?.is_some() {
+            return Err(OpError::Conflict(format!(
+                "a tenant '{}' already exists",
+                new.id
+            )));
+        }
+        // The database an interrupted create of this id made: it holds nothing but
+        // migrations (the tenant was never committed, so never served).
+        let made_before: Option<String> = op
+            .resumed()
+            .and_then(|r| r.detail.get("database"))
+            .and_then(|d| d.as_str())
+            .map(str::to_string);
+        let leftover = self.control.leftover(&new.id).await?;
+        let mut incarnation = None;
+        let mut registered = false;
+        let mut created_here: Option<String> = None;
+        let (database, provisioned) = match (&leftover, new.isolation) {
+            (Some(l), _) if !new.adopt => return Err(OpError::Conflict(leftover_message(l))),
+            (Some(l), isolation) => {
+                if l.isolation != isolation {
                     return Err(OpError::Conflict(format!(
-                        "a tenant '{}' already exists",
+                        "the kept data of tenant '{}' is {}; adopt it as {} and move it \
+                         afterwards",
+                        new.id,
+                        l.isolation.as_str(),
+                        l.isolation.as_str()
+                    )));
+                }
+                if new.database.as_ref().is_some_and(|d| *d != l.database) {
+                    return Err(OpError::Conflict(format!(
+                        "the kept data of tenant '{}' is in another database; omit `database` \
+                         to adopt it",
                         new.id
                     )));
                 }
+                incarnation = Some(l.incarnation);
+                match isolation {
+                    Isolation::Shared => {
+                        let (db, url) = self.shared_db().await?;
+                        db.register(&new.id).await?;
+                        (url.clone(), false)
+                    }
+                    Isolation::Dedicated => {
+                        let migrator = self
+                            .migrations
+                            .load()
+                            .await
+                            .map_err(OpError::Provisioning)?;
+                        if let provision::MigrationOutcome::Failed(e) =
+                            provision::migrate_tenant_with(&l.database, &migrator).await
+                        {
+                            return Err(OpError::Provisioning(anyhow::anyhow!(
+                                "migrating the adopted database: {e}"
+                            )));
+                        }
+                        (l.database.clone(), l.provisioned)
+                    }
+                }
+            }
+            (None, Isolation::Shared) => {
+                let (db, url) = self.shared_db().await?;
+                registered = db.register(&new.id).await?;
+                if !registered && !new.adopt && db.has_rows(&new.id).await? {
+                    return Err(OpError::Conflict(format!(
+                        "the shared database holds rows of tenant '{}' that no tenant owns; \
+                         create it with \"adopt\": true to take them over, or delete them \
+                         first (DELETE /admin/leftovers/{})",
+                        new.id, new.id
+                    )));
+                }
+                (url.clone(), false)
+            }
+            (None, Isolation::Dedicated) if new.database.is_some() => {
+                // A database given by hand is adopted by saying so.
+                (
+                    new.database.clone().unwrap_or_else(|| unreachable!()),
+                    false,
+                )
+            }
+            (None, Isolation::Dedicated) => {
                 let name = provision::database_name(&new.id);
                 if let Some(user) = self.control.tenant_using_database(&name).await? {
                     return Err(OpError::Conflict(format!(
                         "database '{name}' is already used by tenant '{user}'"
                     )));
                 }
+                let exists = provision::database_exists(&self.provision_server, &name).await?;
+                let ours = made_before.as_deref() == Some(name.as_str());
+                if exists && !ours && !new.adopt {
+                    return Err(OpError::Conflict(format!(
+                        "database '{name}' already exists on the provisioning server and \
+                         belongs to no tenant (left by an earlier tenant, or made by hand); \
+                         create with \"adopt\": true to take it over as this tenant's, or \
+                         drop it first"
+                    )));
+                }
+                op.step("provisioning", serde_json::json!({"database": name}), None)
+                    .await?;
                 let migrator = self
                     .migrations
                     .load()
@@ -407,45 +604,57 @@ impl TenantOps {
                     .await
                     .map_err(OpError::Provisioning)?;
                 tracing::info!(tenant.id = %new.id, database = %made.database,
-                    migrations = made.migrations, adopted = !made.created, "provisioned");
-                (made.database.clone(), Some(made))
+                    migrations = made.migrations, adopted = exists && !ours, "provisioned");
+                if !exists || ours {
+                    created_here = Some(name);
+                }
+                // An existing database adopted by hand was not made by the router: it is
+                // never dropped by it.
+                (made.database, !exists || ours)
             }
         };
         let spec = TenantSpec {
             id: new.id.clone(),
-            hosts: new.hosts,
+            hosts: new.hosts.clone(),
             database,
-            provisioned: provisioned.is_some(),
+            provisioned,
             pool: new.pool,
             state: new.state,
             isolation: new.isolation,
+            incarnation,
         };
-        let written = match self.control.write(&spec, WriteMode::Create).await {
-            Ok(w) => w,
+        match self.control.write(&spec, WriteMode::Create).await {
+            Ok(written) => Ok(written.tenant),
             Err(e) => {
-                if let Some(made) = &provisioned {
-                    self.drop_quietly(made.database.database_name().unwrap_or_default())
-                        .await;
+                if let Some(name) = &created_here {
+                    self.drop_quietly(name).await;
                 }
                 if registered {
                     if let Some((db, _)) = &self.shared {
                         let _ = db.unregister(&new.id).await;
                     }
                 }
-                return Err(write_error(e, &new.id));
+                Err(write_error(e, &new.id))
             }
-        };
-        if let Some(conn) = lock.take() {
-            let _ = sqlx::Connection::close(conn).await;
         }
-        self.announce(HintOp::Upsert, &written.tenant.id, written.tenant.version)
-            .await;
-        Ok(written.tenant)
     }
 
     /// Changes a tenant. With `if_match`, a tenant at another version is refused
     /// ([`OpError::Stale`]); without it, a concurrent change is merged with, never lost.
+    /// Refused with a 409 while another operation (a move, a removal) runs on the tenant.
     pub async fn update(
+        &self,
+        id: &TenantId,
+        patch: TenantPatchRequest,
+        if_match: Option<i64>,
+    ) -> Result<Tenant, OpError> {
+        let lock = self.control.lock_tenant(id).await?;
+        let result = self.update_locked(id, patch, if_match).await;
+        lock.finish("").await;
+        result
+    }
+
+    async fn update_locked(
         &self,
         id: &TenantId,
         patch: TenantPatchRequest,
@@ -496,90 +705,311 @@ impl TenantOps {
         )))
     }
 
-    /// Removes a tenant. With `drop_database`, its database (only one the router created)
-    /// is dropped once no instance holds a connection to it, or after [`DROP_WAIT`].
-    pub async fn remove(&self, id: &TenantId, drop_database: bool) -> Result<Removal, OpError> {
-        let shared = self
+    /// Removes a tenant. Without `purge`, everything of it stays (its database or shared
+    /// rows, Redis keys, jobs, files) as a [`Leftover`] that only an explicit adopt brings
+    /// back. With `purge`, all of it is deleted: a database only when the router created it,
+    /// once no instance holds a connection to it, or after [`DROP_WAIT`]. A removal killed
+    /// half-way is completed by retrying it.
+    pub async fn remove(&self, id: &TenantId, purge: bool) -> Result<Removal, OpError> {
+        let mut op = self
             .control
-            .get_tenant(id)
-            .await?
-            .is_some_and(|t| t.isolation == Isolation::Shared);
-        if shared {
-            let removed = self
-                .control
-                .delete(id)
-                .await?
-                .ok_or_else(|| OpError::NotFound(id.to_string()))?;
-            self.announce(HintOp::Remove, id, removed.version).await;
-            if drop_database {
-                let (db, _) = self.shared_db().await?;
-                let rows = db.purge(id).await.map_err(|e| {
-                    OpError::Other(e.context(format!(
-                        "tenant '{id}' was removed, but its shared rows could not be deleted"
-                    )))
-                })?;
-                tracing::info!(tenant.id = %id, rows, "purged a shared tenant's rows");
+            .begin_operation(id, "remove", serde_json::json!({"purge": purge}))
+            .await?;
+        let resumed = op.resumed().cloned();
+        let purge = purge
+            || resumed
+                .as_ref()
+                .is_some_and(|r| r.detail.get("purge") == Some(&serde_json::Value::Bool(true)));
+        let resuming = resumed.is_some();
+        let result = self.remove_locked(id, purge, resuming, &mut op).await;
+        match &result {
+            Ok(_) => op.finish("done").await,
+            // Nothing was done: the journal closes. Anything half-done leaves it open.
+            Err(e @ (OpError::NotFound(_) | OpError::Conflict(_))) if !resuming => {
+                op.finish(&format!("refused: {e}")).await
             }
+            Err(e) => {
+                tracing::error!(tenant.id = %id, error = %e,
+                    "a removal stopped half-way; retry it to complete it");
+                op.abandon().await;
+            }
+        }
+        result
+    }
+
+    async fn remove_locked(
+        &self,
+        id: &TenantId,
+        purge: bool,
+        resuming: bool,
+        op: &mut Operation,
+    ) -> Result<Removal, OpError> {
+        let current = self.control.get_tenant(id).await?;
+        let version = match &current {
+            Some(t) => {
+                if purge
+                    && t.isolation == Isolation::Dedicated
+                    && !self.control.is_provisioned(id).await?
+                {
+                    return Err(OpError::Conflict(format!(
+                        "tenant '{id}' uses a database tenant-router did not create; it is \
+                         never dropped (remove it without drop_database)"
+                    )));
+                }
+                let removed = self
+                    .control
+                    .delete(id)
+                    .await?
+                    .ok_or_else(|| OpError::NotFound(id.to_string()))?;
+                op.step(
+                    "removed",
+                    serde_json::json!({"version": removed.version}),
+                    None,
+                )
+                .await?;
+                self.announce(HintOp::Remove, id, removed.version).await;
+                removed.version
+            }
+            // A removal killed after its commit: finish what it started.
+            None if resuming => self
+                .control
+                .leftover(id)
+                .await?
+                .map_or(0, |l| l.removed_version),
+            None => return Err(OpError::NotFound(id.to_string())),
+        };
+        if !purge {
             return Ok(Removal {
                 id: id.clone(),
-                version: removed.version,
-                database_dropped: drop_database,
+                version,
+                database_dropped: false,
+                purged: false,
+                redis: None,
             });
         }
-        if drop_database && !self.control.is_provisioned(id).await? {
-            return match self.control.get_tenant(id).await? {
-                None => Err(OpError::NotFound(id.to_string())),
-                Some(_) => Err(OpError::Conflict(format!(
-                    "tenant '{id}' uses a database tenant-router did not create; it is never dropped"
-                ))),
-            };
-        }
-        let removed = self
-            .control
-            .delete(id)
-            .await?
-            .ok_or_else(|| OpError::NotFound(id.to_string()))?;
-        self.announce(HintOp::Remove, id, removed.version).await;
-        let mut database_dropped = false;
-        if drop_database && removed.provisioned {
-            let name = removed
-                .database
-                .database_name()
-                .context("the provisioned database URL names no database")?
-                .to_string();
-            self.wait_until_unused(&name).await;
-            provision::drop_database(&self.provision_server, &name)
-                .await
-                .map_err(|e| {
-                    OpError::Other(e.context(format!(
-                        "tenant '{id}' was removed, but its database could not be dropped"
-                    )))
-                })?;
-            database_dropped = true;
-        }
+        let Some(leftover) = self.control.leftover(id).await? else {
+            return Ok(Removal {
+                id: id.clone(),
+                version,
+                database_dropped: false,
+                purged: true,
+                redis: None,
+            });
+        };
+        let (database_dropped, redis) = self.purge_leftover(id, &leftover).await?;
         Ok(Removal {
             id: id.clone(),
-            version: removed.version,
+            version,
             database_dropped,
+            purged: true,
+            redis,
         })
     }
 
+    /// Deletes what a removal kept (see [`Self::remove`]): `DELETE /admin/leftovers/{id}`.
+    pub async fn discard_leftover(&self, id: &TenantId) -> Result<Removal, OpError> {
+        let op = self
+            .control
+            .begin_operation(id, "remove", serde_json::json!({"purge": true}))
+            .await?;
+        let result = async {
+            if self.control.get_tenant(id).await?.is_some() {
+                return Err(OpError::Conflict(format!(
+                    "tenant '{id}' exists; remove it with DELETE /admin/tenants/{id}?drop_database=true"
+                )));
+            }
+            let leftover = match self.control.leftover(id).await? {
+                Some(l) => l,
+                None => {
+                    // Rows in the shared schema that no leftover records (a crashed create
+                    // or move of an earlier version): deletable too.
+                    let has_rows = match &self.shared {
+                        Some(_) => self.shared_db().await?.0.has_rows(id).await?,
+                        None => false,
+                    };
+                    if !has_rows {
+                        return Err(OpError::NotFound(format!("{id} (no kept data)")));
+                    }
+                    let rows = self.shared_db().await?.0.purge(id).await?;
+                    tracing::info!(tenant.id = %id, rows, "deleted unowned shared rows");
+                    return Ok(Removal {
+                        id: id.clone(),
+                        version: 0,
+                        database_dropped: true,
+                        purged: true,
+                        redis: None,
+                    });
+                }
+            };
+            let (database_dropped, redis) = self.purge_leftover(id, &leftover).await?;
+            Ok(Removal {
+                id: id.clone(),
+                version: leftover.removed_version,
+                database_dropped,
+                purged: true,
+                redis,
+            })
+        }
+        .await;
+        match &result {
+            Ok(_) => op.finish("done").await,
+            Err(e) => op.finish(&format!("failed: {e}")).await,
+        }
+        result
+    }
+
+    /// Deletes the data of a removed incarnation: its database (when the router made it) or
+    /// shared rows, its Redis keys and jobs, its files; then forgets the leftover.
+    async fn purge_leftover(
+        &self,
+        id: &TenantId,
+        leftover: &Leftover,
+    ) -> Result<(bool, Option<crate::jobs::Purged>), OpError> {
+        let mut database_dropped = false;
+        match leftover.isolation {
+            Isolation::Shared => {
+                let (db, _) = self.shared_db().await?;
+                let rows = db.purge(id).await.map_err(|e| {
+                    OpError::Other(e.context(format!(
+                        "tenant '{id}' was removed, but its shared rows could not be deleted; \
+                         retry the removal"
+                    )))
+                })?;
+                tracing::info!(tenant.id = %id, rows, "purged a shared tenant's rows");
+                database_dropped = true;
+            }
+            Isolation::Dedicated if leftover.provisioned => {
+                let name = leftover
+                    .database
+                    .database_name()
+                    .context("the provisioned database URL names no database")?
+                    .to_string();
+                self.wait_until_unused(&name).await;
+                provision::drop_database(&self.provision_server, &name)
+                    .await
+                    .map_err(|e| {
+                        OpError::Other(e.context(format!(
+                            "tenant '{id}' was removed, but its database could not be \
+                             dropped; retry the removal"
+                        )))
+                    })?;
+                database_dropped = true;
+            }
+            Isolation::Dedicated => {}
+        }
+        let redis = match &self.redis {
+            Some((pool, keys)) => Some(crate::jobs::purge_tenant(pool, keys, id).await.map_err(
+                |e| {
+                    OpError::Other(anyhow::anyhow!(
+                        "tenant '{id}' was removed, but its Redis keys could not be \
+                             deleted ({e}); retry the removal"
+                    ))
+                },
+            )?),
+            None => None,
+        };
+        if let Some(dir) = &self.files_dir {
+            let path = dir.join(id.as_str());
+            match tokio::fs::remove_dir_all(&path).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(OpError::Other(anyhow::anyhow!(
+                        "tenant '{id}' was removed, but its files ({}) could not be deleted \
+                         ({e}); retry the removal",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        self.control
+            .forget_leftover(id, leftover.incarnation)
+            .await?;
+        Ok((database_dropped, redis))
+    }
+
     /// Moves a tenant to its own database or to the shared one: copies its rows, checks the
-    /// counts, switches its configuration in one version bump, then deletes the source rows.
-    /// Only this tenant's writes wait meanwhile (see [`crate::moving`]).
+    /// counts, closes the source to writes, switches its configuration in one version bump,
+    /// then deletes the source rows (see [`crate::moving`]). Only this tenant's writes wait
+    /// meanwhile. One operation per tenant: a second move while one runs is a 409; a move to
+    /// where the tenant is already does nothing; a move killed anywhere is completed by
+    /// retrying it.
     pub async fn move_tenant(&self, id: &TenantId, to: Isolation) -> Result<MoveReport, OpError> {
-        use crate::moving::{Source, copy_to_dedicated, copy_to_shared};
+        let mut op = self
+            .control
+            .begin_operation(id, "move", serde_json::json!({"to": to.as_str()}))
+            .await?;
+        let result = self.move_locked(id, to, &mut op).await;
+        match &result {
+            Ok(_) => op.finish("done").await,
+            Err(e) if op.is_clean() => op.finish(&format!("failed: {e}")).await,
+            Err(e) => {
+                tracing::error!(tenant.id = %id, error = %e,
+                    "a move stopped half-way; retry it to complete it");
+                op.abandon().await;
+            }
+        }
+        result
+    }
+
+    async fn move_locked(
+        &self,
+        id: &TenantId,
+        to: Isolation,
+        op: &mut Operation,
+    ) -> Result<MoveReport, OpError> {
+        use crate::moving::{Source, clean_source, copy_to_dedicated, copy_to_shared};
+        let resumed = op.resumed().cloned();
+        if resumed
+            .as_ref()
+            .is_some_and(|r| r.detail.get("to").and_then(|t| t.as_str()) != Some(to.as_str()))
+        {
+            let r = resumed
+                .as_ref()
+                .map(|r| r.detail.clone())
+                .unwrap_or_default();
+            op.mark_dirty();
+            return Err(OpError::Conflict(format!(
+                "an interrupted move of tenant '{id}' (to {}) must be completed first: retry it",
+                r.get("to").and_then(|t| t.as_str()).unwrap_or("?")
+            )));
+        }
         let current = self
             .control
             .get_tenant(id)
             .await?
             .ok_or_else(|| OpError::NotFound(id.to_string()))?;
         if current.isolation == to {
-            return Err(OpError::Conflict(format!(
-                "tenant '{id}' is {} already",
-                to.as_str()
-            )));
+            // Where it should be. A move killed after its switch left the source's rows:
+            // delete them now (the journal knows where they are).
+            if let Some(r) = &resumed {
+                let from: Option<Isolation> = r
+                    .detail
+                    .get("from")
+                    .and_then(|f| f.as_str())
+                    .and_then(|f| f.parse().ok());
+                if let (Some(from), Some(source)) = (from, &r.database) {
+                    op.mark_dirty();
+                    clean_source(from, source, id).await.map_err(|e| {
+                        OpError::Other(e.context("deleting the rows left at the source"))
+                    })?;
+                    tracing::info!(tenant.id = %id, "completed an interrupted move");
+                }
+            }
+            return Ok(MoveReport {
+                id: id.clone(),
+                from: current.isolation,
+                to,
+                version: current.version,
+                copied: Vec::new(),
+            });
         }
+        op.step(
+            "started",
+            serde_json::json!({"from": current.isolation.as_str()}),
+            Some(&current.database),
+        )
+        .await?;
         let (shared, shared_url) = self.shared_db().await?;
         let (target, provisioned) = match to {
             Isolation::Shared => {
@@ -599,6 +1029,16 @@ impl TenantOps {
             }
         };
         let (source, rows) = Source::lock(current.isolation, &current.database, id).await?;
+        // The version check before anything destructive: nothing changed the tenant since
+        // it was read (the operation lock keeps other writers of this tenant out; this
+        // catches one that bypassed it).
+        let now = self.control.get_tenant(id).await?;
+        if now.as_ref().map(|t| t.version) != Some(current.version) {
+            source.abandon().await;
+            return Err(OpError::Conflict(format!(
+                "tenant '{id}' changed while the move started; retry"
+            )));
+        }
         let copied = match to {
             Isolation::Shared => copy_to_shared(shared, id, &rows).await,
             Isolation::Dedicated => copy_to_dedicated(&target, &rows).await,
@@ -612,6 +1052,13 @@ impl TenantOps {
                 ));
             }
         };
+        op.step("copied", serde_json::json!({}), None).await?;
+        op.mark_dirty();
+        source
+            .guard(id)
+            .await
+            .map_err(|e| OpError::Other(e.context("closing the source to writes")))?;
+        op.step("guarded", serde_json::json!({}), None).await?;
         let spec = TenantSpec {
             id: id.clone(),
             hosts: current.hosts.clone(),
@@ -620,8 +1067,9 @@ impl TenantOps {
             pool: current.pool,
             state: current.state,
             isolation: to,
+            incarnation: None,
         };
-        let written = match self
+        let written = self
             .control
             .write(
                 &spec,
@@ -630,21 +1078,20 @@ impl TenantOps {
                 },
             )
             .await
-        {
-            Ok(w) => w,
-            Err(e) => {
-                source.abandon().await;
-                return Err(write_error(e, id));
-            }
-        };
+            .map_err(|e| write_error(e, id))?;
+        op.step("switched", serde_json::json!({}), None).await?;
         self.announce(HintOp::Upsert, id, written.tenant.version)
             .await;
-        source.finish(id).await.map_err(|e| {
-            OpError::Other(e.context(format!(
-                "tenant '{id}' was switched to {}, but its old rows could not be deleted",
-                to.as_str()
-            )))
-        })?;
+        op.step("announced", serde_json::json!({}), None).await?;
+        clean_source(current.isolation, &current.database, id)
+            .await
+            .map_err(|e| {
+                OpError::Other(e.context(format!(
+                    "tenant '{id}' was switched to {}, but its old rows could not be deleted; \
+                     retry the move to delete them",
+                    to.as_str()
+                )))
+            })?;
         Ok(MoveReport {
             id: id.clone(),
             from: current.isolation,
@@ -652,6 +1099,59 @@ impl TenantOps {
             version: written.tenant.version,
             copied,
         })
+    }
+
+    /// Completes or rolls back an interrupted operation on `id` (see
+    /// [`crate::journal`]): a move or removal is completed, a create is rolled back (its
+    /// database dropped; the client's retry creates it again).
+    pub async fn repair(&self, id: &TenantId) -> Result<String, OpError> {
+        let Some(open) = self.control.unfinished_operation(id).await? else {
+            return Ok(format!("tenant '{id}': nothing to repair"));
+        };
+        match open.kind.as_str() {
+            "move" => {
+                let to: Isolation = open
+                    .detail
+                    .get("to")
+                    .and_then(|t| t.as_str())
+                    .and_then(|t| t.parse().ok())
+                    .context("the journal names no target")?;
+                let report = self.move_tenant(id, to).await?;
+                Ok(format!(
+                    "tenant '{id}': the move to {} is complete (version {})",
+                    to.as_str(),
+                    report.version
+                ))
+            }
+            "remove" => {
+                let purge = open.detail.get("purge") == Some(&serde_json::Value::Bool(true));
+                let removal = self.remove(id, purge).await?;
+                Ok(format!(
+                    "tenant '{id}': the removal is complete (version {}, purged: {})",
+                    removal.version, removal.purged
+                ))
+            }
+            "create" => {
+                let op = self
+                    .control
+                    .begin_operation(id, "create", serde_json::json!({}))
+                    .await?;
+                let mut said = format!("tenant '{id}': the interrupted create was rolled back");
+                if self.control.get_tenant(id).await?.is_some() {
+                    said = format!("tenant '{id}': the create had completed");
+                } else if let Some(name) = open.detail.get("database").and_then(|d| d.as_str()) {
+                    if self.control.tenant_using_database(name).await?.is_none() {
+                        self.drop_quietly(name).await;
+                        said.push_str(&format!(" (database '{name}' dropped)"));
+                    }
+                }
+                op.finish("rolled back").await;
+                Ok(said)
+            }
+            other => Err(OpError::Conflict(format!(
+                "tenant '{id}': an unknown operation '{other}' is open in the journal"
+            ))),
+        }
     }
 
     async fn wait_until_unused(&self, name: &str) {
@@ -731,6 +1231,7 @@ fn merge(
                 pool,
                 state: state.unwrap_or(current.state),
                 isolation: current.isolation,
+                incarnation: None,
             })
         }
         _ => Err(errors),
@@ -753,6 +1254,7 @@ mod tests {
             }),
             state: Some("paused".into()),
             isolation: Some("pooled".into()),
+            adopt: None,
         };
         let errors = request.validate().unwrap_err();
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();

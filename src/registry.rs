@@ -470,6 +470,7 @@ mod tests {
             state: TenantState::Active,
             isolation: Isolation::Dedicated,
             version,
+            incarnation: 1,
         }
     }
 

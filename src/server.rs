@@ -19,7 +19,6 @@ use tower_http::trace::TraceLayer;
 use crate::admin::{self, AdminState};
 use crate::app::apex::ApexState;
 use crate::app::{self, AppConfig};
-use crate::bus::Publisher;
 use crate::config::Settings;
 use crate::control::ControlDb;
 use crate::jobs::{JobQueue, Keys};
@@ -151,19 +150,9 @@ impl Application {
         }));
         let sync = Arc::new(ConfigSync::new(Arc::clone(&registry), control.clone()));
         sync.full_load().await?;
-        let publisher = settings
-            .redis_url
-            .as_deref()
-            .map(|url| Publisher::new(url, &settings.redis_channel))
-            .transpose()?;
-        let ops = TenantOps::new(
-            control.clone(),
-            settings.provision_server()?,
-            settings.tenant_migrations.clone(),
-        )
-        .with_publisher(publisher)
-        .with_shared(settings.shared_database())
-        .with_local_sync(Arc::clone(&sync));
+        let ops =
+            TenantOps::from_settings(control.clone(), settings)?.with_local_sync(Arc::clone(&sync));
+        report_interrupted(&control).await;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -291,5 +280,24 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+/// Logs every journaled operation that was interrupted (its process died half-way), so an
+/// operator learns of it at start-up; `tenant-router tenants doctor` lists them too.
+async fn report_interrupted(control: &ControlDb) {
+    match control.unfinished_operations().await {
+        Ok(ops) => {
+            for (op, running) in ops.iter().filter(|(_, running)| !running) {
+                let _ = running;
+                tracing::warn!(tenant.id = %op.tenant_id, operation = %op.kind, step = %op.step,
+                    started_at = %op.started_at,
+                    "an operation on this tenant was interrupted; retry it or run `tenant-router tenants repair {}`",
+                    op.tenant_id);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "could not read the operations journal")
+        }
     }
 }

@@ -388,6 +388,27 @@ impl SharedDb {
         Ok(())
     }
 
+    /// Whether any table holds a row of tenant `id`.
+    pub async fn has_rows(&self, id: &TenantId) -> anyhow::Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        scope_tx(&mut tx, id.as_str()).await?;
+        let mut found = false;
+        for table in TENANT_TABLES {
+            found = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT EXISTS (SELECT 1 FROM {table} WHERE tenant_id = $1)"
+            )))
+            .bind(id.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .with_context(|| format!("looking for rows of tenant '{id}' in {table}"))?;
+            if found {
+                break;
+            }
+        }
+        tx.rollback().await?;
+        Ok(found)
+    }
+
     /// Deletes every row of a tenant, and its directory entry, in one transaction.
     pub async fn purge(&self, id: &TenantId) -> anyhow::Result<u64> {
         let mut tx = self.pool.begin().await?;

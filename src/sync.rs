@@ -67,6 +67,9 @@ pub struct ConfigSync {
     control: ControlDb,
     /// One catch-up at a time, so they apply in order and never query twice for one change.
     catching_up: tokio::sync::Mutex<()>,
+    /// The token of the last change applied (see [`crate::control::Changes`]): by version,
+    /// so a catch-up can tell that the control database still holds that change.
+    mark: Mutex<Option<(i64, String)>>,
     report: Mutex<BusReport>,
 }
 
@@ -91,6 +94,7 @@ impl ConfigSync {
             registry,
             control,
             catching_up: tokio::sync::Mutex::new(()),
+            mark: Mutex::new(None),
             report: Mutex::new(BusReport {
                 state: BusState::Connecting,
                 since: unix_now(),
@@ -132,24 +136,63 @@ impl ConfigSync {
     /// Loads every tenant, replacing what the registry holds.
     pub async fn full_load(&self) -> anyhow::Result<()> {
         let _guard = self.catching_up.lock().await;
-        let (tenants, version) = self.control.load_all().await?;
+        self.full_load_locked().await
+    }
+
+    async fn full_load_locked(&self) -> anyhow::Result<()> {
+        let (tenants, version, mark) = self.control.load_all_marked().await?;
         self.registry.replace_all(tenants, version);
+        *self.mark.lock().unwrap_or_else(|e| e.into_inner()) = mark.map(|m| (version, m));
         Ok(())
     }
 
     /// Applies everything the control database has above the registry's version. Returns
-    /// how many changes were applied.
+    /// how many changes were applied. When the control database no longer holds the change
+    /// this instance applied last (it was restored to an earlier state), reloads everything
+    /// instead.
     pub async fn catch_up(&self) -> anyhow::Result<usize> {
         let _guard = self.catching_up.lock().await;
-        let changes = self.control.changes_since(self.registry.version()).await?;
-        Ok(self.registry.apply(changes))
+        let held = self.registry.version();
+        let changes = self.control.changes_after(held).await?;
+        let remembered = self.mark.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some((version, mark)) = remembered {
+            if version == held && changes.mark_at_after.as_ref() != Some(&mark) {
+                tracing::warn!(
+                    held,
+                    "the control database no longer holds the change this instance applied \
+                     last (restored from a backup?); reloading every tenant"
+                );
+                self.full_load_locked().await?;
+                return Ok(self.registry.snapshot().len());
+            }
+        }
+        let applied = self.registry.apply(changes.changes);
+        if let Some(last) = changes.last_mark {
+            if last.0 == self.registry.version() {
+                *self.mark.lock().unwrap_or_else(|e| e.into_inner()) = Some(last);
+            }
+        }
+        Ok(applied)
     }
 
     /// Compares versions with the control database and catches up if behind. If the control
-    /// database is *behind* this instance (restored from a backup), reloads everything.
+    /// database is *behind* this instance, or holds another change at this instance's
+    /// version (restored from a backup, then written to), reloads everything.
     pub async fn reconcile(&self) -> anyhow::Result<()> {
         let held = self.registry.version();
         let latest = self.control.max_version().await?;
+        let remembered = self.mark.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some((version, mark)) = remembered.filter(|(v, _)| *v == held && held <= latest) {
+            if self.control.mark_at(version).await?.as_ref() != Some(&mark) {
+                tracing::warn!(
+                    held,
+                    latest,
+                    "the control database holds another change at this instance's version \
+                     (restored from a backup?); reloading every tenant"
+                );
+                return self.full_load().await;
+            }
+        }
         if latest > held {
             let n = self.catch_up().await?;
             tracing::info!(

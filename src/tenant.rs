@@ -358,6 +358,9 @@ pub struct Tenant {
     pub isolation: Isolation,
     /// Version from the control database's global sequence; grows with every change.
     pub version: i64,
+    /// Which tenant of this id it is: an id removed and created again is a new
+    /// incarnation, and nothing of the old one (jobs, sessions, data) acts on it.
+    pub incarnation: i64,
 }
 
 impl Tenant {

@@ -5,10 +5,10 @@ use std::path::Path;
 use anyhow::Context as _;
 use serde::Deserialize;
 
-use crate::control::{ControlDb, TenantSpec, UpsertOutcome};
-use crate::provision::{self, MigrationOutcome};
-use crate::shared::SharedDb;
-use crate::tenant::{DatabaseUrl, Isolation, PoolSettings, TenantHost, TenantId, TenantState};
+use crate::operations::{NewTenant, OpError, PoolRequest, TenantOps, TenantPatchRequest};
+use crate::tenant::{
+    DatabaseUrl, Isolation, PoolSettings, Tenant, TenantHost, TenantId, TenantState,
+};
 
 /// The file's shape.
 #[derive(Debug, Deserialize)]
@@ -58,77 +58,164 @@ impl TenantsFile {
 }
 
 /// What importing one tenant did.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportOutcome {
+    /// It was missing and was created (its database provisioned, if it has none).
+    Created,
+    /// It already looked like the file.
+    Unchanged,
+    /// It differed from the file and, with `force`, was made to look like it.
+    Updated(Vec<String>),
+    /// It differs from the file; nothing was changed (import without `force`).
+    Drift(Vec<String>),
+    /// It could not be created or updated; the reason.
+    Refused(String),
+}
+
+/// One tenant's line of an import.
+#[derive(Debug, Clone)]
 pub struct ImportLine {
     /// The tenant.
     pub id: TenantId,
-    /// Its control-database write.
-    pub outcome: UpsertOutcome,
-    /// Its database's migration, for tenants the import provisioned.
-    pub migration: Option<MigrationOutcome>,
+    /// What happened.
+    pub outcome: ImportOutcome,
 }
 
-/// Imports every tenant of `file`. Tenants without a database get one on `provision_server`,
-/// created if missing and migrated. Running it twice changes nothing the second time.
+/// Imports every tenant of `file` through the same operations as the admin API: a missing
+/// tenant is created (a database provisioned and migrated when the file names none; kept
+/// data of a removed tenant is never adopted by an import). An existing tenant is compared
+/// with the file: its state, hosts and pool settings, where it lives. Differences are
+/// reported and left alone, unless `force`, which applies state, hosts and pool; where the
+/// tenant lives (isolation, a database given in the file) is never changed by an import,
+/// because that needs its data moved (`tenants move`). Running it twice changes nothing the
+/// second time.
 pub async fn import(
-    control: &ControlDb,
-    provision_server: &DatabaseUrl,
+    ops: &TenantOps,
     file: &TenantsFile,
-    migrator: &sqlx::migrate::Migrator,
-    shared: Option<(&SharedDb, &DatabaseUrl)>,
+    force: bool,
 ) -> anyhow::Result<Vec<ImportLine>> {
     let mut lines = Vec::new();
     for t in &file.tenants {
-        let (database, provisioned, migration) = match (&t.database, t.isolation) {
-            (Some(_), Isolation::Shared) => {
-                anyhow::bail!(
-                    "tenant '{}': a shared tenant has no database of its own",
-                    t.id
-                )
-            }
-            (None, Isolation::Shared) => {
-                let (db, url) = shared.with_context(|| {
-                    format!(
-                        "tenant '{}' is shared, but no shared database is configured",
-                        t.id
-                    )
-                })?;
-                db.prepare().await?;
-                db.register(&t.id).await?;
-                (url.clone(), false, None)
-            }
-            (Some(url), Isolation::Dedicated) => (url.clone(), false, None),
-            (None, Isolation::Dedicated) => {
-                let name = provision::database_name(&t.id);
-                provision::create_database_if_missing(provision_server, &name).await?;
-                let url = provision_server.with_database(&name);
-                let outcome = provision::migrate_tenant_with(&url, migrator).await;
-                if let MigrationOutcome::Failed(e) = &outcome {
-                    anyhow::bail!("migrating tenant '{}': {e}", t.id);
+        if t.database.is_some() && t.isolation == Isolation::Shared {
+            anyhow::bail!(
+                "tenant '{}': a shared tenant has no database of its own",
+                t.id
+            );
+        }
+    }
+    for t in &file.tenants {
+        let outcome = match ops.control().get_tenant(&t.id).await? {
+            None => {
+                let new = NewTenant {
+                    id: t.id.clone(),
+                    hosts: t.hosts.clone(),
+                    database: t.database.clone(),
+                    pool: t.pool,
+                    state: t.state,
+                    isolation: t.isolation,
+                    adopt: false,
+                };
+                match ops.create(new).await {
+                    Ok(_) => ImportOutcome::Created,
+                    Err(
+                        e @ (OpError::Conflict(_) | OpError::Invalid(_) | OpError::NotFound(_)),
+                    ) => ImportOutcome::Refused(e.to_string()),
+                    Err(e) => {
+                        return Err(
+                            anyhow::Error::from(e).context(format!("importing tenant '{}'", t.id))
+                        );
+                    }
                 }
-                (url, true, Some(outcome))
             }
+            Some(current) => compare(ops, t, &current, force).await?,
         };
-        let spec = TenantSpec {
-            id: t.id.clone(),
-            hosts: t.hosts.clone(),
-            database,
-            provisioned,
-            pool: t.pool,
-            state: t.state,
-            isolation: t.isolation,
-        };
-        let outcome = control
-            .upsert(&spec)
-            .await
-            .with_context(|| format!("importing tenant '{}'", t.id))?;
         lines.push(ImportLine {
             id: t.id.clone(),
             outcome,
-            migration,
         });
     }
     Ok(lines)
+}
+
+async fn compare(
+    ops: &TenantOps,
+    t: &FileTenant,
+    current: &Tenant,
+    force: bool,
+) -> anyhow::Result<ImportOutcome> {
+    let mut fixed = Vec::new();
+    let mut patch = TenantPatchRequest::default();
+    let mut hosts: Vec<&str> = t.hosts.iter().map(|h| h.as_str()).collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    let held: Vec<&str> = current.hosts.iter().map(|h| h.as_str()).collect();
+    if hosts != held {
+        fixed.push(format!(
+            "hosts: {} (file: {})",
+            held.join(","),
+            hosts.join(",")
+        ));
+        patch.hosts = Some(hosts.iter().map(|h| h.to_string()).collect());
+    }
+    if t.state != current.state {
+        fixed.push(format!(
+            "state: {} (file: {})",
+            current.state.as_str(),
+            t.state.as_str()
+        ));
+        patch.state = Some(t.state.as_str().to_string());
+    }
+    if t.pool != current.pool {
+        fixed.push(format!(
+            "pool: {}/{}s (file: {}/{}s)",
+            current.pool.max_connections,
+            current.pool.idle_timeout_secs,
+            t.pool.max_connections,
+            t.pool.idle_timeout_secs
+        ));
+        patch.pool = Some(PoolRequest {
+            max_connections: Some(t.pool.max_connections),
+            idle_timeout_secs: Some(t.pool.idle_timeout_secs),
+        });
+    }
+    let mut kept = Vec::new();
+    if t.isolation != current.isolation {
+        kept.push(format!(
+            "isolation: {} (file: {}; an import never moves data: tenant-router tenants move {} --to {})",
+            current.isolation.as_str(),
+            t.isolation.as_str(),
+            t.id,
+            t.isolation.as_str()
+        ));
+    } else if t.database.as_ref().is_some_and(|d| *d != current.database) {
+        kept.push(format!(
+            "database: {} (file: {}; an import never repoints a tenant: tenant-router tenants update {} --database …)",
+            current.database.redacted(),
+            t.database.as_ref().map(|d| d.redacted()).unwrap_or_default(),
+            t.id
+        ));
+    }
+    if fixed.is_empty() && kept.is_empty() {
+        return Ok(ImportOutcome::Unchanged);
+    }
+    if !force || fixed.is_empty() {
+        fixed.extend(kept);
+        return Ok(ImportOutcome::Drift(fixed));
+    }
+    match ops.update(&t.id, patch, Some(current.version)).await {
+        Ok(_) => {
+            if kept.is_empty() {
+                Ok(ImportOutcome::Updated(fixed))
+            } else {
+                fixed.extend(kept.into_iter().map(|k| format!("NOT CHANGED {k}")));
+                Ok(ImportOutcome::Updated(fixed))
+            }
+        }
+        Err(e @ (OpError::Conflict(_) | OpError::Invalid(_) | OpError::Stale { .. })) => {
+            Ok(ImportOutcome::Refused(e.to_string()))
+        }
+        Err(e) => Err(anyhow::Error::from(e).context(format!("updating tenant '{}'", t.id))),
+    }
 }
 
 #[cfg(test)]

@@ -52,7 +52,7 @@ pub(super) async fn submit_as(
     run_at: Option<i64>,
 ) -> Result<Response, ApiError> {
     let job_id = match queue
-        .submit(tenant.id(), kind, payload, Some(user.user_id), run_at)
+        .submit(tenant.tenant(), kind, payload, Some(user.user_id), run_at)
         .await
     {
         Ok(id) => id,
@@ -134,7 +134,7 @@ pub(super) async fn status(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
     let found = queue(&config)?
-        .status(tenant.id(), &id)
+        .status_for(tenant.tenant(), &id)
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "job queue unavailable");

@@ -52,7 +52,7 @@ pub mod reference;
 mod service;
 mod worker;
 
-pub use queue::{JobQueue, JobStatus, Keys, QueueError};
+pub use queue::{JobQueue, JobStatus, Keys, Purged, QueueError, purge_tenant};
 pub use service::run_worker;
 pub use worker::{Worker, WorkerOptions};
 
@@ -132,6 +132,11 @@ pub struct Envelope {
     /// The user of the tenant who submitted it, when a user did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<i64>,
+    /// The incarnation of the tenant it was submitted for: a worker parks, never runs, a job
+    /// whose tenant is now another incarnation (removed and created again). Absent only in
+    /// envelopes written before incarnations existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<i64>,
 }
 
 /// Everything a job may touch: its tenant, that tenant's pool, and that tenant's Redis

@@ -150,6 +150,9 @@ pub struct JobStatus {
     /// The submitting user.
     #[serde(skip)]
     pub user_id: Option<i64>,
+    /// The incarnation of the tenant it was submitted for.
+    #[serde(skip)]
+    pub incarnation: Option<i64>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -247,10 +250,33 @@ impl JobQueue {
             .remove(tenant);
     }
 
-    /// Submits a job for `tenant`, after checking the kind and payload. Returns its id.
+    /// Submits a job for `tenant` (this incarnation of it), after checking the kind and
+    /// payload. Returns its id.
     pub async fn submit(
         &self,
+        tenant: &crate::tenant::Tenant,
+        kind: &str,
+        payload: Value,
+        user_id: Option<i64>,
+        run_at: Option<i64>,
+    ) -> Result<String, QueueError> {
+        self.submit_raw(
+            &tenant.id,
+            Some(tenant.incarnation),
+            kind,
+            payload,
+            user_id,
+            run_at,
+        )
+        .await
+    }
+
+    /// [`Self::submit`] by id, for tools and tests: without an incarnation, the job runs
+    /// for whichever tenant holds the id when it runs.
+    pub async fn submit_raw(
+        &self,
         tenant: &TenantId,
+        incarnation: Option<i64>,
         kind: &str,
         payload: Value,
         user_id: Option<i64>,
@@ -260,6 +286,7 @@ impl JobQueue {
         let envelope = Envelope {
             job_id: new_job_id(),
             tenant_id: tenant.clone(),
+            incarnation,
             kind: kind.to_string(),
             payload,
             attempt: 0,
@@ -286,6 +313,13 @@ impl JobQueue {
                     ("status", "queued".to_string()),
                     ("attempts", "0".to_string()),
                     ("enqueued_at", envelope.enqueued_at.to_string()),
+                    (
+                        "incarnation",
+                        envelope
+                            .incarnation
+                            .map(|i| i.to_string())
+                            .unwrap_or_default(),
+                    ),
                     (
                         "user_id",
                         envelope.user_id.map(|u| u.to_string()).unwrap_or_default(),
@@ -322,7 +356,19 @@ impl JobQueue {
         Ok(())
     }
 
-    /// A job's status, if `tenant` has a job with this id.
+    /// A job's status, if `tenant` (this incarnation of it) has a job with this id.
+    pub async fn status_for(
+        &self,
+        tenant: &crate::tenant::Tenant,
+        job_id: &str,
+    ) -> Result<Option<JobStatus>, QueueError> {
+        Ok(self
+            .status(&tenant.id, job_id)
+            .await?
+            .filter(|s| s.incarnation.is_none_or(|i| i == tenant.incarnation)))
+    }
+
+    /// A job's status, if a tenant with this id (any incarnation) has a job with this id.
     pub async fn status(
         &self,
         tenant: &TenantId,
@@ -352,6 +398,7 @@ impl JobQueue {
                 .get("result")
                 .and_then(|r| serde_json::from_str(r).ok()),
             user_id: num("user_id"),
+            incarnation: num("incarnation"),
         }))
     }
 }
@@ -375,4 +422,131 @@ pub(crate) async fn ring(
             .ignore();
     }
     pipe.query_async(&mut **conn).await
+}
+
+/// What [`purge_tenant`] removed.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Purged {
+    /// Keys of the tenant's namespace: its stream, job statuses and job-owned keys.
+    pub keys: u64,
+    /// Its delayed jobs (retries and `run_at`).
+    pub delayed: u64,
+    /// Its dead-lettered jobs.
+    pub dead: u64,
+    /// Its parked jobs.
+    pub parked: u64,
+}
+
+/// Removes everything of `tenant` from Redis: every key under `<prefix>t:<tenant>:` (the job
+/// stream, statuses, the namespace jobs write to), its entries in the delayed set and the
+/// dead and parked streams, and its membership of the set of tenants with streams.
+pub async fn purge_tenant(
+    pool: &deadpool_redis::Pool,
+    keys: &Keys,
+    tenant: &TenantId,
+) -> Result<Purged, QueueError> {
+    let mut conn = pool.get().await?;
+    let mut purged = Purged::default();
+    // Tenant ids are `[a-z0-9-]`: no glob character; the prefix is escaped.
+    let pattern = format!("{}t:{tenant}:*", escape_glob(keys.stream_prefix()));
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut *conn)
+            .await?;
+        if !found.is_empty() {
+            let n: u64 = redis::cmd("UNLINK")
+                .arg(&found)
+                .query_async(&mut *conn)
+                .await?;
+            purged.keys += n;
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let member_prefix = format!("{tenant}\n");
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("ZSCAN")
+            .arg(keys.delayed())
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{tenant}\n*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut *conn)
+            .await?;
+        // ZSCAN returns members and scores alternately.
+        let members: Vec<&String> = found
+            .iter()
+            .step_by(2)
+            .filter(|m| m.starts_with(&member_prefix))
+            .collect();
+        if !members.is_empty() {
+            let n: u64 = conn.zrem(keys.delayed(), &members).await?;
+            purged.delayed += n;
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    purged.dead = purge_stream_entries(&mut conn, &keys.dead(), tenant).await?;
+    purged.parked = purge_stream_entries(&mut conn, &keys.parked(), tenant).await?;
+    let _: u64 = conn.srem(keys.tenants(), tenant.as_str()).await?;
+    Ok(purged)
+}
+
+/// Deletes the entries of `stream` whose `tenant_id` field is `tenant`.
+async fn purge_stream_entries(
+    conn: &mut deadpool_redis::Connection,
+    stream: &str,
+    tenant: &TenantId,
+) -> Result<u64, QueueError> {
+    let mut start = "-".to_string();
+    let mut removed = 0;
+    loop {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut **conn)
+            .await?;
+        let Some(last) = reply.ids.last() else { break };
+        start = format!("({}", last.id);
+        let ids: Vec<&str> = reply
+            .ids
+            .iter()
+            .filter(|e| e.get::<String>("tenant_id").as_deref() == Some(tenant.as_str()))
+            .map(|e| e.id.as_str())
+            .collect();
+        if !ids.is_empty() {
+            let n: u64 = conn.xdel(stream, &ids).await?;
+            removed += n;
+        }
+        if reply.ids.len() < 1000 {
+            break;
+        }
+    }
+    Ok(removed)
+}
+
+fn escape_glob(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

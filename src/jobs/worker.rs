@@ -675,8 +675,14 @@ impl Worker {
         } = d;
         let tenant = envelope.tenant_id.clone();
         // Fail closed: the tenant comes from this worker's registry or the job does not run.
+        let wanted = envelope.incarnation;
+        let current = |entry: &Option<Arc<crate::registry::TenantEntry>>| {
+            entry
+                .as_ref()
+                .is_some_and(|e| wanted.is_none_or(|i| i == e.tenant().incarnation))
+        };
         let mut entry = self.sync.registry().snapshot().get(&tenant).cloned();
-        if entry.is_none() {
+        if !current(&entry) {
             // Maybe this worker is a moment behind: ask the control database once.
             let _ = self.sync.catch_up().await;
             entry = self.sync.registry().snapshot().get(&tenant).cloned();
@@ -688,6 +694,19 @@ impl Worker {
                         &envelope,
                         &stream_id,
                         Finish::Parked("the tenant is unknown or was deleted".into()),
+                    )
+                    .await;
+            }
+            Some(e) if wanted.is_some_and(|i| i != e.tenant().incarnation) => {
+                return self
+                    .finish(
+                        &envelope,
+                        &stream_id,
+                        Finish::Parked(
+                            "the tenant it was submitted for was removed; this id is now \
+                             another tenant"
+                                .into(),
+                        ),
                     )
                     .await;
             }

@@ -161,6 +161,7 @@ pub fn spec(id: &str, hosts: &[&str], database: DatabaseUrl) -> TenantSpec {
         pool: PoolSettings::default(),
         state: TenantState::Active,
         isolation: Default::default(),
+        incarnation: None,
     }
 }
 

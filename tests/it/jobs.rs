@@ -494,8 +494,9 @@ async fn jobs_of_a_deleted_or_unknown_tenant_are_parked_and_write_nothing() {
     let first = submit(&cluster, &server, &other, "diag.record", json!({})).await;
     // And a job naming a tenant that never existed.
     let ghost = queue(&cluster)
-        .submit(
+        .submit_raw(
             &TenantId::parse("ghost").unwrap(),
+            None,
             "diag.record",
             json!({}),
             None,
@@ -649,7 +650,8 @@ async fn one_tenants_backlog_does_not_starve_another() {
     let flood_id = TenantId::parse("jobs-flood").unwrap();
     // 10,000 jobs queued for one tenant before any worker runs.
     for _ in 0..20 {
-        let batch = (0..500).map(|_| q.submit(&flood_id, "diag.record", json!({}), None, None));
+        let batch =
+            (0..500).map(|_| q.submit_raw(&flood_id, None, "diag.record", json!({}), None, None));
         for r in futures_util::future::join_all(batch).await {
             r.unwrap();
         }

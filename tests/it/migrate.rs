@@ -3,7 +3,6 @@
 use std::process::Command;
 
 use tenant_router::control::ControlDb;
-use tenant_router::provision;
 use tenant_router::tenant::DatabaseUrl;
 
 use crate::harness::{shared_postgres, spec, unique_name};
@@ -135,8 +134,9 @@ async fn a_broken_tenant_is_reported_and_the_rest_migrate() {
 
 #[tokio::test]
 async fn importing_the_tenants_file_twice_changes_nothing() {
-    use tenant_router::control::UpsertOutcome;
-    use tenant_router::tenants_file::{TenantsFile, import};
+    use tenant_router::operations::TenantOps;
+    use tenant_router::provision::TenantMigrations;
+    use tenant_router::tenants_file::{ImportOutcome, TenantsFile, import};
 
     let pg = shared_postgres().await;
     let control_url = pg.create_database(&unique_name("control")).await.unwrap();
@@ -157,18 +157,21 @@ async fn importing_the_tenants_file_twice_changes_nothing() {
     )
     .unwrap();
     let file = TenantsFile::load(&path).unwrap();
-    let server = pg.url("postgres");
+    let ops = TenantOps::new(
+        control.clone(),
+        pg.url("postgres"),
+        TenantMigrations::BuiltIn,
+    );
 
-    let first = import(&control, &server, &file, &provision::TENANT_MIGRATOR, None)
-        .await
-        .unwrap();
-    assert!(first.iter().all(|l| l.outcome == UpsertOutcome::Created));
-    let before = control.load_tenants().await.unwrap();
-    let second = import(&control, &server, &file, &provision::TENANT_MIGRATOR, None)
-        .await
-        .unwrap();
+    let first = import(&ops, &file, false).await.unwrap();
     assert!(
-        second.iter().all(|l| l.outcome == UpsertOutcome::Unchanged),
+        first.iter().all(|l| l.outcome == ImportOutcome::Created),
+        "{first:?}"
+    );
+    let before = control.load_tenants().await.unwrap();
+    let second = import(&ops, &file, false).await.unwrap();
+    assert!(
+        second.iter().all(|l| l.outcome == ImportOutcome::Unchanged),
         "{second:?}"
     );
     assert_eq!(
@@ -184,18 +187,12 @@ async fn importing_the_tenants_file_twice_changes_nothing() {
         db1.expose()
     );
     std::fs::write(&path, clash).unwrap();
-    let err = import(
-        &control,
-        &server,
-        &TenantsFile::load(&path).unwrap(),
-        &provision::TENANT_MIGRATOR,
-        None,
-    )
-    .await
-    .unwrap_err();
+    let lines = import(&ops, &TenantsFile::load(&path).unwrap(), false)
+        .await
+        .unwrap();
     assert!(
-        format!("{err:#}").contains("already belongs to tenant 'imp-1'"),
-        "{err:#}"
+        matches!(&lines[0].outcome, ImportOutcome::Refused(why) if why.contains("already belongs to tenant 'imp-1'")),
+        "{lines:?}"
     );
     assert_eq!(control.load_tenants().await.unwrap(), before);
 }

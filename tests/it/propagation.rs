@@ -372,6 +372,7 @@ async fn the_reconcile_catches_a_change_no_hint_announced() {
         pool: PoolSettings::default(),
         state: TenantState::Active,
         isolation: Default::default(),
+        incarnation: None,
     };
     cluster
         .control

@@ -217,6 +217,7 @@ async fn load(
             pool: PoolSettings::default(),
             state: TenantState::Active,
             isolation: Isolation::Shared,
+            incarnation: None,
         };
         let written = control
             .write(&spec, WriteMode::Upsert)
