@@ -8,7 +8,7 @@ use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::future::{Either, Ready, ready};
+use futures_util::future::{BoxFuture, Either, Ready, ready};
 use tower::{Layer, Service};
 
 use crate::host::{self, HostError};
@@ -55,10 +55,13 @@ pub struct TenantService<S> {
 impl<S, B> Service<Request<B>> for TenantService<S>
 where
     S: Service<Request<B>, Response = Response>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = Either<Ready<Result<Response, S::Error>>, S::Future>;
+    type Future =
+        Either<Ready<Result<Response, S::Error>>, BoxFuture<'static, Result<Response, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -69,7 +72,21 @@ where
             Ok(entry) => {
                 tracing::Span::current().record("tenant.id", entry.tenant().id.as_str());
                 req.extensions_mut().insert(CurrentTenant(entry));
-                Either::Right(self.inner.call(req))
+                let response = self.inner.call(req);
+                let registry = Arc::clone(&self.registry);
+                Either::Right(Box::pin(async move {
+                    let response = response.await?;
+                    // The tenant's data was not where this instance sent the request: its
+                    // routing may be stale (a move whose announcement never came).
+                    if response
+                        .extensions()
+                        .get::<crate::problem::StaleRouting>()
+                        .is_some()
+                    {
+                        registry.suspect_stale();
+                    }
+                    Ok(response)
+                }))
             }
             Err(refusal) => Either::Left(ready(Ok(refusal.into_response()))),
         }

@@ -990,6 +990,8 @@ impl TenantOps {
                     .and_then(|f| f.parse().ok());
                 if let (Some(from), Some(source)) = (from, &r.database) {
                     op.mark_dirty();
+                    // The switch may never have been announced (killed right after it).
+                    self.announce(HintOp::Upsert, id, current.version).await;
                     clean_source(from, source, id).await.map_err(|e| {
                         OpError::Other(e.context("deleting the rows left at the source"))
                     })?;

@@ -52,6 +52,10 @@ pub enum ApiError {
     /// 503 for one tenant whose database cannot be reached right now.
     #[error("the tenant's database is unavailable")]
     TenantUnavailable,
+    /// 503 for one tenant that is moving, or has moved away from where this instance sent
+    /// the request; the instance refreshes its routing (see [`StaleRouting`]).
+    #[error("the tenant is moving; retry")]
+    TenantMoved,
     /// 503 for a suspended tenant.
     #[error("this tenant is suspended")]
     Suspended,
@@ -75,7 +79,9 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Client(status, _) => *status,
-            Self::TenantUnavailable | Self::Suspended => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TenantUnavailable | Self::TenantMoved | Self::Suspended => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -83,12 +89,33 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        if is_unavailable(&e) {
+        if is_moved(&e) {
+            tracing::info!(error = %e, "tenant moved away from where it was routed");
+            Self::TenantMoved
+        } else if is_unavailable(&e) {
             tracing::warn!(error = %e, "tenant database unavailable");
             Self::TenantUnavailable
         } else {
             Self::Internal(e.into())
         }
+    }
+}
+
+/// Marks a response whose tenant was found moved away from where the request was routed:
+/// the tenant layer then asks the registry's sync to catch up
+/// ([`crate::registry::Registry::suspect_stale`]).
+#[derive(Debug, Clone, Copy)]
+pub struct StaleRouting;
+
+/// True for the error a move's guard raises: the tenant's rows are no longer served from
+/// here (57P03 with the guard's message; see `crate::moving`).
+pub fn is_moved(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.code().as_deref() == Some("57P03")
+                && (db.message().contains("has moved") || db.message().contains("moved or removed"))
+        }
+        _ => false,
     }
 }
 
@@ -153,6 +180,14 @@ impl IntoResponse for ApiError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("300"));
+                response
+            }
+            Self::TenantMoved => {
+                let mut response = render(status, self.to_string(), None);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response.extensions_mut().insert(StaleRouting);
                 response
             }
             Self::TenantUnavailable => {

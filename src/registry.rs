@@ -51,6 +51,9 @@ pub struct Registry {
     budget: Arc<Budget>,
     /// The applied version, for whoever waits on convergence (the bus, tests, benchmarks).
     applied: tokio::sync::watch::Sender<i64>,
+    /// Rung when a request found its tenant gone from where this registry routes it (a
+    /// move's guard answered): the sync catches up without waiting for a hint.
+    stale: tokio::sync::Notify,
 }
 
 /// Maps keyed by strings a client sends. foldhash is several times faster than SipHash on
@@ -173,6 +176,18 @@ impl LazyPool {
 
 impl Registry {
     /// An empty registry.
+    /// Says that a request found its tenant moved away from where this registry sent it:
+    /// the routing may be stale (a move whose announcement was lost, for instance).
+    pub fn suspect_stale(&self) {
+        self.stale.notify_one();
+    }
+
+    /// Completes when [`Self::suspect_stale`] was called since the last time.
+    pub async fn stale_suspected(&self) {
+        self.stale.notified().await;
+    }
+
+    /// A registry with `options`; empty until a load or an apply.
     pub fn new(options: RegistryOptions) -> Self {
         let budget = Budget::new(options.max_total_connections.max(1));
         budget.spawn_reaper(Duration::from_secs(1));
@@ -182,6 +197,7 @@ impl Registry {
         Self {
             current: ArcSwap::from_pointee(Snapshot::default()),
             writer: Mutex::new(()),
+            stale: tokio::sync::Notify::new(),
             wildcard_suffix,
             acquire_timeout: options.acquire_timeout,
             shared: options.shared_database.map(|database| {

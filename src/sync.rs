@@ -229,6 +229,7 @@ impl ConfigSync {
             loop {
                 tokio::select! {
                     _ = reconcile.tick() => self.reconcile_logged().await,
+                    () = self.registry.stale_suspected() => self.stale_catch_up().await,
                     () = stopped(&mut shutdown) => return,
                 }
             }
@@ -268,6 +269,7 @@ impl ConfigSync {
                 tokio::select! {
                     () = &mut wait => break,
                     _ = reconcile.tick() => self.reconcile_logged().await,
+                    () = self.registry.stale_suspected() => self.stale_catch_up().await,
                     () = stopped(&mut shutdown) => return,
                 }
             }
@@ -305,6 +307,7 @@ impl ConfigSync {
                 _ = retry.tick(), if behind => {
                     behind = self.catch_up_logged().await.is_err();
                 }
+                () = self.registry.stale_suspected() => self.stale_catch_up().await,
                 _ = reconcile.tick() => self.reconcile_logged().await,
                 _ = ping.tick() => {
                     match tokio::time::timeout(CONNECT_TIMEOUT, sink.ping::<redis::Value>()).await {
@@ -316,6 +319,21 @@ impl ConfigSync {
                 () = stopped(shutdown) => return Ended::Shutdown,
             }
         }
+    }
+
+    /// A request found its tenant moved away from where this instance sent it: catch up now
+    /// rather than at the next hint or reconcile. At most one such catch-up per 100 ms, so a
+    /// burst of refused requests costs one query.
+    async fn stale_catch_up(&self) {
+        if let Ok(n) = self.catch_up_logged().await {
+            if n > 0 {
+                tracing::info!(
+                    applied = n,
+                    "caught up after a request found its tenant moved"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     async fn catch_up_logged(&self) -> anyhow::Result<usize> {

@@ -771,6 +771,11 @@ impl Worker {
                 }
             }
         };
+        if outcome.as_ref().is_err_and(|e| e.retryable) {
+            // The tenant may have moved under this worker (a guard refused the write): the
+            // retry should find it where the control database says it is now.
+            let _ = self.sync.catch_up().await;
+        }
         let finish = match outcome {
             Ok(result) => Finish::Succeeded(result),
             Err(e) if e.retryable && attempts < self.options.max_attempts => {

@@ -9,6 +9,7 @@ mod cluster;
 mod demo;
 mod harness;
 mod jobs;
+mod lifecycle;
 mod local;
 mod migrate;
 mod notes;
