@@ -608,6 +608,7 @@ impl TenantOps {
                 if !exists || ours {
                     created_here = Some(name);
                 }
+                op.step("provisioned", serde_json::json!({}), None).await?;
                 // An existing database adopted by hand was not made by the router: it is
                 // never dropped by it.
                 (made.database, !exists || ours)
@@ -761,21 +762,26 @@ impl TenantOps {
                     .delete(id)
                     .await?
                     .ok_or_else(|| OpError::NotFound(id.to_string()))?;
+                self.announce(HintOp::Remove, id, removed.version).await;
                 op.step(
                     "removed",
                     serde_json::json!({"version": removed.version}),
                     None,
                 )
                 .await?;
-                self.announce(HintOp::Remove, id, removed.version).await;
                 removed.version
             }
-            // A removal killed after its commit: finish what it started.
-            None if resuming => self
-                .control
-                .leftover(id)
-                .await?
-                .map_or(0, |l| l.removed_version),
+            // A removal killed after its commit: finish what it started, announcing it
+            // again in case it died before it could.
+            None if resuming => {
+                let version = self
+                    .control
+                    .leftover(id)
+                    .await?
+                    .map_or(0, |l| l.removed_version);
+                self.announce(HintOp::Remove, id, version).await;
+                version
+            }
             None => return Err(OpError::NotFound(id.to_string())),
         };
         if !purge {

@@ -107,14 +107,18 @@ impl From<sqlx::Error> for ApiError {
 #[derive(Debug, Clone, Copy)]
 pub struct StaleRouting;
 
-/// True for the error a move's guard raises: the tenant's rows are no longer served from
-/// here (57P03 with the guard's message; see `crate::moving`).
+/// True for the errors that mean the tenant's rows are no longer served from here: a move's
+/// guard (57P03 with its message; see `crate::moving`), or a database that no longer exists.
 pub fn is_moved(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Database(db) => {
-            db.code().as_deref() == Some("57P03")
-                && (db.message().contains("has moved") || db.message().contains("moved or removed"))
-        }
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("57P03") => {
+                db.message().contains("has moved") || db.message().contains("moved or removed")
+            }
+            // The database is gone: the tenant was removed (and purged) or moved.
+            Some("3D000") => true,
+            _ => false,
+        },
         _ => false,
     }
 }

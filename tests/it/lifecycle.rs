@@ -558,40 +558,7 @@ async fn a_move_killed_at_any_point_is_completed_by_its_retry() {
         ("dedicated", "move:switched"),
         ("shared", "move:announced"),
     ] {
-        let mut child = cluster
-            .command(&["tenants", "move", &id, "--to", to])
-            .env("TENANT_ROUTER_FAILPOINT", point)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let reached = tokio::task::spawn_blocking(move || {
-            use std::io::Read as _;
-            let mut seen = String::new();
-            let mut buf = [0u8; 4096];
-            let whole_line = |s: &str| {
-                s.find("failpoint reached")
-                    .is_some_and(|at| s[at..].contains('\n'))
-            };
-            while !whole_line(&seen) {
-                match stderr.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
-                }
-            }
-            seen
-        });
-        let seen = tokio::time::timeout(Duration::from_secs(120), reached)
-            .await
-            .expect("the move reached its failpoint")
-            .unwrap();
-        assert!(
-            seen.contains(&format!("failpoint reached: {point}")),
-            "{seen}"
-        );
-        kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
-        let _ = child.wait();
+        kill_at(&cluster, &["tenants", "move", &id, "--to", to], point).await;
 
         // Interrupted, and said so.
         let doctor = cli(&cluster, &["tenants", "doctor"]);
@@ -882,4 +849,107 @@ async fn an_instance_notices_a_restored_control_database() {
     let (held, _) = cluster.view(&server).await;
     assert!(!held.contains_key(&lost), "{held:?}");
     assert!(held.contains_key(&kept));
+}
+
+/// Starts the CLI with `args` and `TENANT_ROUTER_FAILPOINT=point`, waits until it stops
+/// there, and kills it with SIGKILL.
+async fn kill_at(cluster: &Cluster, args: &[&str], point: &str) {
+    let mut child = cluster
+        .command(args)
+        .env("TENANT_ROUTER_FAILPOINT", point)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reached = tokio::task::spawn_blocking(move || {
+        use std::io::Read as _;
+        let mut seen = String::new();
+        let mut buf = [0u8; 4096];
+        let whole_line = |s: &str| {
+            s.find("failpoint reached")
+                .is_some_and(|at| s[at..].contains('\n'))
+        };
+        while !whole_line(&seen) {
+            match stderr.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        seen
+    });
+    let seen = tokio::time::timeout(Duration::from_secs(120), reached)
+        .await
+        .expect("the command reached its failpoint")
+        .unwrap();
+    assert!(
+        seen.contains(&format!("failpoint reached: {point}")),
+        "{seen}"
+    );
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_create_or_remove_is_reported_and_completed_or_rolled_back() {
+    let cluster = Cluster::new().await;
+    let server = cluster.start("server").await;
+    let id = uid("crash");
+    let host = format!("{id}.example.org");
+    let add = ["tenants", "add", id.as_str(), "--host", host.as_str()];
+
+    // Killed after its database was made, before the tenant was stored: reported, and
+    // `repair` rolls it back.
+    kill_at(&cluster, &add, "create:provisioned").await;
+    assert!(database_exists(&database_of(&id)).await);
+    let doctor = cli(&cluster, &["tenants", "doctor"]);
+    assert_eq!(doctor.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&doctor.stdout).contains("create"));
+    let repair = cli(&cluster, &["tenants", "repair", &id]);
+    assert!(
+        repair.status.success(),
+        "{}",
+        String::from_utf8_lossy(&repair.stderr)
+    );
+    assert!(!database_exists(&database_of(&id)).await);
+    assert!(cli(&cluster, &["tenants", "doctor"]).status.success());
+
+    // Killed at the same point again: the same command retried completes it, on the
+    // database the first attempt made (not a leftover of anyone else's).
+    kill_at(&cluster, &add, "create:provisioned").await;
+    let retry = cli(&cluster, &add);
+    assert!(
+        retry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retry.stderr)
+    );
+    cluster
+        .assert_converged(&[&server], Duration::from_secs(10))
+        .await;
+    let token = user(&cluster, &server, &host, "someone@example.com").await;
+    add_note(&cluster, &server, &host, &token, "kept?").await;
+
+    // A purging removal killed after its commit: the tenant is gone, its data kept and
+    // blocking the id; re-creating it is refused until the removal is retried, which
+    // completes the purge.
+    let remove = ["tenants", "remove", id.as_str(), "--drop-database"];
+    kill_at(&cluster, &remove, "remove:removed").await;
+    let (status, _) = notes(&cluster, &server, &host, &token).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(database_exists(&database_of(&id)).await);
+    let (status, problem) = create(&cluster, &server, json!({"id": id, "hosts": [host]})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("interrupted"),
+        "{problem}"
+    );
+    let retry = cli(&cluster, &remove);
+    assert!(
+        retry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retry.stderr)
+    );
+    assert!(!database_exists(&database_of(&id)).await);
+    let (status, body) = create(&cluster, &server, json!({"id": id, "hosts": [host]})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
 }
