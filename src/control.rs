@@ -150,6 +150,29 @@ impl ControlDb {
         self.base_domain.as_deref()
     }
 
+    /// Records this writer's base domain in the control database, so writers configured
+    /// without one enforce the same wildcard rule. Says so when it replaces another.
+    pub async fn remember_base_domain(&self) -> anyhow::Result<()> {
+        let Some(base) = self.base_domain.as_deref() else {
+            return Ok(());
+        };
+        let before: Option<String> = sqlx::query_scalar(
+            "WITH old AS (SELECT value FROM control_settings WHERE key = 'base_domain')
+             INSERT INTO control_settings (key, value) VALUES ('base_domain', $1)
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
+             RETURNING (SELECT value FROM old)",
+        )
+        .bind(base)
+        .fetch_one(&self.pool)
+        .await
+        .context("recording the base domain")?;
+        if let Some(before) = before.filter(|b| b != base) {
+            tracing::warn!(before = %before, now = %base,
+                "the control database's base domain changed: instances disagree on it");
+        }
+        Ok(())
+    }
+
     /// A connection of its own, outside the pool: for a lock held across slow work
     /// (provisioning), which must not take a pooled connection that the work itself needs.
     pub async fn dedicated_connection(&self) -> anyhow::Result<sqlx::PgConnection> {
@@ -399,8 +422,22 @@ impl ControlDb {
         hosts: &[String],
         creating: bool,
     ) -> Result<(), WriteError> {
-        let Some(base) = self.base_domain.as_deref() else {
-            return Ok(());
+        // A writer configured without a base domain (a CLI, say) follows the one the
+        // servers recorded.
+        let base = match self.base_domain.as_deref() {
+            Some(base) => base.to_string(),
+            None => {
+                let stored: Option<String> = sqlx::query_scalar(
+                    "SELECT value FROM control_settings WHERE key = 'base_domain'",
+                )
+                .fetch_optional(&mut *tx)
+                .await
+                .context("reading the base domain")?;
+                match stored {
+                    Some(base) => base,
+                    None => return Ok(()),
+                }
+            }
         };
         let suffix = format!(".{base}");
         for host in hosts {
@@ -672,6 +709,23 @@ impl ControlDb {
     pub async fn tenant_using_database(&self, name: &str) -> anyhow::Result<Option<String>> {
         Ok(sqlx::query_scalar(
             "SELECT id FROM tenants
+             WHERE right(split_part(database_url, '?', 1), length($1) + 1) = '/' || $1
+             LIMIT 1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Who has database `name` (on any server): a dedicated tenant, or a removed tenant
+    /// whose kept data is there.
+    pub async fn database_owner(&self, name: &str) -> anyhow::Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM (
+                 SELECT id, database_url FROM tenants WHERE isolation = 'dedicated'
+                 UNION ALL
+                 SELECT tenant_id, database_url FROM tenant_leftovers WHERE isolation = 'dedicated'
+             ) o
              WHERE right(split_part(database_url, '?', 1), length($1) + 1) = '/' || $1
              LIMIT 1",
         )

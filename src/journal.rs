@@ -85,9 +85,14 @@ fn lock_key_sql() -> &'static str {
 
 impl ControlDb {
     /// Takes the tenant's operation lock, without a journal row: for changes made in one
-    /// transaction (updates), which must not run in the middle of a move.
+    /// transaction (updates), which must not run in the middle of a move, nor after one
+    /// was interrupted and before it is completed.
     pub async fn lock_tenant(&self, tenant: &TenantId) -> Result<Operation, Refused> {
-        let conn = self.try_lock(tenant).await?;
+        let mut conn = self.try_lock(tenant).await?;
+        if let Some(open) = open_operation(&mut conn, tenant).await? {
+            let _ = conn.close().await;
+            return Err(Refused::Interrupted(Box::new(open)));
+        }
         Ok(Operation {
             conn,
             id: None,

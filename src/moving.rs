@@ -438,3 +438,29 @@ pub(crate) async fn clean_source(
     }
     Ok(())
 }
+
+/// Takes the guard of an earlier move off a dedicated database that is adopted again (see
+/// [`Source::guard`]), so the tenant can write to it.
+pub(crate) async fn lift_guard(database: &DatabaseUrl) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect_with(&database.connect_options())
+        .await
+        .with_context(|| format!("connecting to {database}"))?;
+    for t in TABLES {
+        // Tables not made yet (a database given by hand, before `migrate`) have no guard.
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(t.name)
+            .fetch_one(&mut conn)
+            .await?;
+        if exists {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP TRIGGER IF EXISTS tenant_router_moved ON {}",
+                t.name
+            )))
+            .execute(&mut conn)
+            .await
+            .context("lifting a move's guard")?;
+        }
+    }
+    let _ = conn.close().await;
+    Ok(())
+}

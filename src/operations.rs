@@ -552,6 +552,7 @@ impl TenantOps {
                                 "migrating the adopted database: {e}"
                             )));
                         }
+                        crate::moving::lift_guard(&l.database).await?;
                         (l.database.clone(), l.provisioned)
                     }
                 }
@@ -570,11 +571,13 @@ impl TenantOps {
                 (url.clone(), false)
             }
             (None, Isolation::Dedicated) if new.database.is_some() => {
-                // A database given by hand is adopted by saying so.
-                (
-                    new.database.clone().unwrap_or_else(|| unreachable!()),
-                    false,
-                )
+                // A database given by hand is adopted by saying so, unless another tenant
+                // (or a removed tenant's kept data) has it.
+                let database = new.database.clone().unwrap_or_else(|| unreachable!());
+                self.check_database_free(&new.id, &database).await?;
+                // A database an earlier tenant moved out of keeps that move's guard.
+                crate::moving::lift_guard(&database).await?;
+                (database, false)
             }
             (None, Isolation::Dedicated) => {
                 let name = provision::database_name(&new.id);
@@ -593,8 +596,14 @@ impl TenantOps {
                          drop it first"
                     )));
                 }
-                op.step("provisioning", serde_json::json!({"database": name}), None)
-                    .await?;
+                // The journal says whether this create makes the database (and may drop it on
+                // a rollback) or adopts one that was there (never dropped).
+                let detail = if exists && !ours {
+                    serde_json::json!({"adopting": name})
+                } else {
+                    serde_json::json!({"database": name})
+                };
+                op.step("provisioning", detail, None).await?;
                 let migrator = self
                     .migrations
                     .load()
@@ -605,6 +614,9 @@ impl TenantOps {
                     .map_err(OpError::Provisioning)?;
                 tracing::info!(tenant.id = %new.id, database = %made.database,
                     migrations = made.migrations, adopted = exists && !ours, "provisioned");
+                if exists && !ours {
+                    crate::moving::lift_guard(&made.database).await?;
+                }
                 if !exists || ours {
                     created_here = Some(name);
                 }
@@ -625,7 +637,18 @@ impl TenantOps {
             incarnation,
         };
         match self.control.write(&spec, WriteMode::Create).await {
-            Ok(written) => Ok(written.tenant),
+            Ok(written) => {
+                if incarnation.is_some() {
+                    // Adopted: its jobs that waited for this run now.
+                    if let Some((pool, keys)) = &self.redis {
+                        if let Err(e) = crate::jobs::wake_tenant(pool, keys, &new.id).await {
+                            tracing::warn!(tenant.id = %new.id, error = %e,
+                                "the adopted tenant's waiting jobs run at their next look");
+                        }
+                    }
+                }
+                Ok(written.tenant)
+            }
             Err(e) => {
                 if let Some(name) = &created_here {
                     self.drop_quietly(name).await;
@@ -638,6 +661,27 @@ impl TenantOps {
                 Err(write_error(e, &new.id))
             }
         }
+    }
+
+    /// Refuses a database that another tenant uses, or that a removed tenant's kept data is
+    /// in: two tenants on one database would read each other's rows.
+    async fn check_database_free(
+        &self,
+        id: &TenantId,
+        database: &DatabaseUrl,
+    ) -> Result<(), OpError> {
+        let Some(name) = database.database_name() else {
+            return Ok(());
+        };
+        if let Some(owner) = self.control.database_owner(name).await? {
+            if owner != id.as_str() {
+                return Err(OpError::Conflict(format!(
+                    "database '{name}' is already the database of tenant '{owner}' (or of its \
+                     kept data); two tenants never share a database"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Changes a tenant. With `if_match`, a tenant at another version is refused
@@ -676,6 +720,9 @@ impl TenantOps {
             }
             let provisioned = self.control.is_provisioned(id).await?;
             let spec = merge(&current, provisioned, &patch).map_err(OpError::Invalid)?;
+            if spec.database != current.database {
+                self.check_database_free(id, &spec.database).await?;
+            }
             match self
                 .control
                 .write(
@@ -890,6 +937,12 @@ impl TenantOps {
                     .database_name()
                     .context("the provisioned database URL names no database")?
                     .to_string();
+                if let Some(user) = self.control.tenant_using_database(&name).await? {
+                    return Err(OpError::Conflict(format!(
+                        "database '{name}' of the removed tenant '{id}' is now used by tenant \
+                         '{user}'; it is not dropped"
+                    )));
+                }
                 self.wait_until_unused(&name).await;
                 provision::drop_database(&self.provision_server, &name)
                     .await
@@ -904,14 +957,16 @@ impl TenantOps {
             Isolation::Dedicated => {}
         }
         let redis = match &self.redis {
-            Some((pool, keys)) => Some(crate::jobs::purge_tenant(pool, keys, id).await.map_err(
-                |e| {
-                    OpError::Other(anyhow::anyhow!(
-                        "tenant '{id}' was removed, but its Redis keys could not be \
+            Some((pool, keys)) => Some(
+                crate::jobs::purge_tenant(pool, keys, id, Some(leftover.incarnation))
+                    .await
+                    .map_err(|e| {
+                        OpError::Other(anyhow::anyhow!(
+                            "tenant '{id}' was removed, but its Redis keys could not be \
                              deleted ({e}); retry the removal"
-                    ))
-                },
-            )?),
+                        ))
+                    })?,
+            ),
             None => None,
         };
         if let Some(dir) = &self.files_dir {
@@ -964,7 +1019,7 @@ impl TenantOps {
         to: Isolation,
         op: &mut Operation,
     ) -> Result<MoveReport, OpError> {
-        use crate::moving::{Source, clean_source, copy_to_dedicated, copy_to_shared};
+        use crate::moving::{Source, copy_to_dedicated, copy_to_shared};
         let resumed = op.resumed().cloned();
         if resumed
             .as_ref()
@@ -998,9 +1053,13 @@ impl TenantOps {
                     op.mark_dirty();
                     // The switch may never have been announced (killed right after it).
                     self.announce(HintOp::Upsert, id, current.version).await;
-                    clean_source(from, source, id).await.map_err(|e| {
-                        OpError::Other(e.context("deleting the rows left at the source"))
-                    })?;
+                    let source_provisioned =
+                        r.detail.get("source_provisioned") == Some(&serde_json::Value::Bool(true));
+                    self.retire_source(from, source, source_provisioned, id)
+                        .await
+                        .map_err(|e| {
+                            OpError::Other(e.context("deleting the rows left at the source"))
+                        })?;
                     tracing::info!(tenant.id = %id, "completed an interrupted move");
                 }
             }
@@ -1012,19 +1071,61 @@ impl TenantOps {
                 copied: Vec::new(),
             });
         }
+        let source_provisioned = self.control.is_provisioned(id).await?;
         op.step(
             "started",
-            serde_json::json!({"from": current.isolation.as_str()}),
+            serde_json::json!({
+                "from": current.isolation.as_str(),
+                "source_provisioned": source_provisioned,
+            }),
             Some(&current.database),
         )
         .await?;
+        // What an interrupted run of this move made at the target is its own to replace;
+        // anything else there is someone's data, never overwritten.
+        let made_before = |key: &str| {
+            resumed
+                .as_ref()
+                .and_then(|r| r.detail.get(key))
+                .and_then(|v| v.as_bool())
+                == Some(true)
+        };
         let (shared, shared_url) = self.shared_db().await?;
         let (target, provisioned) = match to {
             Isolation::Shared => {
-                shared.register(id).await?;
+                let registered = shared.register(id).await?;
+                if !registered && !made_before("target_registered") && shared.has_rows(id).await? {
+                    return Err(OpError::Conflict(format!(
+                        "the shared database holds rows of tenant '{id}' that no tenant owns; \
+                         delete them first (DELETE /admin/leftovers/{id})"
+                    )));
+                }
+                op.step(
+                    "target",
+                    serde_json::json!({"target_registered": true}),
+                    None,
+                )
+                .await?;
                 (shared_url.clone(), false)
             }
             Isolation::Dedicated => {
+                let name = provision::database_name(id);
+                if let Some(owner) = self.control.database_owner(&name).await? {
+                    return Err(OpError::Conflict(format!(
+                        "database '{name}' is the database of tenant '{owner}' (or of its kept \
+                         data); tenant '{id}' cannot move there"
+                    )));
+                }
+                if provision::database_exists(&self.provision_server, &name).await?
+                    && !made_before("target_created")
+                {
+                    return Err(OpError::Conflict(format!(
+                        "database '{name}' already exists on the provisioning server and \
+                         belongs to no tenant; drop it first, then move"
+                    )));
+                }
+                op.step("target", serde_json::json!({"target_created": true}), None)
+                    .await?;
                 let migrator = self
                     .migrations
                     .load()
@@ -1091,7 +1192,7 @@ impl TenantOps {
         self.announce(HintOp::Upsert, id, written.tenant.version)
             .await;
         op.step("announced", serde_json::json!({}), None).await?;
-        clean_source(current.isolation, &current.database, id)
+        self.retire_source(current.isolation, &current.database, source_provisioned, id)
             .await
             .map_err(|e| {
                 OpError::Other(e.context(format!(
@@ -1159,6 +1260,27 @@ impl TenantOps {
             other => Err(OpError::Conflict(format!(
                 "tenant '{id}': an unknown operation '{other}' is open in the journal"
             ))),
+        }
+    }
+
+    /// The last step of a move: the source's rows go. A dedicated database the router made
+    /// is dropped (once no instance holds a connection to it, or after the drop wait), so an
+    /// instance that missed the switch finds no database, not an empty one, and catches up;
+    /// a database given by hand keeps its guard and loses its rows.
+    async fn retire_source(
+        &self,
+        from: Isolation,
+        source: &DatabaseUrl,
+        provisioned: bool,
+        id: &TenantId,
+    ) -> anyhow::Result<()> {
+        match (from, source.database_name()) {
+            (Isolation::Dedicated, Some(name)) if provisioned => {
+                let name = name.to_string();
+                self.wait_until_unused(&name).await;
+                provision::drop_database(&self.provision_server, &name).await
+            }
+            _ => crate::moving::clean_source(from, source, id).await,
         }
     }
 

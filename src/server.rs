@@ -153,6 +153,9 @@ impl Application {
         let ops =
             TenantOps::from_settings(control.clone(), settings)?.with_local_sync(Arc::clone(&sync));
         report_interrupted(&control).await;
+        if let Err(e) = ops.control().remember_base_domain().await {
+            tracing::warn!(error = %format!("{e:#}"), "could not record the base domain");
+        }
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;

@@ -103,6 +103,11 @@ impl ConfigSync {
         }
     }
 
+    /// The control database it follows.
+    pub fn control(&self) -> &ControlDb {
+        &self.control
+    }
+
     /// The registry it keeps.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry

@@ -75,3 +75,11 @@ CREATE TABLE tenant_operations (
 
 CREATE UNIQUE INDEX tenant_operations_open ON tenant_operations (tenant_id)
     WHERE finished_at IS NULL;
+
+-- Settings every writer must agree on, whatever its own configuration: `base_domain`, whose
+-- wildcard hosts (`<id>.<base_domain>`) no other tenant may claim. `serve` records its own
+-- here at start-up; a writer configured without one (a CLI, say) uses this one.
+CREATE TABLE control_settings (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);

@@ -52,7 +52,7 @@ pub mod reference;
 mod service;
 mod worker;
 
-pub use queue::{JobQueue, JobStatus, Keys, Purged, QueueError, purge_tenant};
+pub use queue::{JobQueue, JobStatus, Keys, Purged, QueueError, purge_tenant, wake_tenant};
 pub use service::run_worker;
 pub use worker::{Worker, WorkerOptions};
 

@@ -96,6 +96,12 @@ impl Keys {
     pub fn parked(&self) -> String {
         format!("{}jobs:parked", self.prefix)
     }
+
+    /// Set by a purge of a tenant's incarnation: a worker finishing one of its jobs after
+    /// the purge removes what it wrote (see [`purge_tenant`]).
+    pub fn fence(&self, tenant: &TenantId, incarnation: i64) -> String {
+        format!("{}jobs:fence:{tenant}:{incarnation}", self.prefix)
+    }
 }
 
 /// Why the queue could not take or report a job.
@@ -234,6 +240,31 @@ impl JobQueue {
         match created {
             Ok(()) => {}
             Err(e) if e.code() == Some("BUSYGROUP") => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tenant.clone());
+        Ok(())
+    }
+
+    /// The workers' group on the tenant's stream, if the stream exists; a stream that is
+    /// gone (its tenant purged) is not made again, so a purge stays a purge.
+    pub(crate) async fn ensure_group_if_stream(&self, tenant: &TenantId) -> Result<(), QueueError> {
+        let mut conn = self.pool.get().await?;
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.keys.stream(tenant))
+            .arg(GROUP)
+            .arg("0")
+            .query_async(&mut *conn)
+            .await;
+        match created {
+            Ok(()) => {}
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            // "requires the key to exist": nothing to read.
+            Err(e) if e.to_string().contains("key to exist") => return Ok(()),
             Err(e) => return Err(e.into()),
         }
         self.groups
@@ -424,6 +455,50 @@ pub(crate) async fn ring(
     pipe.query_async(&mut **conn).await
 }
 
+/// Makes every delayed job of `tenant` due now: jobs that waited while their tenant was
+/// removed with its data kept, once it is adopted.
+pub async fn wake_tenant(
+    pool: &deadpool_redis::Pool,
+    keys: &Keys,
+    tenant: &TenantId,
+) -> Result<u64, QueueError> {
+    let mut conn = pool.get().await?;
+    let member_prefix = format!("{tenant}\n");
+    let mut woken = 0;
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("ZSCAN")
+            .arg(keys.delayed())
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{tenant}\n*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut *conn)
+            .await?;
+        for member in found
+            .iter()
+            .step_by(2)
+            .filter(|m| m.starts_with(&member_prefix))
+        {
+            let n: u64 = redis::cmd("ZADD")
+                .arg(keys.delayed())
+                .arg("XX")
+                .arg("CH")
+                .arg(now_ms())
+                .arg(member)
+                .query_async(&mut *conn)
+                .await?;
+            woken += n;
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    Ok(woken)
+}
+
 /// What [`purge_tenant`] removed.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct Purged {
@@ -444,9 +519,22 @@ pub async fn purge_tenant(
     pool: &deadpool_redis::Pool,
     keys: &Keys,
     tenant: &TenantId,
+    incarnation: Option<i64>,
 ) -> Result<Purged, QueueError> {
     let mut conn = pool.get().await?;
     let mut purged = Purged::default();
+    // First the fence, so a worker still running one of this incarnation's jobs removes
+    // what it writes at the end (it checks the fence after writing), whether it writes
+    // before or after the scans below.
+    if let Some(incarnation) = incarnation {
+        let _: () = redis::cmd("SET")
+            .arg(keys.fence(tenant, incarnation))
+            .arg(1)
+            .arg("EX")
+            .arg(STATUS_TTL_SECS)
+            .query_async(&mut *conn)
+            .await?;
+    }
     // Tenant ids are `[a-z0-9-]`: no glob character; the prefix is escaped.
     let pattern = format!("{}t:{tenant}:*", escape_glob(keys.stream_prefix()));
     let mut cursor: u64 = 0;
@@ -504,11 +592,41 @@ pub async fn purge_tenant(
     Ok(purged)
 }
 
+/// Removes what a worker wrote for one job of a purged incarnation: its status, its delayed
+/// entry, its dead or parked entries.
+pub(crate) async fn forget_job(
+    conn: &mut deadpool_redis::Connection,
+    keys: &Keys,
+    envelope: &Envelope,
+    delayed_member: Option<&str>,
+) -> Result<(), QueueError> {
+    let _: u64 = conn
+        .del(keys.job(&envelope.tenant_id, &envelope.job_id))
+        .await?;
+    if let Some(member) = delayed_member {
+        let _: u64 = conn.zrem(keys.delayed(), member).await?;
+    }
+    for stream in [keys.dead(), keys.parked()] {
+        purge_stream_entries_where(conn, &stream, "job_id", &envelope.job_id).await?;
+    }
+    Ok(())
+}
+
 /// Deletes the entries of `stream` whose `tenant_id` field is `tenant`.
 async fn purge_stream_entries(
     conn: &mut deadpool_redis::Connection,
     stream: &str,
     tenant: &TenantId,
+) -> Result<u64, QueueError> {
+    purge_stream_entries_where(conn, stream, "tenant_id", tenant.as_str()).await
+}
+
+/// Deletes the entries of `stream` whose field `field` is `value`.
+async fn purge_stream_entries_where(
+    conn: &mut deadpool_redis::Connection,
+    stream: &str,
+    field: &str,
+    value: &str,
 ) -> Result<u64, QueueError> {
     let mut start = "-".to_string();
     let mut removed = 0;
@@ -526,7 +644,7 @@ async fn purge_stream_entries(
         let ids: Vec<&str> = reply
             .ids
             .iter()
-            .filter(|e| e.get::<String>("tenant_id").as_deref() == Some(tenant.as_str()))
+            .filter(|e| e.get::<String>(field).as_deref() == Some(value))
             .map(|e| e.id.as_str())
             .collect();
         if !ids.is_empty() {

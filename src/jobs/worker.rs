@@ -375,7 +375,7 @@ impl Worker {
                     if e.code() == Some("NOGROUP") {
                         for t in &streams {
                             self.queue.forget_group(t);
-                            let _ = self.queue.ensure_group(t).await;
+                            let _ = self.queue.ensure_group_if_stream(t).await;
                         }
                         let _ = self.ensure_doorbell().await;
                     } else {
@@ -432,7 +432,7 @@ impl Worker {
                     .await;
             }
             for t in &rung {
-                let _ = self.queue.ensure_group(t).await;
+                let _ = self.queue.ensure_group_if_stream(t).await;
             }
             let got_jobs = !batch.is_empty();
             {
@@ -628,7 +628,7 @@ impl Worker {
                 Ok(r) => r,
                 Err(e) if e.code() == Some("NOGROUP") => {
                     self.queue.forget_group(tenant);
-                    let _ = self.queue.ensure_group(tenant).await;
+                    let _ = self.queue.ensure_group_if_stream(tenant).await;
                     continue;
                 }
                 Err(e) => return Err(e.into()),
@@ -689,6 +689,23 @@ impl Worker {
         }
         let entry = match entry {
             None => {
+                // Removed with its data kept: the job is part of that data. It waits for an
+                // adopt (which brings the incarnation back) or a purge (which deletes it).
+                let kept = self.sync.control().leftover(&tenant).await.ok().flatten();
+                if kept.is_some_and(|l| wanted.is_none_or(|i| i == l.incarnation)) {
+                    return self
+                        .finish(
+                            &envelope,
+                            &stream_id,
+                            Finish::Wait(
+                                "its tenant was removed with its data kept: it runs if the \
+                                 tenant is adopted, and goes with a purge"
+                                    .into(),
+                                KEPT_WAIT,
+                            ),
+                        )
+                        .await;
+                }
                 return self
                     .finish(
                         &envelope,
@@ -840,9 +857,54 @@ impl Worker {
         let stream = keys.stream(&envelope.tenant_id);
         let status_key = keys.job(&envelope.tenant_id, &envelope.job_id);
         let now = now_ms().to_string();
+        let fence = envelope
+            .incarnation
+            .map(|i| keys.fence(&envelope.tenant_id, i));
+        if let Some(fence) = &fence {
+            // The tenant's incarnation was purged: nothing of the job is kept.
+            let fenced: bool = match self.queue.pool().get().await {
+                Ok(mut conn) => conn.exists(fence).await.unwrap_or(false),
+                Err(_) => false,
+            };
+            if fenced {
+                if let Ok(mut conn) = self.queue.pool().get().await {
+                    let _: redis::RedisResult<()> = redis::pipe()
+                        .xack(&stream, GROUP, &[stream_id])
+                        .ignore()
+                        .xdel(&stream, &[stream_id])
+                        .ignore()
+                        .query_async(&mut *conn)
+                        .await;
+                    let _ = super::queue::forget_job(&mut conn, keys, envelope, None).await;
+                }
+                return;
+            }
+        }
+        let mut delayed_member = None;
         let mut pipe = redis::pipe();
         pipe.atomic();
         match &finish {
+            Finish::Wait(reason, delay) => {
+                let run_at = now_ms() + delay.as_millis() as i64;
+                let next = Envelope {
+                    run_at: Some(run_at),
+                    ..envelope.clone()
+                };
+                let json = serde_json::to_string(&next).expect("an envelope serialises");
+                let member = format!("{}\n{json}", envelope.tenant_id);
+                pipe.zadd(keys.delayed(), &member, run_at)
+                    .ignore()
+                    .hset_multiple(
+                        &status_key,
+                        &[
+                            ("status", "waiting".to_string()),
+                            ("last_error", reason.clone()),
+                            ("next_attempt_at", run_at.to_string()),
+                        ],
+                    )
+                    .ignore();
+                delayed_member = Some(member);
+            }
             Finish::Succeeded(result) => {
                 pipe.hset_multiple(
                     &status_key,
@@ -862,21 +924,18 @@ impl Worker {
                     ..envelope.clone()
                 };
                 let json = serde_json::to_string(&next).expect("an envelope serialises");
-                pipe.zadd(
-                    keys.delayed(),
-                    format!("{}\n{json}", envelope.tenant_id),
-                    run_at,
-                )
-                .ignore()
-                .hset_multiple(
-                    &status_key,
-                    &[
-                        ("status", "failed".to_string()),
-                        ("last_error", error.clone()),
-                        ("next_attempt_at", run_at.to_string()),
-                    ],
-                )
-                .ignore();
+                let member = format!("{}\n{json}", envelope.tenant_id);
+                pipe.zadd(keys.delayed(), &member, run_at)
+                    .ignore()
+                    .hset_multiple(
+                        &status_key,
+                        &[
+                            ("status", "failed".to_string()),
+                            ("last_error", error.clone()),
+                            ("next_attempt_at", run_at.to_string()),
+                        ],
+                    )
+                    .ignore();
             }
             Finish::Dead(error) => {
                 let json = serde_json::to_string(envelope).expect("an envelope serialises");
@@ -933,6 +992,13 @@ impl Worker {
         let result: anyhow::Result<()> = async {
             let mut conn = self.queue.pool().get().await?;
             pipe.query_async::<()>(&mut *conn).await?;
+            // A purge that set its fence while this was being written: remove it again.
+            if let Some(fence) = &fence {
+                if conn.exists::<_, bool>(fence).await? {
+                    super::queue::forget_job(&mut conn, keys, envelope, delayed_member.as_deref())
+                        .await?;
+                }
+            }
             Ok(())
         }
         .await;
@@ -948,9 +1014,14 @@ impl Worker {
     }
 }
 
+/// How long a job of a removed tenant whose data was kept waits before it looks again.
+const KEPT_WAIT: Duration = Duration::from_secs(60);
+
 enum Finish {
     Succeeded(serde_json::Value),
     Retry(String, Duration),
+    /// Not run, not an attempt: delayed again, for the reason given.
+    Wait(String, Duration),
     Dead(String),
     Parked(String),
 }

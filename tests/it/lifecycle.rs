@@ -398,8 +398,22 @@ async fn jobs_keys_and_files_of_a_removed_tenant_never_reach_the_next_one() {
     let (status, again) = create(&cluster, &server, json!({"id": id, "hosts": [host]})).await;
     assert_eq!(status, StatusCode::CREATED, "{again}");
     let new_token = user(&cluster, &server, &host, "new@example.com").await;
-    // A job of the old incarnation that reached Redis anyway (the purge raced it, or it
-    // was re-queued from a backup) is parked, never run.
+    // A job of the old incarnation that reached Redis anyway, from a backup of Redis taken
+    // before the purge (so without the purge's fence, which would drop it), is parked, never
+    // run.
+    let client = redis::Client::open(cluster.redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let fences: Vec<String> = redis::cmd("KEYS")
+        .arg("tr:jobs:fence:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(fences.len(), 1, "{fences:?}");
+    let _: () = redis::cmd("DEL")
+        .arg(&fences)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let queue = JobQueue::new(&cluster.redis.url(), Keys::default(), reference::kinds()).unwrap();
     let stray = queue
         .submit_raw(
@@ -573,6 +587,20 @@ async fn a_move_killed_at_any_point_is_completed_by_its_retry() {
         )
         .await;
         assert_eq!(shown["operation"]["kind"], "move", "{shown}");
+        // Nothing else may change the tenant until the move is completed.
+        let (status, problem) = admin_json(
+            &cluster,
+            &server,
+            Method::PATCH,
+            &format!("/admin/tenants/{id}"),
+            Some(json!({"pool": {"max_connections": 3}})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("interrupted"),
+            "{problem}"
+        );
 
         // Whole in the one place the control database names, and served from there.
         let tenant = cluster
@@ -809,7 +837,7 @@ async fn an_instance_notices_a_restored_control_database() {
     let server = cluster.start("server").await;
     let writer = cluster.start("writer").await;
     let make = |id: String| {
-        let body = json!({"id": id, "hosts": [format!("{id}.example.org")], "database": cluster.control_url.expose()});
+        let body = json!({"id": id, "hosts": [format!("{id}.example.org")]});
         async { create(&cluster, &writer, body).await }
     };
     let kept = uid("kept");
@@ -888,6 +916,22 @@ async fn kill_at(cluster: &Cluster, args: &[&str], point: &str) {
     );
     kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
     let _ = child.wait();
+    // PostgreSQL ends the killed process's sessions (and its operation lock) a moment later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster
+        .control
+        .unfinished_operations()
+        .await
+        .unwrap()
+        .iter()
+        .any(|(_, running)| *running)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the killed command's lock was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -934,8 +978,15 @@ async fn a_killed_create_or_remove_is_reported_and_completed_or_rolled_back() {
     // completes the purge.
     let remove = ["tenants", "remove", id.as_str(), "--drop-database"];
     kill_at(&cluster, &remove, "remove:removed").await;
-    let (status, _) = notes(&cluster, &server, &host, &token).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Announced before the kill: the server stops serving it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while notes(&cluster, &server, &host, &token).await.0 != StatusCode::NOT_FOUND {
+        assert!(
+            Instant::now() < deadline,
+            "the removed tenant is still served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(database_exists(&database_of(&id)).await);
     let (status, problem) = create(&cluster, &server, json!({"id": id, "hosts": [host]})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{problem}");
@@ -952,4 +1003,335 @@ async fn a_killed_create_or_remove_is_reported_and_completed_or_rolled_back() {
     assert!(!database_exists(&database_of(&id)).await);
     let (status, body) = create(&cluster, &server, json!({"id": id, "hosts": [host]})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+/// Creates database `name` on the shared server with a `notes` table holding one row.
+async fn foreign_database(name: &str) -> DatabaseUrl {
+    let pg = shared_postgres().await;
+    let server = pg.url("postgres");
+    let mut conn = PgConnection::connect_with(&server.connect_options())
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let _ = conn.close().await;
+    let url = pg.url(name);
+    let mut conn = PgConnection::connect_with(&url.connect_options())
+        .await
+        .unwrap();
+    sqlx::raw_sql("CREATE TABLE precious (v text); INSERT INTO precious VALUES ('keep me')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let _ = conn.close().await;
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_elses_database_is_ever_taken_dropped_or_overwritten() {
+    let cluster = Cluster::new().await;
+    let server = cluster.start("server").await;
+
+    // An adopt killed half-way: the database it was adopting is not the create's to drop,
+    // and a retry without `adopt` is still refused.
+    let victim = uid("victim");
+    let host = format!("{victim}.example.org");
+    let url = foreign_database(&database_of(&victim)).await;
+    kill_at(
+        &cluster,
+        &["tenants", "add", &victim, "--host", &host, "--adopt"],
+        "create:provisioning",
+    )
+    .await;
+    let repair = cli(&cluster, &["tenants", "repair", &victim]);
+    assert!(
+        repair.status.success(),
+        "{}",
+        String::from_utf8_lossy(&repair.stderr)
+    );
+    assert_eq!(scalar(&url, "SELECT count(*) FROM precious").await, 1);
+    kill_at(
+        &cluster,
+        &["tenants", "add", &victim, "--host", &host, "--adopt"],
+        "create:provisioning",
+    )
+    .await;
+    let (status, problem) = create(&cluster, &server, json!({"id": victim, "hosts": [host]})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert_eq!(scalar(&url, "SELECT count(*) FROM precious").await, 1);
+
+    // Another tenant's database is not given to a second tenant, by create or by PATCH.
+    let holder = uid("holder");
+    let held = foreign_database(&database_of(&format!("{holder}-db"))).await;
+    let (status, body) = create(
+        &cluster,
+        &server,
+        json!({"id": holder, "hosts": [format!("{holder}.example.org")], "database": held.expose()}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let thief = uid("thief");
+    let (status, problem) = create(
+        &cluster,
+        &server,
+        json!({"id": thief, "hosts": [format!("{thief}.example.org")], "database": held.expose()}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    let (status, body) = create(
+        &cluster,
+        &server,
+        json!({"id": thief, "hosts": [format!("{thief}.example.org")]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, problem) = admin_json(
+        &cluster,
+        &server,
+        Method::PATCH,
+        &format!("/admin/tenants/{thief}"),
+        Some(json!({"database": held.expose()})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+
+    // A move to dedicated never overwrites a `tenant_<id>` database it did not make.
+    let mover = uid("mover");
+    let (status, body) = create(
+        &cluster,
+        &server,
+        json!({"id": mover, "hosts": [format!("{mover}.example.org")], "isolation": "shared"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let squatted = foreign_database(&database_of(&mover)).await;
+    let (status, problem) = admin_json(
+        &cluster,
+        &server,
+        Method::POST,
+        &format!("/admin/tenants/{mover}/move"),
+        Some(json!({"to": "dedicated"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert_eq!(scalar(&squatted, "SELECT count(*) FROM precious").await, 1);
+    let doctor = cli(&cluster, &["tenants", "doctor"]);
+    assert!(
+        doctor.stdout.starts_with(b"no unfinished"),
+        "{}",
+        String::from_utf8_lossy(&doctor.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_out_drops_the_database_it_made_and_an_adopted_guarded_one_takes_writes() {
+    let cluster = Cluster::new().await;
+    let server = cluster.start("server").await;
+    let id = uid("gx");
+    let (host, token) = tenant_with_notes(&cluster, &server, &id, 3).await;
+    let (status, report) = admin_json(
+        &cluster,
+        &server,
+        Method::POST,
+        &format!("/admin/tenants/{id}/move"),
+        Some(json!({"to": "shared"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    // The database the router made for it is gone, not left empty and guarded.
+    assert!(!database_exists(&database_of(&id)).await);
+    add_note(&cluster, &server, &host, &token, "after the move").await;
+
+    // A database given by hand keeps its guard after a move out; a tenant that is given it
+    // again can write to it.
+    let own = uid("byhand");
+    let url = foreign_database(&database_of(&format!("{own}-db"))).await;
+    let migrate = tenant_router::provision::migrate_tenant(&url).await;
+    assert!(
+        !matches!(
+            migrate,
+            tenant_router::provision::MigrationOutcome::Failed(_)
+        ),
+        "{migrate:?}"
+    );
+    let own_host = format!("{own}.example.org");
+    let (status, body) = create(
+        &cluster,
+        &server,
+        json!({"id": own, "hosts": [own_host], "database": url.expose()}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    user(&cluster, &server, &own_host, "alice@example.com").await;
+    let (status, _) = admin_json(
+        &cluster,
+        &server,
+        Method::POST,
+        &format!("/admin/tenants/{own}/move"),
+        Some(json!({"to": "shared"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = admin_json(
+        &cluster,
+        &server,
+        Method::DELETE,
+        &format!("/admin/tenants/{own}?drop_database=true"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(scalar(&url, "SELECT count(*) FROM precious").await, 1);
+    let again = uid("again");
+    let again_host = format!("{again}.example.org");
+    let (status, body) = create(
+        &cluster,
+        &server,
+        json!({"id": again, "hosts": [again_host], "database": url.expose()}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    user(&cluster, &server, &again_host, "bobby@example.com").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_without_a_base_domain_cannot_take_a_wildcard_host() {
+    let cluster = Cluster::new().await;
+    let server = cluster.start("server").await;
+    let (src, evil) = (uid("src"), uid("evil"));
+    let (status, body) = create(
+        &cluster,
+        &server,
+        json!({"id": src, "hosts": [format!("{src}.example.org")]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let out = cluster
+        .command(&[
+            "tenants",
+            "add",
+            &evil,
+            "--host",
+            &format!("{evil}.example.org"),
+            "--host",
+            &format!("{src}.test.com"),
+        ])
+        .env_remove("TENANT_ROUTER_BASE_DOMAIN")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("wildcard host of tenant '{src}'")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_of_kept_data_wait_for_the_adopt_and_a_purge_fences_a_running_job() {
+    let cluster = Cluster::new().await;
+    let server = cluster.start("server").await;
+    let _worker = cluster.start_worker("worker", &[]).await;
+    let id = uid("keep");
+    let host = format!("{id}.example.org");
+    let (status, body) = create(&cluster, &server, json!({"id": id, "hosts": [host]})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let token = user(&cluster, &server, &host, "keeper@example.com").await;
+    let run_at = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let job = submit(
+        &cluster,
+        &server,
+        &host,
+        &token,
+        json!({"kind": "notes.create", "payload": {"content": "from before the removal"}, "run_at": run_at}),
+    )
+    .await;
+    let (status, _) = admin_json(
+        &cluster,
+        &server,
+        Method::DELETE,
+        &format!("/admin/tenants/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while job_status(&cluster, &id, &job).await.as_deref() != Some("waiting") {
+        assert!(
+            Instant::now() < deadline,
+            "the job did not wait: {:?}",
+            job_status(&cluster, &id, &job).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = create(
+        &cluster,
+        &server,
+        json!({"id": id, "hosts": [host], "adopt": true}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while job_status(&cluster, &id, &job).await.as_deref() != Some("succeeded") {
+        assert!(
+            Instant::now() < deadline,
+            "the adopted tenant's job did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, listed) = notes(&cluster, &server, &host, &token).await;
+    assert_eq!(listed["notes"][0]["content"], "from before the removal");
+
+    // A job still running when the tenant is purged leaves nothing behind when it ends.
+    let sleeper = submit(
+        &cluster,
+        &server,
+        &host,
+        &token,
+        json!({"kind": "diag.sleep", "payload": {"ms": 3000}}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while job_status(&cluster, &id, &sleeper).await.as_deref() != Some("running") {
+        assert!(Instant::now() < deadline, "the job did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, removed) = admin_json(
+        &cluster,
+        &server,
+        Method::DELETE,
+        &format!("/admin/tenants/{id}?drop_database=true"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{removed}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        redis_keys(&cluster, &format!("tr:t:{id}:*")).await,
+        Vec::<String>::new()
+    );
+    let client = redis::Client::open(cluster.redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for stream in ["tr:jobs:parked", "tr:jobs:dead"] {
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        assert!(
+            !entries
+                .iter()
+                .any(|(_, fields)| fields.iter().any(|(k, v)| k == "tenant_id" && v == &id)),
+            "{stream}: {entries:?}"
+        );
+    }
 }

@@ -561,23 +561,13 @@ async fn a_tenant_moves_to_dedicated_and_back_under_load_without_losing_a_row(ba
             "tenant-1's notes on the worker at {port}"
         );
     }
-    // The dedicated database it lived in meanwhile is empty, and refuses writes.
+    // The dedicated database it lived in meanwhile was the router's: it is gone, so an
+    // instance that missed the move finds no database (and catches up), not an empty one.
     let pg = backend.server().await;
-    let old = sqlx::postgres::PgPoolOptions::new()
+    let err = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect_with(pg.url("tenant_tenant_1").connect_options())
         .await
-        .unwrap();
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
-        .fetch_one(&old)
-        .await
-        .unwrap();
-    assert_eq!(left, 0);
-    let err = sqlx::query(
-        "INSERT INTO users (username, email, password_hash) VALUES ('x', 'x@x.x', 'x')",
-    )
-    .execute(&old)
-    .await
-    .unwrap_err();
-    assert!(err.to_string().contains("moved"), "{err}");
+        .unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
 }
