@@ -41,6 +41,8 @@ pub struct AdminState {
     /// SHA-256 of the last token argon2 accepted, so a client sending the same token again
     /// costs a hash, not another argon2 run. Compared in constant time.
     pub verified: Arc<Mutex<Option<[u8; 32]>>>,
+    /// Argon2 behind its limit (shared with the app's logins).
+    pub passwords: Arc<crate::app::auth::PasswordLimiter>,
 }
 
 /// The admin routes, with authentication.
@@ -85,10 +87,7 @@ async fn require_token(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .is_some_and(|v| constant_time_eq(&v, &digest));
-    let valid = known
-        || tokio::task::spawn_blocking(move || hash.verify(&token))
-            .await
-            .unwrap_or(false);
+    let valid = known || state.passwords.run(move || hash.verify(&token)).await?;
     if valid {
         *state.verified.lock().unwrap_or_else(|e| e.into_inner()) = Some(digest);
         Ok(next.run(req).await)

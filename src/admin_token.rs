@@ -43,7 +43,7 @@ impl AdminTokenHash {
     /// by design (tens of milliseconds): call it off the async workers.
     pub fn verify(&self, token: &str) -> bool {
         PasswordHash::new(&self.0).is_ok_and(|h| {
-            Argon2::default()
+            crate::argon::Argon2Reusing
                 .verify_password(token.as_bytes(), &h)
                 .is_ok()
         })

@@ -124,6 +124,23 @@ pub struct SettingsArgs {
     /// Most tenant connections open at once, across all tenant pools [default: 64].
     #[arg(long, env = "TENANT_ROUTER_MAX_TOTAL_CONNECTIONS", global = true)]
     pub max_total_connections: Option<usize>,
+    /// Seconds a connection may take to send a request head, or stay idle between
+    /// requests, before it is closed [default: 10].
+    #[arg(long, env = "TENANT_ROUTER_HEADER_TIMEOUT_SECS", global = true)]
+    pub header_timeout_secs: Option<u64>,
+    /// Seconds a request may take before it is answered 503 [default: 30].
+    #[arg(long, env = "TENANT_ROUTER_REQUEST_TIMEOUT_SECS", global = true)]
+    pub request_timeout_secs: Option<u64>,
+    /// Open connections per listener at most [default: 2048].
+    #[arg(long, env = "TENANT_ROUTER_MAX_CONNECTIONS", global = true)]
+    pub max_connections: Option<usize>,
+    /// Seconds open connections get to finish on shutdown [default: 10].
+    #[arg(long, env = "TENANT_ROUTER_DRAIN_TIMEOUT_SECS", global = true)]
+    pub drain_timeout_secs: Option<u64>,
+    /// Argon2 runs at once (logins, registrations, admin token checks) [default: the
+    /// number of cores].
+    #[arg(long, env = "TENANT_ROUTER_PASSWORD_HASH_CONCURRENCY", global = true)]
+    pub password_hash_concurrency: Option<usize>,
 }
 
 /// The settings file's shape; every key optional.
@@ -156,6 +173,11 @@ struct FileSettings {
     shared_database_url: Option<String>,
     apex_host: Option<String>,
     max_total_connections: Option<usize>,
+    header_timeout_secs: Option<u64>,
+    request_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    drain_timeout_secs: Option<u64>,
+    password_hash_concurrency: Option<usize>,
 }
 
 /// The resolved settings.
@@ -201,6 +223,10 @@ pub struct Settings {
     pub apex_host: String,
     /// The global connection budget of the tenant pools.
     pub max_total_connections: usize,
+    /// Limits of both HTTP listeners.
+    pub http: crate::listener::HttpLimits,
+    /// Argon2 runs at once.
+    pub password_hash_concurrency: usize,
 }
 
 impl Settings {
@@ -395,6 +421,54 @@ impl Settings {
                 crate::tenant::TenantHost::parse(&raw)
                     .context("apex_host (TENANT_ROUTER_APEX_HOST)")?
                     .to_string()
+            },
+            http: {
+                let defaults = crate::listener::HttpLimits::default();
+                let secs = |name: &str, value: Option<u64>, default: Duration| match value {
+                    None => Ok(default),
+                    Some(0) => Err(anyhow::anyhow!("{name} must be at least 1")),
+                    Some(n) if n > 86_400 => Err(anyhow::anyhow!("{name} must be at most 86400")),
+                    Some(n) => Ok(Duration::from_secs(n)),
+                };
+                let max_connections = args
+                    .max_connections
+                    .or(file.max_connections)
+                    .unwrap_or(defaults.max_connections);
+                anyhow::ensure!(
+                    (1..=1_000_000).contains(&max_connections),
+                    "max_connections (TENANT_ROUTER_MAX_CONNECTIONS) must be 1 to 1000000"
+                );
+                crate::listener::HttpLimits {
+                    header_timeout: secs(
+                        "header_timeout_secs (TENANT_ROUTER_HEADER_TIMEOUT_SECS)",
+                        args.header_timeout_secs.or(file.header_timeout_secs),
+                        defaults.header_timeout,
+                    )?,
+                    request_timeout: secs(
+                        "request_timeout_secs (TENANT_ROUTER_REQUEST_TIMEOUT_SECS)",
+                        args.request_timeout_secs.or(file.request_timeout_secs),
+                        defaults.request_timeout,
+                    )?,
+                    max_connections,
+                    drain_timeout: secs(
+                        "drain_timeout_secs (TENANT_ROUTER_DRAIN_TIMEOUT_SECS)",
+                        args.drain_timeout_secs.or(file.drain_timeout_secs),
+                        defaults.drain_timeout,
+                    )?,
+                }
+            },
+            password_hash_concurrency: {
+                let n = args
+                    .password_hash_concurrency
+                    .or(file.password_hash_concurrency)
+                    .unwrap_or_else(|| {
+                        std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
+                    });
+                anyhow::ensure!(
+                    (1..=1024).contains(&n),
+                    "password_hash_concurrency (TENANT_ROUTER_PASSWORD_HASH_CONCURRENCY) must be 1 to 1024"
+                );
+                n
             },
         })
     }

@@ -32,12 +32,14 @@
 pub mod admin;
 pub mod admin_token;
 pub mod app;
+pub mod argon;
 pub mod bus;
 pub mod config;
 pub mod control;
 pub mod host;
 pub mod jobs;
 pub mod journal;
+pub mod listener;
 pub mod local;
 pub mod middleware;
 pub mod moving;

@@ -59,6 +59,9 @@ pub enum ApiError {
     /// 503 for a suspended tenant.
     #[error("this tenant is suspended")]
     Suspended,
+    /// 503: a shared resource (password hashing, say) is at its limit; retry shortly.
+    #[error("{0}")]
+    Overloaded(String),
     /// 500. The cause is logged once, here, and never shown to the client.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -79,7 +82,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Client(status, _) => *status,
-            Self::TenantUnavailable | Self::TenantMoved | Self::Suspended => {
+            Self::TenantUnavailable | Self::TenantMoved | Self::Suspended | Self::Overloaded(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -184,6 +187,13 @@ impl IntoResponse for ApiError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("300"));
+                response
+            }
+            Self::Overloaded(_) => {
+                let mut response = render(status, self.to_string(), None);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 response
             }
             Self::TenantMoved => {

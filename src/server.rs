@@ -1,6 +1,6 @@
 //! The app server: the reference app behind the tenant layer, plus health routes outside it.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,6 +135,7 @@ pub struct Application {
     sync: Arc<ConfigSync>,
     bus: Option<BusConfig>,
     reconcile_interval: Duration,
+    http: crate::listener::HttpLimits,
 }
 
 impl Application {
@@ -156,6 +157,9 @@ impl Application {
         if let Err(e) = ops.control().remember_base_domain().await {
             tracing::warn!(error = %format!("{e:#}"), "could not record the base domain");
         }
+        let passwords = Arc::new(crate::app::auth::PasswordLimiter::new(
+            settings.password_hash_concurrency,
+        ));
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -175,6 +179,7 @@ impl Application {
                 sync: Some(Arc::clone(&sync)),
                 token_hash: settings.admin_token_hash.clone().map(Arc::new),
                 verified: Arc::default(),
+                passwords: Arc::clone(&passwords),
                 shared: settings
                     .shared_database()
                     .map(|u| crate::shared::SharedDb::connect_lazy(&u)),
@@ -187,6 +192,7 @@ impl Application {
             sync: Some(Arc::clone(&sync)),
         };
         let config = AppConfig {
+            passwords: Arc::clone(&passwords),
             session_ttl: settings.session_ttl,
             jobs: settings
                 .redis_url
@@ -205,6 +211,7 @@ impl Application {
             registry: Arc::clone(&registry),
             shared: crate::shared::SharedDb::connect_lazy(&url).pool().clone(),
             session_ttl: settings.session_ttl,
+            passwords: Arc::clone(&passwords),
         });
         Ok(Self {
             listener,
@@ -215,6 +222,7 @@ impl Application {
             sync,
             bus: settings.bus(),
             reconcile_interval: settings.reconcile_interval,
+            http: settings.http,
         })
     }
 
@@ -244,9 +252,6 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
         tokio::spawn(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
@@ -256,11 +261,10 @@ impl Application {
             self.reconcile_interval,
             stop_rx.clone(),
         ));
-        let main = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(stopped(stop_rx.clone()));
-        let admin = axum::serve(self.admin_listener, self.admin_router)
-            .with_graceful_shutdown(stopped(stop_rx));
-        let (main, admin) = tokio::join!(main.into_future(), admin.into_future());
+        let main = crate::listener::serve(self.listener, self.router, self.http, stop_rx.clone());
+        let admin =
+            crate::listener::serve(self.admin_listener, self.admin_router, self.http, stop_rx);
+        let (main, admin) = tokio::join!(main, admin);
         sync.abort();
         main.context("serving HTTP")?;
         admin.context("serving the admin API")

@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tower::ServiceExt as _;
 
-use super::auth::verify_password;
 use super::users::issue_token;
 use crate::host;
 use crate::problem::{ApiError, ApiJson, problem_response};
@@ -38,6 +37,8 @@ pub struct ApexState {
     pub shared: PgPool,
     /// Token lifetime.
     pub session_ttl: Duration,
+    /// Argon2 behind its limit.
+    pub passwords: Arc<super::auth::PasswordLimiter>,
 }
 
 /// Sends requests for the apex host to the apex routes; everything else goes on.
@@ -146,12 +147,16 @@ async fn login(
         .collect();
     if candidates.is_empty() {
         // The same work as a wrong password, so timing tells nothing.
-        verify_password(body.password, None).await?;
+        apex.passwords.verify(body.password, None).await?;
         return Err(ApiError::Unauthorized);
     }
     let mut matching = Vec::new();
     for (entry, user_id, hash) in candidates {
-        if verify_password(body.password.clone(), Some(hash)).await? {
+        if apex
+            .passwords
+            .verify(body.password.clone(), Some(hash))
+            .await?
+        {
             matching.push((entry, user_id));
         }
     }

@@ -1,6 +1,6 @@
 //! Passwords (argon2id) and bearer tokens (random, stored as SHA-256, expiring).
 
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Argon2, password_hash::rand_core::OsRng};
@@ -13,35 +13,112 @@ use sha2::{Digest, Sha256};
 use crate::middleware::CurrentTenant;
 use crate::problem::ApiError;
 
-/// Hashes a password with argon2id on the blocking pool: it takes tens of milliseconds of
-/// CPU by design, which must not stall the async workers.
-pub async fn hash_password(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| ApiError::Internal(anyhow::anyhow!("hashing a password: {e}")))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))?
+/// Argon2 behind a limit: `concurrency` threads of its own run it (each run holds about
+/// 19 MiB and tens of milliseconds of CPU), a short queue feeds them, and beyond the queue
+/// the answer is a 503 with `Retry-After`. A flood of logins then costs bounded memory (a
+/// few threads' worth, where the blocking pool would spread runs over many threads, each
+/// keeping its allocator's memory), and every other request keeps its share of the CPU.
+/// Shared by registration, login, the apex login and the admin token check.
+pub struct PasswordLimiter {
+    jobs: std::sync::mpsc::SyncSender<Job>,
 }
 
-/// Verifies a password against a PHC hash, on the blocking pool. With no hash (unknown
-/// email), it verifies against a dummy hash, so both cases take the same time.
-pub async fn verify_password(password: String, hash: Option<String>) -> Result<bool, ApiError> {
-    tokio::task::spawn_blocking(move || {
+type Job = Box<dyn FnOnce() + Send>;
+
+impl PasswordLimiter {
+    /// `concurrency` threads, and four times as many runs waiting.
+    pub fn new(concurrency: usize) -> Self {
+        let concurrency = concurrency.max(1);
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(concurrency * 4);
+        let queue = Arc::new(Mutex::new(queue));
+        for n in 0..concurrency {
+            let queue = Arc::clone(&queue);
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{n}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only to take the next job.
+                        let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        match job {
+                            Ok(job) => job(),
+                            // The limiter is gone.
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "could not start a password-hashing thread");
+            }
+        }
+        Self { jobs }
+    }
+
+    /// Runs `work` on the hashing threads; [`ApiError::Overloaded`] when the queue is full.
+    /// Work whose request is gone before it starts is skipped.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            if !tx.is_closed() {
+                let _ = tx.send(work());
+            }
+        });
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(_)) => return Err(overloaded()),
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                return Err(ApiError::Internal(anyhow::anyhow!(
+                    "no password-hashing thread is running"
+                )));
+            }
+        }
+        rx.await
+            .map_err(|_| ApiError::Internal(anyhow::anyhow!("a password-hashing thread stopped")))
+    }
+
+    /// Hashes a password with argon2id.
+    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+        self.run(move || hash_password(&password)).await?
+    }
+
+    /// Verifies a password against a PHC hash. With no hash (unknown email), it verifies
+    /// against a dummy hash, so both cases take the same time.
+    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, ApiError> {
+        self.run(move || verify_password(&password, hash)).await?
+    }
+}
+
+impl Default for PasswordLimiter {
+    fn default() -> Self {
+        Self::new(std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
+    }
+}
+
+fn overloaded() -> ApiError {
+    ApiError::Overloaded("too many password checks at once; retry in a moment".into())
+}
+
+fn hash_password(password: &str) -> Result<String, ApiError> {
+    let salt = SaltString::generate(&mut OsRng);
+    crate::argon::Argon2Reusing
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("hashing a password: {e}")))
+}
+
+fn verify_password(password: &str, hash: Option<String>) -> Result<bool, ApiError> {
+    {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| dummy_hash().to_string());
         let parsed = PasswordHash::new(&hash)
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored hash is invalid: {e}")))?;
-        let matches = Argon2::default()
+        let matches = crate::argon::Argon2Reusing
             .verify_password(password.as_bytes(), &parsed)
             .is_ok();
         Ok(known && matches)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))?
+    }
 }
 
 fn dummy_hash() -> &'static str {

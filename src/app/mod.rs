@@ -22,6 +22,8 @@ pub struct AppConfig {
     pub session_ttl: Duration,
     /// Where background jobs go; without it, job routes answer 503.
     pub jobs: Option<crate::jobs::JobQueue>,
+    /// Argon2 behind its limit (shared with the apex login and the admin token check).
+    pub passwords: std::sync::Arc<auth::PasswordLimiter>,
 }
 
 impl Default for AppConfig {
@@ -29,6 +31,7 @@ impl Default for AppConfig {
         Self {
             session_ttl: Duration::from_secs(86_400),
             jobs: None,
+            passwords: std::sync::Arc::default(),
         }
     }
 }

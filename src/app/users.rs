@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::AppConfig;
-use super::auth::{hash_password, new_token, verify_password};
+use super::auth::new_token;
 use crate::middleware::CurrentTenant;
 use crate::problem::{ApiError, ApiJson, FieldError};
 use crate::shared::violates;
@@ -72,11 +72,12 @@ fn is_email(s: &str) -> bool {
 
 #[tracing::instrument(level = "debug", skip_all, fields(tenant.id = %tenant.id()))]
 pub(super) async fn register(
+    State(config): State<AppConfig>,
     tenant: CurrentTenant,
     ApiJson(body): ApiJson<RegisterBody>,
 ) -> Result<(StatusCode, Json<UserBody>), ApiError> {
     body.validate()?;
-    let password_hash = hash_password(body.password).await?;
+    let password_hash = config.passwords.hash(body.password).await?;
     let db = tenant.db();
     let mut conn = db.conn().await?;
     let user: UserBody = sqlx::query_as(
@@ -137,7 +138,7 @@ pub(super) async fn login(
         .await?
     };
     let (id, hash) = user.unzip();
-    if !verify_password(body.password, hash).await? {
+    if !config.passwords.verify(body.password, hash).await? {
         return Err(ApiError::Unauthorized);
     }
     let user_id = id.ok_or(ApiError::Unauthorized)?;

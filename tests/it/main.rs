@@ -7,6 +7,7 @@ mod budget;
 mod citus;
 mod cluster;
 mod demo;
+mod edge;
 mod harness;
 mod jobs;
 mod lifecycle;

@@ -1,0 +1,226 @@
+//! The edge under abuse: slow request heads, idle and surplus connections, requests past
+//! their deadline, and a flood of password checks.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use sqlx::{Connection as _, PgConnection};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use crate::cluster::Cluster;
+use crate::harness::{TestApp, shared_postgres, spec, tenant_database};
+
+async fn app_with(adjust: impl FnOnce(&mut tenant_router::config::Settings)) -> TestApp {
+    let pg = shared_postgres().await;
+    let t1 = tenant_database(pg, "edge").await;
+    TestApp::spawn_with(vec![spec("tenant-1", &["tenant-1.test.com"], t1)], adjust).await
+}
+
+/// Reads until the server closes the connection; the bytes read. Fails after `within`.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return got,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the connection is still open after {within:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_heads_and_idle_connections_are_closed() {
+    let app = app_with(|s| s.http.header_timeout = Duration::from_secs(1)).await;
+    let mut slow = Vec::new();
+    for _ in 0..100 {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: tenant-1.test.com\r\n")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    // A keep-alive connection that made one request and then says nothing.
+    let mut idle = TcpStream::connect(app.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: tenant-1.test.com\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for stream in &mut slow {
+        let got = read_until_closed(stream, Duration::from_secs(5)).await;
+        assert!(
+            !String::from_utf8_lossy(&got).contains("200 OK"),
+            "an unfinished head got an answer"
+        );
+    }
+    let got = read_until_closed(&mut idle, Duration::from_secs(5)).await;
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200 OK"));
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // And the server still serves.
+    let r = app.get("tenant-1.test.com", "/healthz", None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_request_past_its_deadline_is_a_503_and_frees_its_connection() {
+    let app = app_with(|s| s.http.request_timeout = Duration::from_secs(1)).await;
+    let token = app.user_token("tenant-1.test.com", "waiter").await;
+    // Someone holds the tenant's notes table: the list waits on the lock.
+    let db = app
+        .control
+        .get_tenant(&"tenant-1".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .database;
+    let mut holder = PgConnection::connect_with(&db.connect_options())
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let r = app
+        .get("tenant-1.test.com", "/api/notes", Some(&token))
+        .await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    // The abandoned query did not keep its connection: the next request is served.
+    let r = app
+        .get("tenant-1.test.com", "/api/notes", Some(&token))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_for_one_to_close() {
+    let app = app_with(|s| s.http.max_connections = 3).await;
+    let request = b"GET /healthz HTTP/1.1\r\nHost: tenant-1.test.com\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        held.push(stream);
+    }
+    let mut fourth = TcpStream::connect(app.addr).await.unwrap();
+    fourth.write_all(request).await.unwrap();
+    let mut buf = [0u8; 1024];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), fourth.read(&mut buf))
+            .await
+            .is_err(),
+        "a fourth connection was served while three were open"
+    );
+    drop(held.pop());
+    let n = tokio::time::timeout(Duration::from_secs(5), fourth.read(&mut buf))
+        .await
+        .expect("served once a connection closed")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_flood_keeps_memory_bounded_and_other_tenants_served() {
+    let cluster = Cluster::new().await;
+    let server = cluster.start("server").await;
+    let pg = shared_postgres().await;
+    for id in ["flood-a", "flood-b"] {
+        let db = tenant_database(pg, id).await;
+        let r = cluster
+            .admin(
+                &server,
+                Method::POST,
+                "/admin/tenants",
+                Some(json!({"id": id, "hosts": [format!("{id}.example.org")], "database": db.expose()})),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let login = |host: &'static str| {
+        cluster
+            .client
+            .post(server.url("/api/login"))
+            .header("Host", host)
+            .json(&json!({"email": "nobody@example.com", "password": "wrong password"}))
+            .send()
+    };
+    let pid = server.pid().as_raw() as u32;
+    let before = rss_kib(pid);
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let sampler = {
+        let peak = std::sync::Arc::clone(&peak);
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // 300 wrong-password logins at once on one tenant, while another tenant is served.
+    let flood = futures_util::future::join_all((0..300).map(|_| login("flood-a.example.org")));
+    let other = async {
+        let mut served = 0;
+        for _ in 0..20 {
+            let r = cluster
+                .client
+                .get(server.url("/api/notes"))
+                .header("Host", "flood-b.example.org")
+                .send()
+                .await
+                .unwrap();
+            if r.status() == StatusCode::UNAUTHORIZED {
+                served += 1;
+            }
+        }
+        served
+    };
+    let (answers, served) = tokio::join!(flood, other);
+    sampler.abort();
+    let mut refused = 0;
+    for r in answers {
+        let r = r.unwrap();
+        match r.status() {
+            StatusCode::UNAUTHORIZED => {}
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(r.headers()["retry-after"], "1");
+                refused += 1;
+            }
+            other => panic!("a login answered {other}"),
+        }
+    }
+    assert!(refused > 0, "300 argon2 runs at once were all accepted");
+    assert_eq!(served, 20, "the other tenant was not served meanwhile");
+    // Each argon2 run holds about 19 MiB: unbounded, 300 at once took gigabytes; with a
+    // fresh allocation per run, the allocator kept about 20 MiB per accepted check. Now: a
+    // reused buffer per hashing thread (two here).
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "login flood: RSS {before} KiB before, {peak} KiB at peak; {refused} of 300 refused with 503"
+    );
+    assert!(
+        peak < before + 100 * 1024,
+        "resident memory grew from {before} KiB to {peak} KiB"
+    );
+}
