@@ -44,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
                 pool: PoolSettings {
                     max_connections: pool_size,
                     idle_timeout_secs: 300,
+                    ..PoolSettings::default()
                 },
                 state: TenantState::Active,
                 isolation: Default::default(),

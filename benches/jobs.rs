@@ -265,6 +265,7 @@ async fn main() -> anyhow::Result<()> {
                 pool: PoolSettings {
                     max_connections: 16,
                     idle_timeout_secs: 300,
+                    ..PoolSettings::default()
                 },
                 state: TenantState::Active,
                 isolation: Default::default(),

@@ -108,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
         pool: PoolSettings {
             max_connections: 1 + (round % 20) as u32,
             idle_timeout_secs: 300,
+            ..PoolSettings::default()
         },
         state: TenantState::Active,
         isolation: Default::default(),

@@ -50,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
                     pool: PoolSettings {
                         max_connections: if i == 0 { pool_size } else { 5 },
                         idle_timeout_secs: 300,
+                        ..PoolSettings::default()
                     },
                     state: TenantState::Active,
                     isolation: Isolation::Dedicated,

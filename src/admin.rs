@@ -43,6 +43,8 @@ pub struct AdminState {
     pub verified: Arc<Mutex<Option<[u8; 32]>>>,
     /// Argon2 behind its limit (shared with the app's logins).
     pub passwords: Arc<crate::app::auth::PasswordLimiter>,
+    /// Held while a token is checked with argon2.
+    pub checking: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The admin routes, with authentication.
@@ -82,12 +84,19 @@ async fn require_token(
         return Err(ApiError::Unauthorized);
     };
     let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    let known = state
-        .verified
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .is_some_and(|v| constant_time_eq(&v, &digest));
-    let valid = known || state.passwords.run(move || hash.verify(&token)).await?;
+    let known = || {
+        state
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|v| constant_time_eq(&v, &digest))
+    };
+    // One argon2 check at a time: a burst of calls with a new token pays it once (the
+    // others find it remembered), and a burst of wrong tokens cannot crowd out the logins.
+    let valid = known() || {
+        let _one = state.checking.lock().await;
+        known() || state.passwords.run(move || hash.verify(&token)).await?
+    };
     if valid {
         *state.verified.lock().unwrap_or_else(|e| e.into_inner()) = Some(digest);
         Ok(next.run(req).await)

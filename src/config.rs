@@ -137,6 +137,25 @@ pub struct SettingsArgs {
     /// Seconds open connections get to finish on shutdown [default: 10].
     #[arg(long, env = "TENANT_ROUTER_DRAIN_TIMEOUT_SECS", global = true)]
     pub drain_timeout_secs: Option<u64>,
+    /// Milliseconds a tenant's statement may run [default: 25000]; a tenant's pool
+    /// settings may override it.
+    #[arg(long, env = "TENANT_ROUTER_STATEMENT_TIMEOUT_MS", global = true)]
+    pub statement_timeout_ms: Option<u32>,
+    /// Milliseconds a tenant's transaction may sit idle before its session is ended
+    /// [default: 60000]; a tenant's pool settings may override it.
+    #[arg(
+        long,
+        env = "TENANT_ROUTER_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+        global = true
+    )]
+    pub idle_in_transaction_timeout_ms: Option<u32>,
+    /// Seconds a tenant connection is reused at most [default: 1800].
+    #[arg(
+        long,
+        env = "TENANT_ROUTER_CONNECTION_MAX_LIFETIME_SECS",
+        global = true
+    )]
+    pub connection_max_lifetime_secs: Option<u64>,
     /// Argon2 runs at once (logins, registrations, admin token checks) [default: the
     /// number of cores].
     #[arg(long, env = "TENANT_ROUTER_PASSWORD_HASH_CONCURRENCY", global = true)]
@@ -178,6 +197,9 @@ struct FileSettings {
     max_connections: Option<usize>,
     drain_timeout_secs: Option<u64>,
     password_hash_concurrency: Option<usize>,
+    statement_timeout_ms: Option<u32>,
+    idle_in_transaction_timeout_ms: Option<u32>,
+    connection_max_lifetime_secs: Option<u64>,
 }
 
 /// The resolved settings.
@@ -227,6 +249,8 @@ pub struct Settings {
     pub http: crate::listener::HttpLimits,
     /// Argon2 runs at once.
     pub password_hash_concurrency: usize,
+    /// What every tenant connection is opened with.
+    pub connection_limits: crate::registry::ConnectionLimits,
 }
 
 impl Settings {
@@ -455,6 +479,36 @@ impl Settings {
                         args.drain_timeout_secs.or(file.drain_timeout_secs),
                         defaults.drain_timeout,
                     )?,
+                }
+            },
+            connection_limits: {
+                let defaults = crate::registry::ConnectionLimits::default();
+                let ms = |name: &str, value: Option<u32>, default: u32| match value {
+                    None => Ok(default),
+                    Some(n) if (1..=3_600_000).contains(&n) => Ok(n),
+                    Some(_) => Err(anyhow::anyhow!("{name} must be 1 to 3600000")),
+                };
+                let lifetime = args
+                    .connection_max_lifetime_secs
+                    .or(file.connection_max_lifetime_secs)
+                    .map_or(defaults.max_lifetime, Duration::from_secs);
+                anyhow::ensure!(
+                    (1..=86_400).contains(&lifetime.as_secs()),
+                    "connection_max_lifetime_secs (TENANT_ROUTER_CONNECTION_MAX_LIFETIME_SECS) must be 1 to 86400"
+                );
+                crate::registry::ConnectionLimits {
+                    statement_timeout_ms: ms(
+                        "statement_timeout_ms (TENANT_ROUTER_STATEMENT_TIMEOUT_MS)",
+                        args.statement_timeout_ms.or(file.statement_timeout_ms),
+                        defaults.statement_timeout_ms,
+                    )?,
+                    idle_in_transaction_timeout_ms: ms(
+                        "idle_in_transaction_timeout_ms (TENANT_ROUTER_IDLE_IN_TRANSACTION_TIMEOUT_MS)",
+                        args.idle_in_transaction_timeout_ms
+                            .or(file.idle_in_transaction_timeout_ms),
+                        defaults.idle_in_transaction_timeout_ms,
+                    )?,
+                    max_lifetime: lifetime,
                 }
             },
             password_hash_concurrency: {

@@ -117,7 +117,8 @@ pub enum UpsertOutcome {
 
 const SELECT_TENANTS: &str = "
     SELECT t.id, t.database_url, t.max_connections, t.idle_timeout_secs, t.state, t.version,
-           t.isolation, t.incarnation, coalesce(array_agg(h.host ORDER BY h.host) FILTER (WHERE h.host IS NOT NULL), '{}')
+           t.isolation, t.incarnation, t.statement_timeout_ms, t.idle_in_transaction_timeout_ms,
+           coalesce(array_agg(h.host ORDER BY h.host) FILTER (WHERE h.host IS NOT NULL), '{}')
                AS hosts
     FROM tenants t LEFT JOIN tenant_hosts h ON h.tenant_id = t.id";
 
@@ -185,6 +186,11 @@ impl ControlDb {
         )
         .await
         .context("connecting to the control database")
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.url
     }
 
     /// The underlying pool.
@@ -259,7 +265,7 @@ impl ControlDb {
         lock_writers(&mut tx).await?;
         let existing = sqlx::query(
             "SELECT database_url, max_connections, idle_timeout_secs, state, provisioned, version,
-                    isolation, incarnation,
+                    isolation, incarnation, statement_timeout_ms, idle_in_transaction_timeout_ms,
                     array(SELECT host FROM tenant_hosts WHERE tenant_id = $1 ORDER BY host) AS hosts
              FROM tenants WHERE id = $1 FOR UPDATE",
         )
@@ -306,6 +312,12 @@ impl ControlDb {
                         == Some(spec.pool.max_connections as i32)
                     && row.try_get::<i32, _>("idle_timeout_secs").ok()
                         == Some(spec.pool.idle_timeout_secs as i32)
+                    && row.try_get::<Option<i32>, _>("statement_timeout_ms").ok()
+                        == Some(spec.pool.statement_timeout_ms.map(|v| v as i32))
+                    && row
+                        .try_get::<Option<i32>, _>("idle_in_transaction_timeout_ms")
+                        .ok()
+                        == Some(spec.pool.idle_in_transaction_timeout_ms.map(|v| v as i32))
                     && row.try_get::<String, _>("state").ok().as_deref()
                         == Some(spec.state.as_str())
                     && row.try_get::<bool, _>("provisioned").ok() == Some(spec.provisioned)
@@ -355,8 +367,10 @@ impl ControlDb {
 
         let (version, incarnation): (i64, i64) = sqlx::query_as(
             "INSERT INTO tenants (id, database_url, max_connections, idle_timeout_secs, state, provisioned,
-                                  isolation, incarnation)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, coalesce($8, nextval('tenant_incarnation_seq')))
+                                  isolation, incarnation, statement_timeout_ms,
+                                  idle_in_transaction_timeout_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, coalesce($8, nextval('tenant_incarnation_seq')),
+                     $9, $10)
              ON CONFLICT (id) DO UPDATE SET
                  isolation = EXCLUDED.isolation,
                  database_url = EXCLUDED.database_url,
@@ -365,6 +379,8 @@ impl ControlDb {
                  state = EXCLUDED.state,
                  provisioned = EXCLUDED.provisioned,
                  incarnation = coalesce($8, tenants.incarnation),
+                 statement_timeout_ms = EXCLUDED.statement_timeout_ms,
+                 idle_in_transaction_timeout_ms = EXCLUDED.idle_in_transaction_timeout_ms,
                  version = nextval('tenant_version_seq'),
                  change_id = gen_random_uuid(),
                  updated_at = now()
@@ -378,6 +394,8 @@ impl ControlDb {
         .bind(spec.provisioned)
         .bind(spec.isolation.as_str())
         .bind(spec.incarnation)
+        .bind(spec.pool.statement_timeout_ms.map(|v| v as i32))
+        .bind(spec.pool.idle_in_transaction_timeout_ms.map(|v| v as i32))
         .fetch_one(&mut *tx)
         .await
         .context("writing the tenant")?;
@@ -705,33 +723,48 @@ impl ControlDb {
         )
     }
 
-    /// A tenant whose database URL names database `name` (on any server), if any.
+    /// A tenant (or kept data) whose database is `name` (on any server, every spelling),
+    /// if any.
     pub async fn tenant_using_database(&self, name: &str) -> anyhow::Result<Option<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM tenants
-             WHERE right(split_part(database_url, '?', 1), length($1) + 1) = '/' || $1
-             LIMIT 1",
-        )
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?)
+        Ok(self
+            .database_users(name)
+            .await?
+            .into_iter()
+            .next()
+            .map(|(id, _)| id))
     }
 
-    /// Who has database `name` (on any server): a dedicated tenant, or a removed tenant
-    /// whose kept data is there.
+    /// Who has database `name` (on any server; names as the driver reads them, so every
+    /// spelling of a URL counts): a dedicated tenant, or a removed tenant whose kept data is
+    /// there. Shared tenants are not listed: see [`Self::database_users`].
     pub async fn database_owner(&self, name: &str) -> anyhow::Result<Option<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM (
-                 SELECT id, database_url FROM tenants WHERE isolation = 'dedicated'
-                 UNION ALL
-                 SELECT tenant_id, database_url FROM tenant_leftovers WHERE isolation = 'dedicated'
-             ) o
-             WHERE right(split_part(database_url, '?', 1), length($1) + 1) = '/' || $1
-             LIMIT 1",
+        Ok(self
+            .database_users(name)
+            .await?
+            .into_iter()
+            .find(|(_, shared)| !shared)
+            .map(|(id, _)| id))
+    }
+
+    /// Every tenant and leftover whose database is `name`, with whether it is a shared one.
+    /// Database names are compared as the driver reads them (percent-escapes decoded,
+    /// `?dbname=` obeyed), on any server: two tenants never share a database name.
+    pub async fn database_users(&self, name: &str) -> anyhow::Result<Vec<(String, bool)>> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT id, database_url, isolation FROM tenants
+             UNION ALL
+             SELECT tenant_id, database_url, isolation FROM tenant_leftovers",
         )
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading tenant databases")?;
+        Ok(rows
+            .into_iter()
+            .filter(|(_, url, _)| {
+                DatabaseUrl::parse(url).is_ok_and(|u| u.database_name().as_deref() == Some(name))
+            })
+            .map(|(id, _, isolation)| (id, isolation == "shared"))
+            .collect())
     }
 
     /// Highest committed version, of a tenant or a tombstone; 0 when there is none.
@@ -754,18 +787,19 @@ impl ControlDb {
     pub async fn changes_after(&self, after: i64) -> anyhow::Result<Changes> {
         let rows = sqlx::query(
             "SELECT t.id, t.database_url, t.max_connections, t.idle_timeout_secs, t.state,
-                    t.version, t.isolation, t.incarnation, coalesce(array_agg(h.host ORDER BY h.host)
+                    t.version, t.isolation, t.incarnation, t.statement_timeout_ms,
+                    t.idle_in_transaction_timeout_ms, coalesce(array_agg(h.host ORDER BY h.host)
                         FILTER (WHERE h.host IS NOT NULL), '{}') AS hosts,
                     'upsert' AS kind, t.change_id::text AS change_id
              FROM tenants t LEFT JOIN tenant_hosts h ON h.tenant_id = t.id
              WHERE t.version > $1 GROUP BY t.id
              UNION ALL
-             SELECT tenant_id, NULL, NULL, NULL, NULL, version, NULL, NULL, NULL, 'remove',
-                    change_id::text
+             SELECT tenant_id, NULL, NULL, NULL, NULL, version, NULL, NULL, NULL, NULL, NULL,
+                    'remove', change_id::text
              FROM tenant_tombstones WHERE version > $1
              UNION ALL
-             SELECT NULL, NULL, NULL, NULL, NULL, version, NULL, NULL, NULL, 'mark',
-                    change_id::text
+             SELECT NULL, NULL, NULL, NULL, NULL, version, NULL, NULL, NULL, NULL, NULL,
+                    'mark', change_id::text
              FROM tenant_history WHERE version = $1
              ORDER BY version",
         )
@@ -864,6 +898,14 @@ fn parse_tenant(row: &PgRow) -> anyhow::Result<Tenant> {
     let pool = PoolSettings {
         max_connections: u32::try_from(row.try_get::<i32, _>("max_connections")?)?,
         idle_timeout_secs: u64::try_from(row.try_get::<i32, _>("idle_timeout_secs")?)?,
+        statement_timeout_ms: row
+            .try_get::<Option<i32>, _>("statement_timeout_ms")?
+            .map(u32::try_from)
+            .transpose()?,
+        idle_in_transaction_timeout_ms: row
+            .try_get::<Option<i32>, _>("idle_in_transaction_timeout_ms")?
+            .map(u32::try_from)
+            .transpose()?,
     };
     Ok(Tenant {
         id,

@@ -159,16 +159,28 @@ struct PoolArgs {
     /// Seconds an idle connection is kept.
     #[arg(long)]
     idle_timeout_secs: Option<u64>,
+    /// Milliseconds a statement may run (0: the router's default).
+    #[arg(long)]
+    statement_timeout_ms: Option<u32>,
+    /// Milliseconds a transaction may sit idle (0: the router's default).
+    #[arg(long)]
+    idle_in_transaction_timeout_ms: Option<u32>,
 }
 
 impl PoolArgs {
     fn request(&self) -> Option<PoolRequest> {
-        (self.max_connections.is_some() || self.idle_timeout_secs.is_some()).then_some(
-            PoolRequest {
-                max_connections: self.max_connections,
-                idle_timeout_secs: self.idle_timeout_secs,
-            },
-        )
+        // 0 on the command line clears an override, as `null` does in the API.
+        let clearable = |v: Option<u32>| v.map(|ms| (ms > 0).then_some(ms));
+        let any = self.max_connections.is_some()
+            || self.idle_timeout_secs.is_some()
+            || self.statement_timeout_ms.is_some()
+            || self.idle_in_transaction_timeout_ms.is_some();
+        any.then_some(PoolRequest {
+            max_connections: self.max_connections,
+            idle_timeout_secs: self.idle_timeout_secs,
+            statement_timeout_ms: clearable(self.statement_timeout_ms),
+            idle_in_transaction_timeout_ms: clearable(self.idle_in_transaction_timeout_ms),
+        })
     }
 }
 

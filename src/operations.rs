@@ -53,6 +53,19 @@ pub struct PoolRequest {
     pub max_connections: Option<u32>,
     /// Seconds before an idle connection closes.
     pub idle_timeout_secs: Option<u64>,
+    /// Milliseconds a statement may run; `null` returns to the router's default.
+    #[serde(default, deserialize_with = "some_or_null")]
+    pub statement_timeout_ms: Option<Option<u32>>,
+    /// Milliseconds a transaction may sit idle; `null` returns to the router's default.
+    #[serde(default, deserialize_with = "some_or_null")]
+    pub idle_in_transaction_timeout_ms: Option<Option<u32>>,
+}
+
+/// A field that may be absent (left alone), `null` (cleared) or a value.
+fn some_or_null<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// A change to a tenant, as a client sends it; omitted fields are left alone.
@@ -182,6 +195,12 @@ fn parse_pool(
     let pool = PoolSettings {
         max_connections: raw.max_connections.unwrap_or(base.max_connections),
         idle_timeout_secs: raw.idle_timeout_secs.unwrap_or(base.idle_timeout_secs),
+        statement_timeout_ms: raw
+            .statement_timeout_ms
+            .unwrap_or(base.statement_timeout_ms),
+        idle_in_transaction_timeout_ms: raw
+            .idle_in_transaction_timeout_ms
+            .unwrap_or(base.idle_in_transaction_timeout_ms),
     };
     match pool.validate() {
         Ok(()) => Some(pool),
@@ -265,7 +284,7 @@ fn leftover_message(l: &Leftover) -> String {
     let what = match l.isolation {
         Isolation::Dedicated => format!(
             "its database '{}'",
-            l.database.database_name().unwrap_or("?")
+            l.database.database_name().unwrap_or_else(|| "?".into())
         ),
         Isolation::Shared => "its rows in the shared database".to_string(),
     };
@@ -473,16 +492,18 @@ impl TenantOps {
             )
             .await?;
         let result = self.create_locked(&new, &mut op).await;
-        if result.is_err() {
-            // A database an interrupted run of this create made, and this run did not use.
-            let made = op
-                .resumed()
-                .and_then(|r| r.detail.get("database"))
-                .and_then(|d| d.as_str());
-            if let Some(name) = made {
-                if self.control.tenant_using_database(name).await?.is_none() {
-                    self.drop_quietly(name).await;
-                }
+        // A database an interrupted run of this create made, and this run did not use
+        // (it failed, or the tenant went elsewhere): never left behind unowned.
+        let made = op
+            .resumed()
+            .and_then(|r| r.detail.get("database"))
+            .and_then(|d| d.as_str());
+        if let Some(name) = made {
+            let used_here = result
+                .as_ref()
+                .is_ok_and(|t| t.database.database_name().as_deref() == Some(name));
+            if !used_here && self.control.tenant_using_database(name).await?.is_none() {
+                self.drop_quietly(name).await;
             }
         }
         match &result {
@@ -575,8 +596,6 @@ impl TenantOps {
                 // (or a removed tenant's kept data) has it.
                 let database = new.database.clone().unwrap_or_else(|| unreachable!());
                 self.check_database_free(&new.id, &database).await?;
-                // A database an earlier tenant moved out of keeps that move's guard.
-                crate::moving::lift_guard(&database).await?;
                 (database, false)
             }
             (None, Isolation::Dedicated) => {
@@ -671,16 +690,40 @@ impl TenantOps {
         database: &DatabaseUrl,
     ) -> Result<(), OpError> {
         let Some(name) = database.database_name() else {
-            return Ok(());
+            return Err(OpError::Invalid(vec![FieldError::new(
+                "database",
+                "must name a database",
+            )]));
         };
-        if let Some(owner) = self.control.database_owner(name).await? {
-            if owner != id.as_str() {
-                return Err(OpError::Conflict(format!(
-                    "database '{name}' is already the database of tenant '{owner}' (or of its \
-                     kept data); two tenants never share a database"
-                )));
-            }
+        // The router's own databases hold every tenant's configuration, or every shared
+        // tenant's rows: never one tenant's.
+        let shared = self
+            .shared
+            .as_ref()
+            .and_then(|(_, url)| url.database_name());
+        if self.control.url().database_name().as_deref() == Some(name.as_str())
+            || shared.as_deref() == Some(name.as_str())
+        {
+            return Err(OpError::Conflict(format!(
+                "database '{name}' is tenant-router's control or shared database, never a \
+                 tenant's"
+            )));
         }
+        let users = self.control.database_users(&name).await?;
+        if let Some((owner, _)) = users.iter().find(|(owner, _)| owner != id.as_str()) {
+            return Err(OpError::Conflict(format!(
+                "database '{name}' is already the database of tenant '{owner}' (or of its kept \
+                 data); two tenants never share a database name, on any server"
+            )));
+        }
+        // It must be reachable, and writable by a tenant again if an earlier move out of it
+        // left its guard.
+        crate::moving::lift_guard(database).await.map_err(|e| {
+            OpError::Invalid(vec![FieldError::new(
+                "database",
+                format!("cannot be used: {e:#}"),
+            )])
+        })?;
         Ok(())
     }
 
@@ -937,7 +980,8 @@ impl TenantOps {
                     .database_name()
                     .context("the provisioned database URL names no database")?
                     .to_string();
-                if let Some(user) = self.control.tenant_using_database(&name).await? {
+                let users = self.control.database_users(&name).await?;
+                if let Some((user, _)) = users.iter().find(|(user, _)| user != id.as_str()) {
                     return Err(OpError::Conflict(format!(
                         "database '{name}' of the removed tenant '{id}' is now used by tenant \
                          '{user}'; it is not dropped"
@@ -1070,6 +1114,17 @@ impl TenantOps {
                 version: current.version,
                 copied: Vec::new(),
             });
+        }
+        if current.isolation == Isolation::Dedicated {
+            if let Some(name) = current.database.database_name() {
+                let users = self.control.database_users(&name).await?;
+                if let Some((other, _)) = users.iter().find(|(user, _)| user != id.as_str()) {
+                    return Err(OpError::Conflict(format!(
+                        "tenant '{id}' shares database '{name}' with tenant '{other}': a move \
+                         would close it to both; give one of them a database of its own first"
+                    )));
+                }
+            }
         }
         let source_provisioned = self.control.is_provisioned(id).await?;
         op.step(
@@ -1276,7 +1331,14 @@ impl TenantOps {
     ) -> anyhow::Result<()> {
         match (from, source.database_name()) {
             (Isolation::Dedicated, Some(name)) if provisioned => {
-                let name = name.to_string();
+                // Another tenant on it (a database given twice before the rule existed):
+                // only this tenant's rows go.
+                let users = self.control.database_users(&name).await?;
+                if users.iter().any(|(user, _)| user != id.as_str()) {
+                    tracing::warn!(tenant.id = %id, database = %name,
+                        "the moved tenant's old database is another tenant's too; left as it is");
+                    return Ok(());
+                }
                 self.wait_until_unused(&name).await;
                 provision::drop_database(&self.provision_server, &name).await
             }
@@ -1380,7 +1442,7 @@ mod tests {
             database: Some("mysql://x".into()),
             pool: Some(PoolRequest {
                 max_connections: Some(0),
-                idle_timeout_secs: None,
+                ..Default::default()
             }),
             state: Some("paused".into()),
             isolation: Some("pooled".into()),

@@ -240,9 +240,12 @@ impl Budget {
             let expired: Vec<IdleConn> = {
                 let mut s = pool.lock();
                 let retired = pool.closed.load(Ordering::Relaxed);
-                let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut s.idle)
-                    .into_iter()
-                    .partition(|c| retired || c.since.elapsed() >= pool.idle_timeout);
+                let (old, keep): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut s.idle).into_iter().partition(|c| {
+                        retired
+                            || c.since.elapsed() >= pool.idle_timeout
+                            || c.born.elapsed() >= pool.max_lifetime
+                    });
                 s.idle = keep;
                 s.open -= old.len();
                 old
@@ -294,6 +297,7 @@ struct IdleConn {
     conn: PgConnection,
     permit: OwnedSemaphorePermit,
     since: Instant,
+    born: Instant,
 }
 
 struct State {
@@ -313,6 +317,8 @@ pub struct TenantPool {
     cap: usize,
     idle_timeout: Duration,
     acquire_timeout: Duration,
+    /// A connection older than this is closed when it comes back, not reused.
+    max_lifetime: Duration,
     state: Mutex<State>,
     returned: Notify,
     closed: AtomicBool,
@@ -328,6 +334,27 @@ impl TenantPool {
         idle_timeout: Duration,
         acquire_timeout: Duration,
     ) -> Arc<Self> {
+        Self::with_max_lifetime(
+            label,
+            budget,
+            options,
+            max_connections,
+            idle_timeout,
+            acquire_timeout,
+            Duration::from_secs(1800),
+        )
+    }
+
+    /// [`Self::new`], with connections reused for at most `max_lifetime`.
+    pub fn with_max_lifetime(
+        label: &str,
+        budget: &Arc<Budget>,
+        options: PgConnectOptions,
+        max_connections: usize,
+        idle_timeout: Duration,
+        acquire_timeout: Duration,
+        max_lifetime: Duration,
+    ) -> Arc<Self> {
         let pool = Arc::new(Self {
             label: label.to_string(),
             budget: Arc::clone(budget),
@@ -335,6 +362,7 @@ impl TenantPool {
             cap: max_connections.max(1),
             idle_timeout,
             acquire_timeout,
+            max_lifetime,
             state: Mutex::new(State {
                 idle: Vec::new(),
                 listed: false,
@@ -393,7 +421,7 @@ impl TenantPool {
                 let mut s = self.lock();
                 if let Some(idle) = s.idle.pop() {
                     s.in_use += 1;
-                    return Ok(PooledConn::new(self, idle.conn, idle.permit));
+                    return Ok(PooledConn::new(self, idle.conn, idle.permit, idle.born));
                 }
                 (s.open < self.cap, s.open > 0)
             };
@@ -518,7 +546,7 @@ impl TenantPool {
             let outcome = match connected {
                 Ok(Ok(conn)) => {
                     pool.budget.opened.fetch_add(1, Ordering::Relaxed);
-                    Ok((conn, permit))
+                    Ok((conn, permit, Instant::now()))
                 }
                 failed => {
                     {
@@ -537,12 +565,12 @@ impl TenantPool {
                     }
                 }
             };
-            if let Err(Ok((conn, permit))) = tx.send(outcome) {
-                pool.put_back(conn, permit);
+            if let Err(Ok((conn, permit, born))) = tx.send(outcome) {
+                pool.put_back(conn, permit, born);
             }
         });
         match rx.await {
-            Ok(Ok((conn, permit))) => Ok(Some(PooledConn::new(self, conn, permit))),
+            Ok(Ok((conn, permit, born))) => Ok(Some(PooledConn::new(self, conn, permit, born))),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(sqlx::Error::WorkerCrashed),
         }
@@ -569,7 +597,13 @@ impl TenantPool {
     }
 
     /// Takes a connection back: idle for reuse, or closed when the pool is retired.
-    fn put_back(self: &Arc<Self>, conn: PgConnection, permit: OwnedSemaphorePermit) {
+    fn put_back(self: &Arc<Self>, conn: PgConnection, permit: OwnedSemaphorePermit, born: Instant) {
+        if born.elapsed() >= self.max_lifetime {
+            // Old enough: a new one replaces it on demand.
+            self.discard(conn, permit);
+            self.returned.notify_one();
+            return;
+        }
         if self.closed.load(Ordering::Relaxed) {
             self.lock().in_use -= 1;
             self.lock().open -= 1;
@@ -583,6 +617,7 @@ impl TenantPool {
                 conn,
                 permit,
                 since: Instant::now(),
+                born,
             });
             !std::mem::replace(&mut s.listed, true)
         };
@@ -627,14 +662,21 @@ pub struct PooledConn {
     inner: Option<(PgConnection, OwnedSemaphorePermit)>,
     pool: Arc<TenantPool>,
     dirty: bool,
+    born: Instant,
 }
 
 impl PooledConn {
-    fn new(pool: &Arc<TenantPool>, conn: PgConnection, permit: OwnedSemaphorePermit) -> Self {
+    fn new(
+        pool: &Arc<TenantPool>,
+        conn: PgConnection,
+        permit: OwnedSemaphorePermit,
+        born: Instant,
+    ) -> Self {
         Self {
             inner: Some((conn, permit)),
             pool: Arc::clone(pool),
             dirty: false,
+            born,
         }
     }
 
@@ -666,6 +708,7 @@ impl Drop for PooledConn {
         // or whose query was abandoned half-way, must not reach the next request. An open
         // transaction is rolled back, which checks it too.
         let dirty = self.dirty;
+        let born = self.born;
         let pool = Arc::clone(&self.pool);
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
@@ -679,7 +722,7 @@ impl Drop for PooledConn {
                     })
                     .await;
                     if matches!(checked, Ok(Ok(()))) {
-                        pool.put_back(conn, permit);
+                        pool.put_back(conn, permit, born);
                     } else {
                         pool.discard(conn, permit);
                     }

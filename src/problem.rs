@@ -133,10 +133,12 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
         E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::WorkerCrashed => true,
         // 57P01..57P03: admin shutdown, crash shutdown, cannot connect now (also what a
         // database a tenant moved out of answers to writes); 3D000: no database; 23503: a
-        // row referenced a moment ago is gone (a tenant moving, a user deleted): retryable.
+        // row referenced a moment ago is gone (a tenant moving, a user deleted): retryable;
+        // 57014: a statement cancelled by its `statement_timeout`; 25P03: a transaction
+        // ended by `idle_in_transaction_session_timeout`.
         E::Database(db) => matches!(
             db.code().as_deref(),
-            Some("57P01" | "57P02" | "57P03" | "3D000" | "53300" | "23503")
+            Some("57P01" | "57P02" | "57P03" | "3D000" | "53300" | "23503" | "57014" | "25P03")
         ),
         _ => false,
     }

@@ -24,6 +24,31 @@ pub struct RegistryOptions {
     pub shared_database: Option<DatabaseUrl>,
     /// Most connections open at once, across every tenant pool.
     pub max_total_connections: usize,
+    /// What every tenant connection is opened with.
+    pub connection_limits: ConnectionLimits,
+}
+
+/// What every tenant connection is opened with, so a runaway query or a forgotten
+/// transaction cannot hold a tenant's connections forever. A tenant's pool settings may
+/// override the two timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// `statement_timeout`, in milliseconds.
+    pub statement_timeout_ms: u32,
+    /// `idle_in_transaction_session_timeout`, in milliseconds.
+    pub idle_in_transaction_timeout_ms: u32,
+    /// A connection older than this is closed when it comes back, not reused.
+    pub max_lifetime: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            statement_timeout_ms: 25_000,
+            idle_in_transaction_timeout_ms: 60_000,
+            max_lifetime: Duration::from_secs(1800),
+        }
+    }
 }
 
 impl Default for RegistryOptions {
@@ -33,6 +58,7 @@ impl Default for RegistryOptions {
             acquire_timeout: Duration::from_secs(5),
             shared_database: None,
             max_total_connections: 64,
+            connection_limits: ConnectionLimits::default(),
         }
     }
 }
@@ -45,6 +71,7 @@ pub struct Registry {
     /// `.test.com` for base domain `test.com`: the suffix a wildcard host ends with.
     wildcard_suffix: Option<String>,
     acquire_timeout: Duration,
+    limits: ConnectionLimits,
     /// The one pool of every shared tenant.
     shared: Option<Arc<LazyPool>>,
     /// Open connections of all pools together.
@@ -134,6 +161,7 @@ struct LazyPool {
     database: DatabaseUrl,
     settings: PoolSettings,
     acquire_timeout: Duration,
+    limits: ConnectionLimits,
     budget: Arc<Budget>,
     cell: OnceLock<Arc<TenantPool>>,
 }
@@ -146,17 +174,33 @@ impl LazyPool {
             let options = if self.shared {
                 crate::shared::connect_options(&self.database)
             } else {
-                self.database
-                    .connect_options()
-                    .application_name("tenant-router")
+                self.database.connect_options()
             };
-            TenantPool::new(
+            // Named after the router and the tenant (`pg_stat_activity` shows whose it is),
+            // with the timeouts that stop a runaway query or a forgotten transaction from
+            // holding a connection for good.
+            let statement = self
+                .settings
+                .statement_timeout_ms
+                .unwrap_or(self.limits.statement_timeout_ms);
+            let idle = self
+                .settings
+                .idle_in_transaction_timeout_ms
+                .unwrap_or(self.limits.idle_in_transaction_timeout_ms);
+            let options = options
+                .application_name(&format!("tenant-router/{}", self.label))
+                .options([
+                    ("statement_timeout", statement.to_string()),
+                    ("idle_in_transaction_session_timeout", idle.to_string()),
+                ]);
+            TenantPool::with_max_lifetime(
                 &self.label,
                 &self.budget,
                 options,
                 self.settings.max_connections as usize,
                 self.settings.idle_timeout(),
                 self.acquire_timeout,
+                self.limits.max_lifetime,
             )
         })
     }
@@ -200,6 +244,7 @@ impl Registry {
             stale: tokio::sync::Notify::new(),
             wildcard_suffix,
             acquire_timeout: options.acquire_timeout,
+            limits: options.connection_limits,
             shared: options.shared_database.map(|database| {
                 Arc::new(LazyPool {
                     label: "shared".into(),
@@ -209,8 +254,10 @@ impl Registry {
                     settings: PoolSettings {
                         max_connections: 20,
                         idle_timeout_secs: 300,
+                        ..PoolSettings::default()
                     },
                     acquire_timeout: options.acquire_timeout,
+                    limits: options.connection_limits,
                     cell: OnceLock::new(),
                 })
             }),
@@ -393,6 +440,7 @@ impl Registry {
                 database: tenant.database.clone(),
                 settings: tenant.pool,
                 acquire_timeout: self.acquire_timeout,
+                limits: self.limits,
                 cell: OnceLock::new(),
             }),
         }

@@ -148,6 +148,7 @@ impl Application {
             acquire_timeout: settings.acquire_timeout,
             shared_database: settings.shared_database(),
             max_total_connections: settings.max_total_connections,
+            connection_limits: settings.connection_limits,
         }));
         let sync = Arc::new(ConfigSync::new(Arc::clone(&registry), control.clone()));
         sync.full_load().await?;
@@ -180,6 +181,7 @@ impl Application {
                 token_hash: settings.admin_token_hash.clone().map(Arc::new),
                 verified: Arc::default(),
                 passwords: Arc::clone(&passwords),
+                checking: Arc::default(),
                 shared: settings
                     .shared_database()
                     .map(|u| crate::shared::SharedDb::connect_lazy(&u)),

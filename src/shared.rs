@@ -582,7 +582,17 @@ impl<'a> TenantDb<'a> {
                     "SELECT tenant_router_enter({})",
                     quote_literal(self.scope())
                 );
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("BEGIN; {enter}; {role}")))
+                // A tenant's own timeouts replace the shared pool's for its transactions.
+                let mut own = String::new();
+                if let Some(ms) = self.tenant.pool.statement_timeout_ms {
+                    own.push_str(&format!("; SET LOCAL statement_timeout = {ms}"));
+                }
+                if let Some(ms) = self.tenant.pool.idle_in_transaction_timeout_ms {
+                    own.push_str(&format!(
+                        "; SET LOCAL idle_in_transaction_session_timeout = {ms}"
+                    ));
+                }
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("BEGIN; {enter}; {role}{own}")))
                     .execute(&mut *conn)
                     .await?;
                 sqlx::raw_sql(sqlx::AssertSqlSafe(tenant))

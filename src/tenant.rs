@@ -173,11 +173,12 @@ impl DatabaseUrl {
     }
 
     /// The database name in the URL's path, if any.
-    pub fn database_name(&self) -> Option<&str> {
-        let rest = self.0.split_once("://")?.1;
-        let path = rest.split_once('/')?.1;
-        let name = path.split(['?', '#']).next().unwrap_or("");
-        (!name.is_empty()).then_some(name)
+    pub fn database_name(&self) -> Option<String> {
+        // As the driver reads it: percent-escapes decoded, `?dbname=` obeyed.
+        self.connect_options()
+            .get_database()
+            .filter(|name| !name.is_empty())
+            .map(str::to_string)
     }
 
     /// The same server with another database name (query parameters kept).
@@ -241,6 +242,13 @@ pub struct PoolSettings {
     /// Seconds an idle connection is kept before it is closed.
     #[serde(default = "PoolSettings::default_idle_timeout_secs")]
     pub idle_timeout_secs: u64,
+    /// Milliseconds a statement may run (`statement_timeout`); none: the router's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement_timeout_ms: Option<u32>,
+    /// Milliseconds a transaction may sit idle before PostgreSQL ends its session
+    /// (`idle_in_transaction_session_timeout`); none: the router's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_in_transaction_timeout_ms: Option<u32>,
 }
 
 impl PoolSettings {
@@ -259,6 +267,22 @@ impl PoolSettings {
         if !(1..=86_400).contains(&self.idle_timeout_secs) {
             return Err(invalid("idle_timeout_secs must be between 1 and 86400"));
         }
+        if self
+            .statement_timeout_ms
+            .is_some_and(|ms| !(1..=3_600_000).contains(&ms))
+        {
+            return Err(invalid(
+                "statement_timeout_ms must be between 1 and 3600000",
+            ));
+        }
+        if self
+            .idle_in_transaction_timeout_ms
+            .is_some_and(|ms| !(1..=3_600_000).contains(&ms))
+        {
+            return Err(invalid(
+                "idle_in_transaction_timeout_ms must be between 1 and 3600000",
+            ));
+        }
         Ok(())
     }
 
@@ -273,6 +297,8 @@ impl Default for PoolSettings {
         Self {
             max_connections: Self::default_max_connections(),
             idle_timeout_secs: Self::default_idle_timeout_secs(),
+            statement_timeout_ms: None,
+            idle_in_transaction_timeout_ms: None,
         }
     }
 }
@@ -420,7 +446,15 @@ mod tests {
         assert!(shown.contains("app:***@db.internal:5432/t1"), "{shown}");
         let q = DatabaseUrl::parse("postgres://db/t1?password=hunter2").unwrap();
         assert!(!q.redacted().contains("hunter2"));
-        assert_eq!(url.database_name(), Some("t1"));
+        assert_eq!(url.database_name().as_deref(), Some("t1"));
+        for spelling in [
+            "postgres://u@h/t%5F1",
+            "postgres://u@h/x?dbname=t_1",
+            "postgres://u@h/?dbname=t_1",
+        ] {
+            let url = DatabaseUrl::parse(spelling).unwrap();
+            assert_eq!(url.database_name().as_deref(), Some("t_1"), "{spelling}");
+        }
     }
 
     #[test]

@@ -166,16 +166,12 @@ async fn compare(
         patch.state = Some(t.state.as_str().to_string());
     }
     if t.pool != current.pool {
-        fixed.push(format!(
-            "pool: {}/{}s (file: {}/{}s)",
-            current.pool.max_connections,
-            current.pool.idle_timeout_secs,
-            t.pool.max_connections,
-            t.pool.idle_timeout_secs
-        ));
+        fixed.push(format!("pool: {:?} (file: {:?})", current.pool, t.pool));
         patch.pool = Some(PoolRequest {
             max_connections: Some(t.pool.max_connections),
             idle_timeout_secs: Some(t.pool.idle_timeout_secs),
+            statement_timeout_ms: Some(t.pool.statement_timeout_ms),
+            idle_in_transaction_timeout_ms: Some(t.pool.idle_in_transaction_timeout_ms),
         });
     }
     let mut kept = Vec::new();

@@ -31,6 +31,7 @@ pub async fn run_worker(
         acquire_timeout: settings.acquire_timeout,
         shared_database: settings.shared_database(),
         max_total_connections: settings.max_total_connections,
+        connection_limits: settings.connection_limits,
     }));
     let sync = Arc::new(ConfigSync::new(registry, control));
     sync.full_load().await?;

@@ -517,7 +517,7 @@ mod writes {
             StatusCode::OK
         );
         assert!(
-            provision::database_exists(&pg.url("postgres"), db.database_name().unwrap())
+            provision::database_exists(&pg.url("postgres"), &db.database_name().unwrap())
                 .await
                 .unwrap()
         );

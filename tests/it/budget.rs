@@ -26,7 +26,7 @@ fn sample_connections(dbs: Vec<String>, stop: Arc<AtomicBool>) -> tokio::task::J
         while !stop.load(Ordering::Relaxed) {
             let n: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM pg_stat_activity
-                 WHERE application_name = 'tenant-router' AND datname = ANY ($1)",
+                 WHERE application_name LIKE 'tenant-router/%' AND datname = ANY ($1)",
             )
             .bind(&dbs)
             .fetch_one(&watcher)
@@ -71,10 +71,7 @@ async fn two_hundred_tenants_never_hold_more_than_the_budget() {
                 .await,
         );
     }
-    let names: Vec<String> = dbs
-        .iter()
-        .map(|d| d.database_name().unwrap().to_string())
-        .collect();
+    let names: Vec<String> = dbs.iter().map(|d| d.database_name().unwrap()).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = sample_connections(names, Arc::clone(&stop));
 

@@ -224,3 +224,121 @@ async fn a_login_flood_keeps_memory_bounded_and_other_tenants_served() {
         "resident memory grew from {before} KiB to {peak} KiB"
     );
 }
+
+async fn show(app: &TestApp, tenant: &str, setting: &str) -> String {
+    let snapshot = app.registry.snapshot();
+    let entry = snapshot.get(&tenant.parse().unwrap()).unwrap();
+    let mut conn = entry.pool().acquire().await.unwrap();
+    sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!("SHOW {setting}")))
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+}
+
+async fn backends(app: &TestApp, application: &str) -> Vec<i32> {
+    let mut conn = PgConnection::connect_with(&app.control_url.connect_options())
+        .await
+        .unwrap();
+    let pids = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid",
+    )
+    .bind(application)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let _ = conn.close().await;
+    pids
+}
+
+#[tokio::test]
+async fn tenant_connections_carry_timeouts_a_name_and_a_lifetime() {
+    let app = app_with(|s| {
+        s.connection_limits.statement_timeout_ms = 4321;
+        s.connection_limits.idle_in_transaction_timeout_ms = 5432;
+        s.connection_limits.max_lifetime = Duration::from_secs(1);
+    })
+    .await;
+    assert_eq!(show(&app, "tenant-1", "statement_timeout").await, "4321ms");
+    assert_eq!(
+        show(&app, "tenant-1", "idle_in_transaction_session_timeout").await,
+        "5432ms"
+    );
+    assert_eq!(
+        show(&app, "tenant-1", "application_name").await,
+        "tenant-router/tenant-1"
+    );
+
+    // A connection is not reused past its lifetime.
+    let token = app.user_token("tenant-1.test.com", "lifer").await;
+    let r = app
+        .get("tenant-1.test.com", "/api/notes", Some(&token))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let first = backends(&app, "tenant-router/tenant-1").await;
+    assert!(!first.is_empty());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..3 {
+        let r = app
+            .get("tenant-1.test.com", "/api/notes", Some(&token))
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let now = backends(&app, "tenant-router/tenant-1").await;
+    assert!(
+        now.iter().all(|pid| !first.contains(pid)),
+        "connections outlived their lifetime: {first:?} then {now:?}"
+    );
+
+    // A tenant's own timeout replaces the default, for its new connections; a statement
+    // past it is a 503 for that tenant, not a 500.
+    let r = app
+        .admin_send(
+            Method::PATCH,
+            "/admin/tenants/tenant-1",
+            Some(json!({"pool": {"statement_timeout_ms": 300}})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    app.reload().await;
+    assert_eq!(show(&app, "tenant-1", "statement_timeout").await, "300ms");
+    let db = app
+        .control
+        .get_tenant(&"tenant-1".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .database;
+    let mut holder = PgConnection::connect_with(&db.connect_options())
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let r = app
+        .get("tenant-1.test.com", "/api/notes", Some(&token))
+        .await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let r = app
+        .get("tenant-1.test.com", "/api/notes", Some(&token))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // `null` goes back to the default.
+    let r = app
+        .admin_send(
+            Method::PATCH,
+            "/admin/tenants/tenant-1",
+            Some(json!({"pool": {"statement_timeout_ms": null}})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    app.reload().await;
+    assert_eq!(show(&app, "tenant-1", "statement_timeout").await, "4321ms");
+}

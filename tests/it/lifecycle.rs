@@ -1335,3 +1335,55 @@ async fn jobs_of_kept_data_wait_for_the_adopt_and_a_purge_fences_a_running_job()
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spelling_of_a_taken_or_unusable_database_is_refused() {
+    let cluster = Cluster::new().await;
+    let server = cluster.start("server").await;
+    let holder = uid("held");
+    let host = format!("{holder}.example.org");
+    let (status, body) = create(&cluster, &server, json!({"id": holder, "hosts": [host]})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let pg = shared_postgres().await;
+    let name = database_of(&holder);
+    let base = pg.url("postgres").expose().to_string();
+    let server_part = base.rsplit_once('/').unwrap().0.to_string();
+    let escaped = name.replace('_', "%5F");
+    let control_name = cluster.control_url.database_name().unwrap();
+    for (database, status_wanted) in [
+        (format!("{server_part}/{escaped}"), StatusCode::CONFLICT),
+        (
+            format!("{server_part}/x?dbname={name}"),
+            StatusCode::CONFLICT,
+        ),
+        (
+            format!("{server_part}/?dbname={name}"),
+            StatusCode::CONFLICT,
+        ),
+        // The control database (here also the shared one) is never a tenant's.
+        (
+            format!("{server_part}/{control_name}"),
+            StatusCode::CONFLICT,
+        ),
+        (
+            format!("{server_part}/{control_name}?options=-c%20search_path%3Dshared"),
+            StatusCode::CONFLICT,
+        ),
+        // A database that cannot be reached is the client's mistake, said plainly.
+        (
+            format!("{server_part}/no_such_database"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ] {
+        let other = uid("other");
+        let (status, problem) = create(
+            &cluster,
+            &server,
+            json!({"id": other, "hosts": [format!("{other}.example.org")], "database": database}),
+        )
+        .await;
+        assert_eq!(status, status_wanted, "{database}: {problem}");
+    }
+    // The holder is untouched and still serves.
+    user(&cluster, &server, &host, "holder@example.com").await;
+}

@@ -252,6 +252,7 @@ async fn serve(settings: &Settings, shared_url: &DatabaseUrl, pool: PgPool) -> a
         acquire_timeout: settings.acquire_timeout,
         shared_database: Some(shared_url.clone()),
         max_total_connections: settings.max_total_connections,
+        connection_limits: settings.connection_limits,
     }));
     let sync = Arc::new(ConfigSync::new(Arc::clone(&registry), control));
     sync.full_load().await?;

@@ -233,7 +233,7 @@ async fn loads_and_answers(control: DatabaseUrl, citus: bool) {
             for _ in 0..40 {
                 let n: i64 = sqlx::query_scalar(
                     "SELECT count(*) FROM pg_stat_activity
-                     WHERE datname = current_database() AND application_name = 'tenant-router'
+                     WHERE datname = current_database() AND application_name = 'tenant-router/shared'
                        AND xact_start IS NOT NULL",
                 )
                 .fetch_one(&pool)
