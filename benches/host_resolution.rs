@@ -23,6 +23,7 @@ fn registry(n: usize) -> Registry {
             isolation: Default::default(),
             version: i as i64 + 1,
             incarnation: 1,
+            rate_limit: None,
         })
         .collect();
     registry.replace_all(tenants, 0);

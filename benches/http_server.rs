@@ -49,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
                 state: TenantState::Active,
                 isolation: Default::default(),
                 incarnation: None,
+                rate_limit: None,
             })
             .await?;
     }

@@ -270,6 +270,7 @@ async fn main() -> anyhow::Result<()> {
                 state: TenantState::Active,
                 isolation: Default::default(),
                 incarnation: None,
+                rate_limit: None,
             },
             WriteMode::Create,
         )

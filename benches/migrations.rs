@@ -33,6 +33,7 @@ fn tenant(i: usize, database: DatabaseUrl) -> Tenant {
         isolation: Isolation::Dedicated,
         version: i as i64 + 1,
         incarnation: 1,
+        rate_limit: None,
     }
 }
 

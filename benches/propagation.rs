@@ -113,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
         state: TenantState::Active,
         isolation: Default::default(),
         incarnation: None,
+        rate_limit: None,
     };
     let (mut to_b, mut to_c, mut commits) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..changes + 50 {

@@ -55,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
                     state: TenantState::Active,
                     isolation: Isolation::Dedicated,
                     incarnation: None,
+                    rate_limit: None,
                 },
                 WriteMode::Create,
             )
@@ -93,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
                     state: TenantState::Active,
                     isolation: Isolation::Shared,
                     incarnation: None,
+                    rate_limit: None,
                 },
                 WriteMode::Create,
             )

@@ -41,6 +41,7 @@ fn tenant(i: usize, version: i64) -> Tenant {
         isolation: Isolation::Dedicated,
         version,
         incarnation: 1,
+        rate_limit: None,
     }
 }
 

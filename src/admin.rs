@@ -124,6 +124,9 @@ pub struct TenantView {
     pub version: i64,
     /// Incarnation: a new one each time the id is created anew.
     pub incarnation: i64,
+    /// Its own request rate limit; absent: the router's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::tenant::RateLimit>,
     /// An operation on the tenant that has not finished: running, or interrupted (its
     /// process died; retry it or run `tenant-router tenants repair <id>`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -141,6 +144,7 @@ impl From<&Tenant> for TenantView {
             isolation: t.isolation,
             version: t.version,
             incarnation: t.incarnation,
+            rate_limit: t.rate_limit,
             operation: None,
         }
     }

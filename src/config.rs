@@ -149,6 +149,13 @@ pub struct SettingsArgs {
         global = true
     )]
     pub idle_in_transaction_timeout_ms: Option<u32>,
+    /// Requests per second each tenant may make, unless it has a limit of its own
+    /// [default: no limit].
+    #[arg(long, env = "TENANT_ROUTER_RATE_LIMIT_RPS", global = true)]
+    pub rate_limit_rps: Option<u32>,
+    /// Requests at once above that rate [default: the rate].
+    #[arg(long, env = "TENANT_ROUTER_RATE_LIMIT_BURST", global = true)]
+    pub rate_limit_burst: Option<u32>,
     /// Seconds a tenant connection is reused at most [default: 1800].
     #[arg(
         long,
@@ -200,6 +207,8 @@ struct FileSettings {
     statement_timeout_ms: Option<u32>,
     idle_in_transaction_timeout_ms: Option<u32>,
     connection_max_lifetime_secs: Option<u64>,
+    rate_limit_rps: Option<u32>,
+    rate_limit_burst: Option<u32>,
 }
 
 /// The resolved settings.
@@ -251,6 +260,8 @@ pub struct Settings {
     pub password_hash_concurrency: usize,
     /// What every tenant connection is opened with.
     pub connection_limits: crate::registry::ConnectionLimits,
+    /// The request rate limit of tenants without one of their own.
+    pub default_rate_limit: Option<crate::tenant::RateLimit>,
 }
 
 impl Settings {
@@ -509,6 +520,22 @@ impl Settings {
                         defaults.idle_in_transaction_timeout_ms,
                     )?,
                     max_lifetime: lifetime,
+                }
+            },
+            default_rate_limit: match args.rate_limit_rps.or(file.rate_limit_rps) {
+                None => None,
+                Some(rps) => {
+                    let limit = crate::tenant::RateLimit {
+                        requests_per_second: rps,
+                        burst: args
+                            .rate_limit_burst
+                            .or(file.rate_limit_burst)
+                            .unwrap_or(rps),
+                    };
+                    limit.validate().context(
+                        "rate_limit_rps / rate_limit_burst (TENANT_ROUTER_RATE_LIMIT_*)",
+                    )?;
+                    Some(limit)
                 }
             },
             password_hash_concurrency: {

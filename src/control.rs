@@ -8,7 +8,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Row, migrate::Migrator};
 
 use crate::tenant::{
-    DatabaseUrl, Isolation, PoolSettings, Tenant, TenantHost, TenantId, TenantState,
+    DatabaseUrl, Isolation, PoolSettings, RateLimit, Tenant, TenantHost, TenantId, TenantState,
 };
 
 /// Migrations of the control database (`migrations/control/`).
@@ -42,6 +42,8 @@ pub struct TenantSpec {
     /// The incarnation: `None` keeps the stored one, or draws a new one for a new tenant;
     /// `Some` adopts the data a removal kept ([`Leftover`]) of that incarnation.
     pub incarnation: Option<i64>,
+    /// Its own request rate limit; `None`: the router's default.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Why a write was refused.
@@ -118,7 +120,7 @@ pub enum UpsertOutcome {
 const SELECT_TENANTS: &str = "
     SELECT t.id, t.database_url, t.max_connections, t.idle_timeout_secs, t.state, t.version,
            t.isolation, t.incarnation, t.statement_timeout_ms, t.idle_in_transaction_timeout_ms,
-           coalesce(array_agg(h.host ORDER BY h.host) FILTER (WHERE h.host IS NOT NULL), '{}')
+           t.rate_limit_rps, t.rate_limit_burst, coalesce(array_agg(h.host ORDER BY h.host) FILTER (WHERE h.host IS NOT NULL), '{}')
                AS hosts
     FROM tenants t LEFT JOIN tenant_hosts h ON h.tenant_id = t.id";
 
@@ -266,6 +268,7 @@ impl ControlDb {
         let existing = sqlx::query(
             "SELECT database_url, max_connections, idle_timeout_secs, state, provisioned, version,
                     isolation, incarnation, statement_timeout_ms, idle_in_transaction_timeout_ms,
+                    rate_limit_rps, rate_limit_burst,
                     array(SELECT host FROM tenant_hosts WHERE tenant_id = $1 ORDER BY host) AS hosts
              FROM tenants WHERE id = $1 FOR UPDATE",
         )
@@ -290,6 +293,7 @@ impl ControlDb {
             isolation: spec.isolation,
             version,
             incarnation,
+            rate_limit: spec.rate_limit,
         };
 
         let outcome = match (&existing, mode) {
@@ -326,6 +330,10 @@ impl ControlDb {
                     && spec
                         .incarnation
                         .is_none_or(|i| row.try_get::<i64, _>("incarnation").ok() == Some(i))
+                    && row.try_get::<Option<i32>, _>("rate_limit_rps").ok()
+                        == Some(spec.rate_limit.map(|r| r.requests_per_second as i32))
+                    && row.try_get::<Option<i32>, _>("rate_limit_burst").ok()
+                        == Some(spec.rate_limit.map(|r| r.burst as i32))
                     && row.try_get::<Vec<String>, _>("hosts").ok().as_ref() == Some(&hosts);
                 if same {
                     let incarnation = row.try_get("incarnation").context("the incarnation")?;
@@ -368,9 +376,9 @@ impl ControlDb {
         let (version, incarnation): (i64, i64) = sqlx::query_as(
             "INSERT INTO tenants (id, database_url, max_connections, idle_timeout_secs, state, provisioned,
                                   isolation, incarnation, statement_timeout_ms,
-                                  idle_in_transaction_timeout_ms)
+                                  idle_in_transaction_timeout_ms, rate_limit_rps, rate_limit_burst)
              VALUES ($1, $2, $3, $4, $5, $6, $7, coalesce($8, nextval('tenant_incarnation_seq')),
-                     $9, $10)
+                     $9, $10, $11, $12)
              ON CONFLICT (id) DO UPDATE SET
                  isolation = EXCLUDED.isolation,
                  database_url = EXCLUDED.database_url,
@@ -381,6 +389,8 @@ impl ControlDb {
                  incarnation = coalesce($8, tenants.incarnation),
                  statement_timeout_ms = EXCLUDED.statement_timeout_ms,
                  idle_in_transaction_timeout_ms = EXCLUDED.idle_in_transaction_timeout_ms,
+                 rate_limit_rps = EXCLUDED.rate_limit_rps,
+                 rate_limit_burst = EXCLUDED.rate_limit_burst,
                  version = nextval('tenant_version_seq'),
                  change_id = gen_random_uuid(),
                  updated_at = now()
@@ -396,6 +406,8 @@ impl ControlDb {
         .bind(spec.incarnation)
         .bind(spec.pool.statement_timeout_ms.map(|v| v as i32))
         .bind(spec.pool.idle_in_transaction_timeout_ms.map(|v| v as i32))
+        .bind(spec.rate_limit.map(|r| r.requests_per_second as i32))
+        .bind(spec.rate_limit.map(|r| r.burst as i32))
         .fetch_one(&mut *tx)
         .await
         .context("writing the tenant")?;
@@ -788,18 +800,19 @@ impl ControlDb {
         let rows = sqlx::query(
             "SELECT t.id, t.database_url, t.max_connections, t.idle_timeout_secs, t.state,
                     t.version, t.isolation, t.incarnation, t.statement_timeout_ms,
-                    t.idle_in_transaction_timeout_ms, coalesce(array_agg(h.host ORDER BY h.host)
+                    t.idle_in_transaction_timeout_ms, t.rate_limit_rps, t.rate_limit_burst,
+                    coalesce(array_agg(h.host ORDER BY h.host)
                         FILTER (WHERE h.host IS NOT NULL), '{}') AS hosts,
                     'upsert' AS kind, t.change_id::text AS change_id
              FROM tenants t LEFT JOIN tenant_hosts h ON h.tenant_id = t.id
              WHERE t.version > $1 GROUP BY t.id
              UNION ALL
              SELECT tenant_id, NULL, NULL, NULL, NULL, version, NULL, NULL, NULL, NULL, NULL,
-                    'remove', change_id::text
+                    NULL, NULL, 'remove', change_id::text
              FROM tenant_tombstones WHERE version > $1
              UNION ALL
              SELECT NULL, NULL, NULL, NULL, NULL, version, NULL, NULL, NULL, NULL, NULL,
-                    'mark', change_id::text
+                    NULL, NULL, 'mark', change_id::text
              FROM tenant_history WHERE version = $1
              ORDER BY version",
         )
@@ -916,5 +929,15 @@ fn parse_tenant(row: &PgRow) -> anyhow::Result<Tenant> {
         isolation: row.try_get::<String, _>("isolation")?.parse()?,
         version: row.try_get("version")?,
         incarnation: row.try_get("incarnation")?,
+        rate_limit: match (
+            row.try_get::<Option<i32>, _>("rate_limit_rps")?,
+            row.try_get::<Option<i32>, _>("rate_limit_burst")?,
+        ) {
+            (Some(rps), Some(burst)) => Some(RateLimit {
+                requests_per_second: u32::try_from(rps)?,
+                burst: u32::try_from(burst)?,
+            }),
+            _ => None,
+        },
     })
 }

@@ -17,7 +17,7 @@ use tenant_router::problem::FieldError;
 use tenant_router::provision::{self, MigrationOutcome};
 use tenant_router::server::{Application, shutdown_signal};
 use tenant_router::shared::SharedDb;
-use tenant_router::tenant::{Isolation, TenantId};
+use tenant_router::tenant::{Isolation, RateLimit, TenantId};
 use tenant_router::tenants_file::{self, ImportOutcome, TenantsFile};
 
 /// Database-per-tenant router: a request's Host header picks the tenant's own database.
@@ -79,6 +79,8 @@ enum TenantsCommand {
         database: Option<String>,
         #[command(flatten)]
         pool: PoolArgs,
+        #[command(flatten)]
+        rate: RateLimitArgs,
         /// active or suspended [default: active].
         #[arg(long)]
         state: Option<String>,
@@ -102,6 +104,8 @@ enum TenantsCommand {
         database: Option<String>,
         #[command(flatten)]
         pool: PoolArgs,
+        #[command(flatten)]
+        rate: RateLimitArgs,
         /// active or suspended.
         #[arg(long)]
         state: Option<String>,
@@ -167,6 +171,28 @@ struct PoolArgs {
     idle_in_transaction_timeout_ms: Option<u32>,
 }
 
+#[derive(clap::Args)]
+struct RateLimitArgs {
+    /// Requests per second the tenant may make (on update, 0: the router's default).
+    #[arg(long)]
+    rate_limit_rps: Option<u32>,
+    /// Requests at once above that rate [default: the rate].
+    #[arg(long)]
+    rate_limit_burst: Option<u32>,
+}
+
+impl RateLimitArgs {
+    /// `None`: not given; `Some(None)`: back to the default; `Some(Some(_))`: this limit.
+    fn request(&self) -> Option<Option<RateLimit>> {
+        self.rate_limit_rps.map(|rps| {
+            (rps > 0).then(|| RateLimit {
+                requests_per_second: rps,
+                burst: self.rate_limit_burst.unwrap_or(rps),
+            })
+        })
+    }
+}
+
 impl PoolArgs {
     fn request(&self) -> Option<PoolRequest> {
         // 0 on the command line clears an override, as `null` does in the API.
@@ -224,6 +250,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             state,
             isolation,
             adopt,
+            rate,
         }) => {
             let request = NewTenantRequest {
                 id: Some(id),
@@ -233,6 +260,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 state,
                 isolation,
                 adopt: Some(adopt),
+                rate_limit: rate.request().flatten(),
             };
             let new = match request.validate() {
                 Ok(new) => new,
@@ -248,6 +276,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pool,
             state,
             if_match,
+            rate,
         }) => {
             let id = match parse_id(id) {
                 Ok(id) => id,
@@ -258,6 +287,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 database,
                 pool: pool.request(),
                 state,
+                rate_limit: rate.request(),
             };
             let result = operations(&settings)
                 .await?

@@ -71,6 +71,9 @@ where
         match resolve(&self.registry, &req) {
             Ok(entry) => {
                 tracing::Span::current().record("tenant.id", entry.tenant().id.as_str());
+                if let Some(wait) = entry.throttled() {
+                    return Either::Left(ready(Ok(too_many(wait))));
+                }
                 req.extensions_mut().insert(CurrentTenant(entry));
                 let response = self.inner.call(req);
                 let registry = Arc::clone(&self.registry);
@@ -91,6 +94,19 @@ where
             Err(refusal) => Either::Left(ready(Ok(refusal.into_response()))),
         }
     }
+}
+
+/// 429 for a tenant over its rate limit, with when to come back (whole seconds, at least 1).
+fn too_many(wait: std::time::Duration) -> Response {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut response = problem_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        "this tenant is over its request rate limit; retry later",
+    );
+    if let Ok(value) = header::HeaderValue::from_str(&seconds.max(1).to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
 
 /// Why a request was not handed to a tenant.

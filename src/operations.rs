@@ -16,7 +16,7 @@ use crate::provision::{self, TenantMigrations};
 use crate::shared::SharedDb;
 use crate::sync::ConfigSync;
 use crate::tenant::{
-    DatabaseUrl, Isolation, PoolSettings, Tenant, TenantHost, TenantId, TenantState,
+    DatabaseUrl, Isolation, PoolSettings, RateLimit, Tenant, TenantHost, TenantId, TenantState,
 };
 
 /// How long a removal with `drop_database` waits for every instance to close its
@@ -42,6 +42,8 @@ pub struct NewTenantRequest {
     /// Take over data that is already there: what a removal of this id kept, or an existing
     /// `tenant_<id>` database. Without it, such data makes the create a 409.
     pub adopt: Option<bool>,
+    /// Its own request rate limit; omitted: the router's default.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Pool settings as a client sends them; omitted fields keep their current (or default)
@@ -80,6 +82,9 @@ pub struct TenantPatchRequest {
     pub pool: Option<PoolRequest>,
     /// `active` or `suspended`.
     pub state: Option<String>,
+    /// Its own request rate limit; `null` returns to the router's default.
+    #[serde(default, deserialize_with = "some_or_null")]
+    pub rate_limit: Option<Option<RateLimit>>,
 }
 
 /// A validated [`NewTenantRequest`].
@@ -99,6 +104,8 @@ pub struct NewTenant {
     pub isolation: Isolation,
     /// Take over data that is already there (see [`NewTenantRequest::adopt`]).
     pub adopt: bool,
+    /// Its own request rate limit.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl NewTenantRequest {
@@ -132,6 +139,9 @@ impl NewTenantRequest {
                 Isolation::Dedicated
             }
         };
+        if let Some(Err(e)) = self.rate_limit.as_ref().map(RateLimit::validate) {
+            errors.push(FieldError::new("rate_limit", e.0));
+        }
         if isolation == Isolation::Shared && self.database.is_some() {
             errors.push(FieldError::new(
                 "database",
@@ -147,6 +157,7 @@ impl NewTenantRequest {
                 state,
                 isolation,
                 adopt: self.adopt.unwrap_or(false),
+                rate_limit: self.rate_limit,
             }),
             _ => Err(errors),
         }
@@ -654,6 +665,7 @@ impl TenantOps {
             state: new.state,
             isolation: new.isolation,
             incarnation,
+            rate_limit: new.rate_limit,
         };
         match self.control.write(&spec, WriteMode::Create).await {
             Ok(written) => {
@@ -1232,6 +1244,7 @@ impl TenantOps {
             state: current.state,
             isolation: to,
             incarnation: None,
+            rate_limit: current.rate_limit,
         };
         let written = self
             .control
@@ -1411,6 +1424,10 @@ fn merge(
     }
     let pool = parse_pool(patch.pool, current.pool, &mut errors);
     let state = parse_state(patch.state.as_deref(), &mut errors);
+    let rate_limit = patch.rate_limit.unwrap_or(current.rate_limit);
+    if let Some(Err(e)) = rate_limit.as_ref().map(RateLimit::validate) {
+        errors.push(FieldError::new("rate_limit", e.0));
+    }
     match (hosts, pool) {
         (Some(hosts), Some(pool)) if errors.is_empty() => {
             let moved = database.as_ref().is_some_and(|d| *d != current.database);
@@ -1424,6 +1441,7 @@ fn merge(
                 state: state.unwrap_or(current.state),
                 isolation: current.isolation,
                 incarnation: None,
+                rate_limit,
             })
         }
         _ => Err(errors),
@@ -1447,6 +1465,7 @@ mod tests {
             state: Some("paused".into()),
             isolation: Some("pooled".into()),
             adopt: None,
+            rate_limit: None,
         };
         let errors = request.validate().unwrap_err();
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();

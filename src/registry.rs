@@ -1,6 +1,7 @@
 //! The tenant registry: an immutable snapshot behind an `ArcSwap`, so a lookup is a pointer
 //! load and a hash probe, and a change is a new snapshot swapped in by one writer.
 
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use arc_swap::ArcSwap;
 use foldhash::fast::RandomState;
 
 use crate::control::Change;
-use crate::tenant::{DatabaseUrl, Isolation, PoolSettings, Tenant, TenantId};
+use crate::tenant::{DatabaseUrl, Isolation, PoolSettings, RateLimit, Tenant, TenantId};
 
 /// How tenant pools are built, for every tenant of one registry.
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct RegistryOptions {
     pub max_total_connections: usize,
     /// What every tenant connection is opened with.
     pub connection_limits: ConnectionLimits,
+    /// The request rate limit of tenants without one of their own; `None`: unlimited.
+    pub default_rate_limit: Option<RateLimit>,
 }
 
 /// What every tenant connection is opened with, so a runaway query or a forgotten
@@ -59,6 +62,7 @@ impl Default for RegistryOptions {
             shared_database: None,
             max_total_connections: 64,
             connection_limits: ConnectionLimits::default(),
+            default_rate_limit: None,
         }
     }
 }
@@ -72,6 +76,7 @@ pub struct Registry {
     wildcard_suffix: Option<String>,
     acquire_timeout: Duration,
     limits: ConnectionLimits,
+    default_rate_limit: Option<RateLimit>,
     /// The one pool of every shared tenant.
     shared: Option<Arc<LazyPool>>,
     /// Open connections of all pools together.
@@ -131,6 +136,10 @@ impl Snapshot {
 pub struct TenantEntry {
     tenant: Tenant,
     pool: Arc<LazyPool>,
+    /// Its request rate limit (its own, or the router's default), if any.
+    limit: Option<RateLimit>,
+    /// The limiter, made on the first request (a change of the tenant starts a new one).
+    limiter: OnceLock<governor::DefaultDirectRateLimiter>,
 }
 
 impl TenantEntry {
@@ -148,6 +157,23 @@ impl TenantEntry {
     /// True once the pool has been created.
     pub fn pool_is_open(&self) -> bool {
         self.pool.cell.get().is_some()
+    }
+
+    /// Counts one request against the tenant's rate limit: `None` when it may go ahead,
+    /// else how long until it could.
+    pub fn throttled(&self) -> Option<Duration> {
+        let limit = self.limit?;
+        let limiter = self.limiter.get_or_init(|| {
+            let per_second = NonZeroU32::new(limit.requests_per_second).unwrap_or(NonZeroU32::MIN);
+            let burst = NonZeroU32::new(limit.burst).unwrap_or(NonZeroU32::MIN);
+            governor::RateLimiter::direct(
+                governor::Quota::per_second(per_second).allow_burst(burst),
+            )
+        });
+        limiter.check().err().map(|not_until| {
+            use governor::clock::Clock as _;
+            not_until.wait_time_from(limiter.clock().now())
+        })
     }
 }
 
@@ -245,6 +271,7 @@ impl Registry {
             wildcard_suffix,
             acquire_timeout: options.acquire_timeout,
             limits: options.connection_limits,
+            default_rate_limit: options.default_rate_limit,
             shared: options.shared_database.map(|database| {
                 Arc::new(LazyPool {
                     label: "shared".into(),
@@ -315,6 +342,16 @@ impl Registry {
         snapshot.by_id.get(label).cloned()
     }
 
+    fn entry(&self, tenant: Tenant, pool: Arc<LazyPool>) -> Arc<TenantEntry> {
+        let limit = tenant.rate_limit.or(self.default_rate_limit);
+        Arc::new(TenantEntry {
+            tenant,
+            pool,
+            limit,
+            limiter: OnceLock::new(),
+        })
+    }
+
     /// Replaces every tenant, keeping the pools of tenants whose database settings did not
     /// change. Used at start-up and after a full re-sync. `version` is the control
     /// database's highest version in the same read as `tenants` (it may belong to a
@@ -329,7 +366,7 @@ impl Registry {
         };
         for tenant in tenants {
             let pool = self.pool_for(&tenant, old.by_id.get(&tenant.id));
-            next.insert(Arc::new(TenantEntry { tenant, pool }));
+            next.insert(self.entry(tenant, pool));
         }
         self.store(&old, next, None);
     }
@@ -352,7 +389,7 @@ impl Registry {
         let mut next = old.clone_without(&tenant.id);
         next.version = next.version.max(tenant.version);
         let id = tenant.id.clone();
-        next.insert(Arc::new(TenantEntry { tenant, pool }));
+        next.insert(self.entry(tenant, pool));
         self.store(&old, next, Some(&[id]));
         true
     }
@@ -403,7 +440,7 @@ impl Registry {
                     let pool = self.pool_for(&tenant, previous);
                     next.detach(&tenant.id);
                     changed.push(tenant.id.clone());
-                    next.insert(Arc::new(TenantEntry { tenant, pool }));
+                    next.insert(self.entry(tenant, pool));
                     applied += 1;
                 }
                 Change::Remove { id, version } => {
@@ -535,6 +572,7 @@ mod tests {
             isolation: Isolation::Dedicated,
             version,
             incarnation: 1,
+            rate_limit: None,
         }
     }
 

@@ -149,6 +149,7 @@ impl Application {
             shared_database: settings.shared_database(),
             max_total_connections: settings.max_total_connections,
             connection_limits: settings.connection_limits,
+            default_rate_limit: settings.default_rate_limit,
         }));
         let sync = Arc::new(ConfigSync::new(Arc::clone(&registry), control.clone()));
         sync.full_load().await?;

@@ -232,6 +232,32 @@ impl<'de> Deserialize<'de> for DatabaseUrl {
     }
 }
 
+/// How many requests a tenant may make: a token bucket refilled at `requests_per_second`,
+/// holding at most `burst`. Beyond it, the tenant's requests get a 429 with `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Sustained requests per second.
+    pub requests_per_second: u32,
+    /// Requests allowed at once above the sustained rate.
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// Checks the bounds: 1 to 1,000,000 each.
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        if !(1..=1_000_000).contains(&self.requests_per_second) {
+            return Err(invalid(
+                "rate_limit.requests_per_second must be between 1 and 1000000",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.burst) {
+            return Err(invalid("rate_limit.burst must be between 1 and 1000000"));
+        }
+        Ok(())
+    }
+}
+
 /// Connection pool settings of one tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -387,6 +413,8 @@ pub struct Tenant {
     /// Which tenant of this id it is: an id removed and created again is a new
     /// incarnation, and nothing of the old one (jobs, sessions, data) acts on it.
     pub incarnation: i64,
+    /// Its own request rate limit; `None`: the router's default.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Tenant {

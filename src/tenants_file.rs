@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::operations::{NewTenant, OpError, PoolRequest, TenantOps, TenantPatchRequest};
 use crate::tenant::{
-    DatabaseUrl, Isolation, PoolSettings, Tenant, TenantHost, TenantId, TenantState,
+    DatabaseUrl, Isolation, PoolSettings, RateLimit, Tenant, TenantHost, TenantId, TenantState,
 };
 
 /// The file's shape.
@@ -38,6 +38,9 @@ pub struct FileTenant {
     /// `dedicated` (default) or `shared`; a shared tenant has no `database`.
     #[serde(default)]
     pub isolation: Isolation,
+    /// Its own request rate limit (`[tenant.rate_limit]`); absent: the router's default.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl TenantsFile {
@@ -52,6 +55,11 @@ impl TenantsFile {
             t.pool
                 .validate()
                 .with_context(|| format!("tenant '{}'", t.id))?;
+            if let Some(limit) = &t.rate_limit {
+                limit
+                    .validate()
+                    .with_context(|| format!("tenant '{}'", t.id))?;
+            }
         }
         Ok(file)
     }
@@ -114,6 +122,7 @@ pub async fn import(
                     state: t.state,
                     isolation: t.isolation,
                     adopt: false,
+                    rate_limit: t.rate_limit,
                 };
                 match ops.create(new).await {
                     Ok(_) => ImportOutcome::Created,
@@ -173,6 +182,13 @@ async fn compare(
             statement_timeout_ms: Some(t.pool.statement_timeout_ms),
             idle_in_transaction_timeout_ms: Some(t.pool.idle_in_transaction_timeout_ms),
         });
+    }
+    if t.rate_limit != current.rate_limit {
+        fixed.push(format!(
+            "rate_limit: {:?} (file: {:?})",
+            current.rate_limit, t.rate_limit
+        ));
+        patch.rate_limit = Some(t.rate_limit);
     }
     let mut kept = Vec::new();
     if t.isolation != current.isolation {
@@ -235,5 +251,20 @@ mod tests {
             "[[tenant]]\nid = \"a\"\nhosts = [\"a.b\"]\ndatabse = \"x\"\n"
         ));
         assert!(!bad("[[tenant]]\nid = \"a\"\nhosts = [\"A.B.\"]\n"));
+        let limited: TenantsFile = toml::from_str(
+            "[[tenant]]\nid = \"a\"\nhosts = [\"a.b\"]\n\
+             [tenant.rate_limit]\nrequests_per_second = 50\nburst = 100\n",
+        )
+        .unwrap();
+        assert_eq!(
+            limited.tenants[0].rate_limit,
+            Some(RateLimit {
+                requests_per_second: 50,
+                burst: 100
+            })
+        );
+        assert!(bad(
+            "[[tenant]]\nid = \"a\"\nhosts = [\"a.b\"]\n[tenant.rate_limit]\nrps = 5\n"
+        ));
     }
 }

@@ -32,6 +32,7 @@ pub async fn run_worker(
         shared_database: settings.shared_database(),
         max_total_connections: settings.max_total_connections,
         connection_limits: settings.connection_limits,
+        default_rate_limit: settings.default_rate_limit,
     }));
     let sync = Arc::new(ConfigSync::new(registry, control));
     sync.full_load().await?;

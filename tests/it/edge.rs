@@ -342,3 +342,94 @@ async fn tenant_connections_carry_timeouts_a_name_and_a_lifetime() {
     app.reload().await;
     assert_eq!(show(&app, "tenant-1", "statement_timeout").await, "4321ms");
 }
+
+/// Statuses of `n` requests made one after another to `host`.
+async fn statuses(app: &TestApp, host: &str, n: usize) -> Vec<StatusCode> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(app.get(host, "/api/notes", None).await.status());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_tenant_over_its_rate_limit_gets_429_and_only_that_tenant() {
+    let pg = shared_postgres().await;
+    let t1 = tenant_database(pg, "rl1").await;
+    let t2 = tenant_database(pg, "rl2").await;
+    // A default for every tenant: 2 per second, bursts of 5.
+    let app = TestApp::spawn_with(
+        vec![
+            spec("tenant-1", &["tenant-1.test.com"], t1),
+            spec("tenant-2", &["tenant-2.test.com"], t2),
+        ],
+        |s| {
+            s.default_rate_limit = Some(tenant_router::tenant::RateLimit {
+                requests_per_second: 2,
+                burst: 5,
+            })
+        },
+    )
+    .await;
+    let started = Instant::now();
+    let seen = statuses(&app, "tenant-1.test.com", 30).await;
+    // The bucket: 5 at once, then 2 per second of however long the requests took.
+    let allowed = 5 + (started.elapsed().as_secs_f64() * 2.0).ceil() as usize;
+    let served = seen
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    assert!(served >= 5, "{seen:?}");
+    assert!(
+        served <= allowed,
+        "{served} served, {allowed} allowed: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|s| *s == StatusCode::UNAUTHORIZED || *s == StatusCode::TOO_MANY_REQUESTS),
+        "{seen:?}"
+    );
+    let r = app.get("tenant-1.test.com", "/api/notes", None).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    // The other tenant has its own bucket.
+    let other = statuses(&app, "tenant-2.test.com", 5).await;
+    assert!(
+        other.iter().all(|s| *s == StatusCode::UNAUTHORIZED),
+        "{other:?}"
+    );
+
+    // A tenant's own limit replaces the default (and `null` returns to it).
+    let r = app
+        .admin_send(
+            Method::PATCH,
+            "/admin/tenants/tenant-2",
+            Some(json!({"rate_limit": {"requests_per_second": 1000, "burst": 1000}})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let own = statuses(&app, "tenant-2.test.com", 30).await;
+    assert!(
+        own.iter().all(|s| *s == StatusCode::UNAUTHORIZED),
+        "{own:?}"
+    );
+    let r = app
+        .admin_send(
+            Method::PATCH,
+            "/admin/tenants/tenant-2",
+            Some(json!({"rate_limit": {"requests_per_second": 0, "burst": 1}})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let r = app
+        .admin_send(
+            Method::PATCH,
+            "/admin/tenants/tenant-2",
+            Some(json!({"rate_limit": null})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let back = statuses(&app, "tenant-2.test.com", 30).await;
+    assert!(back.contains(&StatusCode::TOO_MANY_REQUESTS), "{back:?}");
+}

@@ -162,6 +162,7 @@ pub fn spec(id: &str, hosts: &[&str], database: DatabaseUrl) -> TenantSpec {
         state: TenantState::Active,
         isolation: Default::default(),
         incarnation: None,
+        rate_limit: None,
     }
 }
 

@@ -371,6 +371,7 @@ async fn the_reconcile_catches_a_change_no_hint_announced() {
         state: TenantState::Active,
         isolation: Default::default(),
         incarnation: None,
+        rate_limit: None,
     };
     cluster
         .control

@@ -218,6 +218,7 @@ async fn load(
             state: TenantState::Active,
             isolation: Isolation::Shared,
             incarnation: None,
+            rate_limit: None,
         };
         let written = control
             .write(&spec, WriteMode::Upsert)
@@ -253,6 +254,7 @@ async fn serve(settings: &Settings, shared_url: &DatabaseUrl, pool: PgPool) -> a
         shared_database: Some(shared_url.clone()),
         max_total_connections: settings.max_total_connections,
         connection_limits: settings.connection_limits,
+        default_rate_limit: settings.default_rate_limit,
     }));
     let sync = Arc::new(ConfigSync::new(Arc::clone(&registry), control));
     sync.full_load().await?;
