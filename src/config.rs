@@ -149,6 +149,12 @@ pub struct SettingsArgs {
         global = true
     )]
     pub idle_in_transaction_timeout_ms: Option<u32>,
+    /// Queued and delayed jobs a tenant may have at once; more are a 429 [default: 10000].
+    #[arg(long, env = "TENANT_ROUTER_JOB_MAX_QUEUED_PER_TENANT", global = true)]
+    pub job_max_queued_per_tenant: Option<u64>,
+    /// Entries the dead-letter and parked streams keep, about [default: 100000].
+    #[arg(long, env = "TENANT_ROUTER_JOB_DEAD_MAX_LEN", global = true)]
+    pub job_dead_max_len: Option<usize>,
     /// Requests per second each tenant may make, unless it has a limit of its own
     /// [default: no limit].
     #[arg(long, env = "TENANT_ROUTER_RATE_LIMIT_RPS", global = true)]
@@ -209,6 +215,8 @@ struct FileSettings {
     connection_max_lifetime_secs: Option<u64>,
     rate_limit_rps: Option<u32>,
     rate_limit_burst: Option<u32>,
+    job_max_queued_per_tenant: Option<u64>,
+    job_dead_max_len: Option<usize>,
 }
 
 /// The resolved settings.
@@ -262,6 +270,8 @@ pub struct Settings {
     pub connection_limits: crate::registry::ConnectionLimits,
     /// The request rate limit of tenants without one of their own.
     pub default_rate_limit: Option<crate::tenant::RateLimit>,
+    /// Queued and delayed jobs a tenant may have at once.
+    pub job_max_queued_per_tenant: u64,
 }
 
 impl Settings {
@@ -423,6 +433,17 @@ impl Settings {
                         .clone()
                         .or(file.files_dir)
                         .unwrap_or_else(|| data_dir.join("files")),
+                    dead_max_len: {
+                        let n = args
+                            .job_dead_max_len
+                            .or(file.job_dead_max_len)
+                            .unwrap_or(defaults.dead_max_len);
+                        anyhow::ensure!(
+                            (100..=100_000_000).contains(&n),
+                            "job_dead_max_len (TENANT_ROUTER_JOB_DEAD_MAX_LEN) must be 100 to 100000000"
+                        );
+                        n
+                    },
                     ..defaults
                 }
             },
@@ -521,6 +542,17 @@ impl Settings {
                     )?,
                     max_lifetime: lifetime,
                 }
+            },
+            job_max_queued_per_tenant: {
+                let n = args
+                    .job_max_queued_per_tenant
+                    .or(file.job_max_queued_per_tenant)
+                    .unwrap_or(crate::jobs::DEFAULT_MAX_QUEUED_PER_TENANT);
+                anyhow::ensure!(
+                    (1..=100_000_000).contains(&n),
+                    "job_max_queued_per_tenant (TENANT_ROUTER_JOB_MAX_QUEUED_PER_TENANT) must be 1 to 100000000"
+                );
+                n
             },
             default_rate_limit: match args.rate_limit_rps.or(file.rate_limit_rps) {
                 None => None,

@@ -206,6 +206,7 @@ impl Application {
                         Keys::default(),
                         crate::jobs::reference::kinds_for(settings.diagnostic_jobs),
                     )
+                    .map(|q| q.with_max_queued(settings.job_max_queued_per_tenant))
                 })
                 .transpose()?,
         };

@@ -65,8 +65,25 @@ pub(super) async fn submit_as(
                 ),
             )]));
         }
-        Err(QueueError::Kind(KindError::BadPayload(msg))) => {
-            return Err(ApiError::invalid("payload", msg));
+        Err(QueueError::Kind(KindError::BadPayload(e))) => {
+            let field = if e.field == "payload" {
+                e.field
+            } else {
+                format!("payload.{}", e.field)
+            };
+            return Err(ApiError::invalid(&field, e.message));
+        }
+        Err(QueueError::Full(n)) => {
+            let mut response = crate::problem::problem_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "this tenant has {n} jobs queued or delayed, its most; retry once some have run"
+                ),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return Ok(response);
         }
         Err(QueueError::Unavailable(msg)) => {
             tracing::warn!(error = %msg, "job queue unavailable");

@@ -52,7 +52,10 @@ pub mod reference;
 mod service;
 mod worker;
 
-pub use queue::{JobQueue, JobStatus, Keys, Purged, QueueError, purge_tenant, wake_tenant};
+pub use queue::{
+    DEFAULT_MAX_DEAD, DEFAULT_MAX_QUEUED_PER_TENANT, JobQueue, JobStatus, Keys, Purged, QueueError,
+    purge_tenant, wake_tenant,
+};
 pub use service::run_worker;
 pub use worker::{Worker, WorkerOptions};
 
@@ -63,6 +66,34 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
 
     /// Does the work. The context is this job's tenant and nothing else.
     fn run(self, ctx: JobContext) -> impl Future<Output = Result<Value, JobError>> + Send;
+
+    /// The rules a payload must meet beyond its shape, checked when the job is submitted (a
+    /// 422 naming the field) and again before it runs (a failure no retry fixes). By default
+    /// every payload that deserialises is valid.
+    fn validate(&self) -> Result<(), PayloadError> {
+        Ok(())
+    }
+}
+
+/// Why a payload breaks its kind's rules: the field (a path within the payload, e.g.
+/// `content`) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct PayloadError {
+    /// The field.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl PayloadError {
+    /// `field` is wrong as `message` says.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
 }
 
 /// Why a job failed.
@@ -301,21 +332,25 @@ impl JobTx {
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 trait ErasedJob: Send + Sync {
-    fn check(&self, payload: &Value) -> Result<(), String>;
+    fn check(&self, payload: &Value) -> Result<(), PayloadError>;
     fn run(&self, payload: Value, ctx: JobContext) -> BoxFuture<Result<Value, JobError>>;
 }
 
 struct Typed<J>(PhantomData<fn() -> J>);
 
 impl<J: Job> ErasedJob for Typed<J> {
-    fn check(&self, payload: &Value) -> Result<(), String> {
-        J::deserialize(payload).map(drop).map_err(|e| e.to_string())
+    fn check(&self, payload: &Value) -> Result<(), PayloadError> {
+        J::deserialize(payload)
+            .map_err(|e| PayloadError::new("payload", e.to_string()))?
+            .validate()
     }
 
     fn run(&self, payload: Value, ctx: JobContext) -> BoxFuture<Result<Value, JobError>> {
         Box::pin(async move {
             let job = J::deserialize(payload)
                 .map_err(|e| JobError::fatal(format!("payload does not fit {}: {e}", J::KIND)))?;
+            job.validate()
+                .map_err(|e| JobError::fatal(format!("payload breaks {}'s rules: {e}", J::KIND)))?;
             job.run(ctx).await
         })
     }
@@ -374,7 +409,7 @@ pub enum KindError {
     /// No such kind.
     #[error("unknown job kind")]
     UnknownKind,
-    /// The payload does not fit the kind.
+    /// The payload does not fit the kind, or breaks its rules.
     #[error("payload does not fit the kind: {0}")]
-    BadPayload(String),
+    BadPayload(PayloadError),
 }

@@ -16,8 +16,14 @@ use crate::tenant::TenantId;
 /// The consumer group every worker joins.
 pub(crate) const GROUP: &str = "workers";
 
-/// How long a finished job's status is kept.
-const STATUS_TTL_SECS: i64 = 7 * 86_400;
+/// How long a job's status is kept after its last change.
+pub(crate) const STATUS_TTL_SECS: i64 = 7 * 86_400;
+
+/// Queued and delayed jobs a tenant may have at once, by default.
+pub const DEFAULT_MAX_QUEUED_PER_TENANT: u64 = 10_000;
+
+/// Entries the dead-letter and parked streams keep at most (about: `MAXLEN ~`), by default.
+pub const DEFAULT_MAX_DEAD: usize = 100_000;
 
 /// Redis key names, all under one prefix.
 #[derive(Debug, Clone)]
@@ -87,6 +93,11 @@ impl Keys {
         format!("{}jobs:delayed", self.prefix)
     }
 
+    /// Delayed jobs per tenant (a hash), for the per-tenant cap.
+    pub fn delayed_counts(&self) -> String {
+        format!("{}jobs:delayed_counts", self.prefix)
+    }
+
     /// Jobs that used up their attempts, with their last error.
     pub fn dead(&self) -> String {
         format!("{}jobs:dead", self.prefix)
@@ -110,6 +121,9 @@ pub enum QueueError {
     /// The kind or payload was refused.
     #[error(transparent)]
     Kind(#[from] KindError),
+    /// The tenant has as many queued and delayed jobs as it may.
+    #[error("the tenant has {0} jobs queued or delayed, its most; retry once some have run")]
+    Full(u64),
     /// Redis failed.
     #[error("the job queue is unavailable: {0}")]
     Unavailable(String),
@@ -180,6 +194,8 @@ pub struct JobQueue {
     kinds: JobKinds,
     /// Tenants whose stream and group this process has made sure of.
     groups: Arc<Mutex<HashSet<TenantId>>>,
+    /// Queued and delayed jobs a tenant may have at once.
+    max_queued: u64,
 }
 
 impl JobQueue {
@@ -201,7 +217,14 @@ impl JobQueue {
             keys,
             kinds,
             groups: Arc::default(),
+            max_queued: DEFAULT_MAX_QUEUED_PER_TENANT,
         })
+    }
+
+    /// At most `n` queued and delayed jobs per tenant; more are [`QueueError::Full`].
+    pub fn with_max_queued(mut self, n: u64) -> Self {
+        self.max_queued = n.max(1);
+        self
     }
 
     /// The key names.
@@ -333,6 +356,20 @@ impl JobQueue {
     pub async fn enqueue(&self, envelope: &Envelope) -> Result<(), QueueError> {
         let tenant = &envelope.tenant_id;
         self.ensure_group(tenant).await?;
+        {
+            // Queued (on the stream, running ones included) plus delayed. Checked before
+            // the write, so concurrent submissions may pass it by a few.
+            let mut conn = self.pool.get().await?;
+            let (queued, delayed): (u64, Option<u64>) = redis::pipe()
+                .xlen(self.keys.stream(tenant))
+                .hget(self.keys.delayed_counts(), tenant.as_str())
+                .query_async(&mut *conn)
+                .await?;
+            let held = queued + delayed.unwrap_or(0);
+            if held >= self.max_queued {
+                return Err(QueueError::Full(held));
+            }
+        }
         let json = serde_json::to_string(envelope).expect("an envelope serialises");
         let status_key = self.keys.job(tenant, &envelope.job_id);
         let mut pipe = redis::pipe();
@@ -367,6 +404,8 @@ impl JobQueue {
                 format!("{tenant}\n{json}"),
                 envelope.run_at.unwrap_or_default(),
             )
+            .ignore()
+            .hincr(self.keys.delayed_counts(), tenant.as_str(), 1)
             .ignore();
         } else {
             pipe.xadd(self.keys.stream(tenant), "*", &[("job", &json)])
@@ -586,6 +625,7 @@ pub async fn purge_tenant(
         }
         cursor = next;
     }
+    let _: u64 = conn.hdel(keys.delayed_counts(), tenant.as_str()).await?;
     purged.dead = purge_stream_entries(&mut conn, &keys.dead(), tenant).await?;
     purged.parked = purge_stream_entries(&mut conn, &keys.parked(), tenant).await?;
     let _: u64 = conn.srem(keys.tenants(), tenant.as_str()).await?;
@@ -604,7 +644,12 @@ pub(crate) async fn forget_job(
         .del(keys.job(&envelope.tenant_id, &envelope.job_id))
         .await?;
     if let Some(member) = delayed_member {
-        let _: u64 = conn.zrem(keys.delayed(), member).await?;
+        let removed: u64 = conn.zrem(keys.delayed(), member).await?;
+        if removed > 0 {
+            let _: i64 = conn
+                .hincr(keys.delayed_counts(), envelope.tenant_id.as_str(), -1)
+                .await?;
+        }
     }
     for stream in [keys.dead(), keys.parked()] {
         purge_stream_entries_where(conn, &stream, "job_id", &envelope.job_id).await?;

@@ -7,7 +7,7 @@ use redis::AsyncCommands as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Job, JobContext, JobError, JobKinds, Once};
+use super::{Job, JobContext, JobError, JobKinds, Once, PayloadError};
 
 /// The reference kinds.
 pub fn kinds() -> JobKinds {
@@ -51,14 +51,20 @@ pub struct CreateNote {
 impl Job for CreateNote {
     const KIND: &'static str = "notes.create";
 
-    async fn run(self, ctx: JobContext) -> Result<Value, JobError> {
-        let user = submitter(&ctx)?;
+    fn validate(&self) -> Result<(), PayloadError> {
+        // The rule of `POST /api/notes`.
         let n = self.content.chars().count();
         if n == 0 || n > MAX_CONTENT_CHARS || self.content.contains('\0') {
-            return Err(JobError::fatal(format!(
-                "content must be 1 to {MAX_CONTENT_CHARS} characters"
-            )));
+            return Err(PayloadError::new(
+                "content",
+                format!("must be 1 to {MAX_CONTENT_CHARS} characters, without NUL"),
+            ));
         }
+        Ok(())
+    }
+
+    async fn run(self, ctx: JobContext) -> Result<Value, JobError> {
+        let user = submitter(&ctx)?;
         match ctx.once().await? {
             Once::AlreadyApplied(result) => Ok(result),
             Once::Fresh(mut tx) => {

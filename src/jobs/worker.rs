@@ -21,6 +21,8 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::queue::{GROUP, JobQueue, now_ms, ring};
+use redis::streams::StreamMaxlen;
+
 use super::{Envelope, JobContext, JobError};
 use crate::sync::ConfigSync;
 use crate::tenant::{TenantId, TenantState};
@@ -44,6 +46,8 @@ pub struct WorkerOptions {
     pub grace: Duration,
     /// Where jobs write files, one directory per tenant.
     pub files_dir: std::path::PathBuf,
+    /// Entries the dead-letter and parked streams keep, about (`MAXLEN ~`): the oldest go.
+    pub dead_max_len: usize,
 }
 
 impl Default for WorkerOptions {
@@ -62,6 +66,7 @@ impl Default for WorkerOptions {
             backoff: Duration::from_millis(500),
             grace: Duration::from_secs(10),
             files_dir: std::path::PathBuf::from(".tenant-router/files"),
+            dead_max_len: super::queue::DEFAULT_MAX_DEAD,
         }
     }
 }
@@ -475,8 +480,9 @@ impl Worker {
             let stream = self.queue.keys().stream(tenant);
             let _: redis::RedisResult<()> = redis::pipe()
                 .atomic()
-                .xadd(
+                .xadd_maxlen(
                     self.queue.keys().dead(),
+                    StreamMaxlen::Approx(self.options.dead_max_len),
                     "*",
                     &[
                         ("tenant_id", tenant.as_str()),
@@ -565,6 +571,9 @@ impl Worker {
                 local t = string.sub(m, 1, nl - 1)
                 redis.call('XADD', ARGV[2] .. 't:' .. t .. ':jobs', '*', 'job', string.sub(m, nl + 1))
                 table.insert(moved, t)
+                if redis.call('HINCRBY', KEYS[2], t, -1) <= 0 then
+                  redis.call('HDEL', KEYS[2], t)
+                end
               end
               redis.call('ZREM', KEYS[1], m)
             end
@@ -573,8 +582,9 @@ impl Worker {
         let mut conn = self.queue.pool().get().await?;
         let moved: Vec<String> = redis::cmd("EVAL")
             .arg(MOVE)
-            .arg(1)
+            .arg(2)
             .arg(keys.delayed())
+            .arg(keys.delayed_counts())
             .arg(now_ms())
             .arg(keys.stream_prefix())
             .query_async(&mut *conn)
@@ -846,6 +856,9 @@ impl Worker {
                 ],
             )
             .ignore()
+            // A status past its TTL is made again: with the TTL again.
+            .expire(&key, super::queue::STATUS_TTL_SECS)
+            .ignore()
             .hincr(&key, "attempts", 1)
             .query_async(&mut *conn)
             .await?;
@@ -894,6 +907,8 @@ impl Worker {
                 let member = format!("{}\n{json}", envelope.tenant_id);
                 pipe.zadd(keys.delayed(), &member, run_at)
                     .ignore()
+                    .hincr(keys.delayed_counts(), envelope.tenant_id.as_str(), 1)
+                    .ignore()
                     .hset_multiple(
                         &status_key,
                         &[
@@ -927,6 +942,8 @@ impl Worker {
                 let member = format!("{}\n{json}", envelope.tenant_id);
                 pipe.zadd(keys.delayed(), &member, run_at)
                     .ignore()
+                    .hincr(keys.delayed_counts(), envelope.tenant_id.as_str(), 1)
+                    .ignore()
                     .hset_multiple(
                         &status_key,
                         &[
@@ -939,8 +956,9 @@ impl Worker {
             }
             Finish::Dead(error) => {
                 let json = serde_json::to_string(envelope).expect("an envelope serialises");
-                pipe.xadd(
+                pipe.xadd_maxlen(
                     keys.dead(),
+                    StreamMaxlen::Approx(self.options.dead_max_len),
                     "*",
                     &[
                         ("tenant_id", envelope.tenant_id.as_str()),
@@ -964,8 +982,9 @@ impl Worker {
             }
             Finish::Parked(reason) => {
                 let json = serde_json::to_string(envelope).expect("an envelope serialises");
-                pipe.xadd(
+                pipe.xadd_maxlen(
                     keys.parked(),
+                    StreamMaxlen::Approx(self.options.dead_max_len),
                     "*",
                     &[
                         ("tenant_id", envelope.tenant_id.as_str()),
@@ -985,7 +1004,9 @@ impl Worker {
                 .ignore();
             }
         }
-        pipe.xack(&stream, GROUP, &[stream_id])
+        pipe.expire(&status_key, super::queue::STATUS_TTL_SECS)
+            .ignore()
+            .xack(&stream, GROUP, &[stream_id])
             .ignore()
             .xdel(&stream, &[stream_id])
             .ignore();

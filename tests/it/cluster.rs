@@ -27,6 +27,8 @@ pub struct Cluster {
     pub client: reqwest::Client,
     /// Seconds between reconciles of instances started from now on.
     pub reconcile_secs: u64,
+    /// More environment for every process started from now on.
+    pub env: Vec<(String, String)>,
 }
 
 /// One `serve` process; killed when dropped.
@@ -111,6 +113,7 @@ impl Cluster {
                 .build()
                 .unwrap(),
             reconcile_secs: 3600,
+            env: Vec::new(),
         }
     }
 
@@ -135,6 +138,9 @@ impl Cluster {
             .env("TENANT_ROUTER_JOB_MAX_ATTEMPTS", "3")
             .env("TENANT_ROUTER_WORKER_GRACE_SECS", "10")
             .env_remove("TENANT_ROUTER_CONFIG");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
         cmd
     }
 

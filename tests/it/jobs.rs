@@ -785,3 +785,113 @@ async fn the_worker_runs_shared_tenants_jobs_on_citus() {
         assert_eq!(notes, 10, "{tenant}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_limits_hold_per_tenant_and_the_dead_letters_are_capped() {
+    let mut cluster = Cluster::new().await;
+    cluster.env = vec![
+        ("TENANT_ROUTER_JOB_MAX_QUEUED_PER_TENANT".into(), "5".into()),
+        ("TENANT_ROUTER_JOB_DEAD_MAX_LEN".into(), "100".into()),
+    ];
+    let server = cluster.start("server").await;
+    let full = add_tenant(&cluster, &server, "jobs-full").await;
+    let other = add_tenant(&cluster, &server, "jobs-roomy").await;
+    let post = |site: &Site, body: Value| {
+        cluster
+            .client
+            .post(server.url("/api/jobs"))
+            .header("Host", &site.host)
+            .bearer_auth(&site.token)
+            .json(&body)
+            .send()
+    };
+    // A payload its kind will refuse to run is refused now, naming the field.
+    let r = post(
+        &full,
+        json!({"kind": "notes.create", "payload": {"content": "x".repeat(20_000)}}),
+    )
+    .await
+    .unwrap();
+    let body = problem(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(body["errors"][0]["field"], "payload.content", "{body}");
+    // Three queued and two delayed fill the tenant's five; the sixth is a 429.
+    for _ in 0..3 {
+        submit(&cluster, &server, &full, "diag.record", json!({})).await;
+    }
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    for _ in 0..2 {
+        let r = post(
+            &full,
+            json!({"kind": "diag.record", "payload": {}, "run_at": later}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+    }
+    let r = post(&full, json!({"kind": "diag.record", "payload": {}}))
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["retry-after"], "5");
+    problem(r, StatusCode::TOO_MANY_REQUESTS).await;
+    // Another tenant is not affected.
+    submit(&cluster, &server, &other, "diag.record", json!({})).await;
+
+    // Once the queued ones ran, there is room again; their statuses keep a TTL.
+    let _worker = cluster.start_worker("worker", &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = post(&full, json!({"kind": "diag.record", "payload": {}}))
+            .await
+            .unwrap();
+        if r.status() == StatusCode::ACCEPTED {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no room after the jobs ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client = redis::Client::open(cluster.redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let statuses: Vec<String> = redis::cmd("KEYS")
+        .arg("tr:t:jobs-full:job:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!statuses.is_empty());
+    for key in statuses {
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{key} has no TTL ({ttl})");
+    }
+
+    // 400 jobs of a tenant that does not exist are parked; the parked stream stays near its
+    // cap of 100 (trimmed in whole nodes, `MAXLEN ~`).
+    let q = queue(&cluster);
+    let ghost = TenantId::parse("ghost-flood").unwrap();
+    for _ in 0..400 {
+        q.submit_raw(&ghost, None, "diag.record", json!({}), None, None)
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: u64 = redis::cmd("XLEN")
+            .arg(Keys::default().stream(&ghost))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} ghost jobs still queued");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let parked: u64 = redis::cmd("XLEN")
+        .arg("tr:jobs:parked")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(parked < 300, "the parked stream holds {parked}");
+}
