@@ -45,6 +45,8 @@ pub struct AdminState {
     pub passwords: Arc<crate::app::auth::PasswordLimiter>,
     /// Held while a token is checked with argon2.
     pub checking: Arc<tokio::sync::Mutex<()>>,
+    /// The job queue, for dead and parked jobs; `None` without Redis.
+    pub jobs: Option<crate::jobs::JobQueue>,
 }
 
 /// The admin routes, with authentication.
@@ -62,6 +64,18 @@ pub fn router(state: AdminState) -> Router {
             axum::routing::delete(discard_leftover),
         )
         .route("/admin/operations", get(list_operations))
+        .route(
+            "/admin/jobs/{which}",
+            get(list_letters).delete(delete_tenant_letters),
+        )
+        .route(
+            "/admin/jobs/{which}/{job_id}",
+            axum::routing::delete(delete_letter),
+        )
+        .route(
+            "/admin/jobs/{which}/{job_id}/retry",
+            axum::routing::post(retry_letter),
+        )
         .route("/admin/registry", get(registry))
         .route("/admin/shards", get(shards))
         .route("/admin/pools", get(pools))
@@ -239,6 +253,136 @@ async fn discard_leftover(
         .map_err(|_| ApiError::NotFound(format!("no kept data of tenant '{id}'")))?;
     let removal = state.ops.discard_leftover(&id).await?;
     Ok(Json(removal).into_response())
+}
+
+fn letters_of(which: &str) -> Result<crate::jobs::Letters, ApiError> {
+    match which {
+        "dead" => Ok(crate::jobs::Letters::Dead),
+        "parked" => Ok(crate::jobs::Letters::Parked),
+        _ => Err(ApiError::NotFound(format!(
+            "no job list '{which}' (there are 'dead' and 'parked')"
+        ))),
+    }
+}
+
+fn job_queue(state: &AdminState) -> Result<&crate::jobs::JobQueue, ApiError> {
+    state.jobs.as_ref().ok_or_else(|| {
+        ApiError::Client(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "background jobs are not configured on this server (they need Redis)".into(),
+        )
+    })
+}
+
+fn queue_error(e: crate::jobs::QueueError) -> ApiError {
+    match e {
+        crate::jobs::QueueError::Full(_) => {
+            ApiError::Client(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+        }
+        crate::jobs::QueueError::Kind(_) => ApiError::Conflict(e.to_string()),
+        crate::jobs::QueueError::Unavailable(_) => {
+            ApiError::Client(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LettersQuery {
+    tenant: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+fn tenant_filter(raw: Option<&str>) -> Result<Option<TenantId>, ApiError> {
+    raw.filter(|t| !t.is_empty())
+        .map(TenantId::parse)
+        .transpose()
+        .map_err(|e| ApiError::invalid("tenant", e.0))
+}
+
+/// `GET /admin/jobs/{dead|parked}?tenant=&limit=&cursor=`: oldest first.
+async fn list_letters(
+    State(state): State<AdminState>,
+    ApiPath(which): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LettersQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let which = letters_of(&which)?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
+    }
+    let tenant = tenant_filter(q.tenant.as_deref())?;
+    let cursor = q.cursor.filter(|c| !c.is_empty());
+    if cursor.as_deref().is_some_and(|c| {
+        !c.split_once('-').is_some_and(|(a, b)| {
+            a.bytes().all(|x| x.is_ascii_digit()) && b.bytes().all(|x| x.is_ascii_digit())
+        })
+    }) {
+        return Err(ApiError::invalid(
+            "cursor",
+            "is not a cursor this API returned",
+        ));
+    }
+    let (jobs, next_cursor) = job_queue(&state)?
+        .letters(which, tenant.as_ref(), cursor.as_deref(), limit)
+        .await
+        .map_err(queue_error)?;
+    Ok(Json(
+        serde_json::json!({ "jobs": jobs, "next_cursor": next_cursor }),
+    ))
+}
+
+/// `POST /admin/jobs/{dead|parked}/{job_id}/retry`: queued again for its own tenant.
+async fn retry_letter(
+    State(state): State<AdminState>,
+    ApiPath((which, job_id)): ApiPath<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let which = letters_of(&which)?;
+    let retried = job_queue(&state)?
+        .retry_letter(which, &job_id)
+        .await
+        .map_err(queue_error)?
+        .ok_or_else(|| ApiError::NotFound(format!("no such job '{job_id}' to retry")))?;
+    Ok(Json(serde_json::json!({ "retried": retried })))
+}
+
+/// `DELETE /admin/jobs/{dead|parked}/{job_id}`.
+async fn delete_letter(
+    State(state): State<AdminState>,
+    ApiPath((which, job_id)): ApiPath<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let which = letters_of(&which)?;
+    let n = job_queue(&state)?
+        .delete_letters(which, Some(&job_id), None)
+        .await
+        .map_err(queue_error)?;
+    if n == 0 {
+        return Err(ApiError::NotFound(format!("no such job '{job_id}'")));
+    }
+    Ok(Json(serde_json::json!({ "deleted": n })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantLettersQuery {
+    tenant: String,
+}
+
+/// `DELETE /admin/jobs/{dead|parked}?tenant=`: every one of a tenant's.
+async fn delete_tenant_letters(
+    State(state): State<AdminState>,
+    ApiPath(which): ApiPath<String>,
+    ApiQuery(q): ApiQuery<TenantLettersQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let which = letters_of(&which)?;
+    let tenant = tenant_filter(Some(&q.tenant))?
+        .ok_or_else(|| ApiError::invalid("tenant", "is required"))?;
+    let n = job_queue(&state)?
+        .delete_letters(which, None, Some(&tenant))
+        .await
+        .map_err(queue_error)?;
+    Ok(Json(serde_json::json!({ "deleted": n })))
 }
 
 #[derive(Serialize)]

@@ -50,6 +50,45 @@ enum Command {
     /// Manage tenants in the control database.
     #[command(subcommand)]
     Tenants(TenantsCommand),
+    /// Dead-lettered and parked jobs: list, retry, purge.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Jobs that used up their attempts.
+    #[command(subcommand)]
+    Dead(LettersCommand),
+    /// Jobs that did not run because of their tenant.
+    #[command(subcommand)]
+    Parked(LettersCommand),
+}
+
+#[derive(Subcommand)]
+enum LettersCommand {
+    /// List them, oldest first (JSON lines).
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Queue one again for its own tenant, with fresh attempts.
+    Retry {
+        /// The job's id.
+        job_id: String,
+    },
+    /// Delete one, or all of a tenant's.
+    Purge {
+        /// The job's id.
+        job_id: Option<String>,
+        /// Every one of this tenant's.
+        #[arg(long, conflicts_with = "job_id")]
+        tenant: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -410,6 +449,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let result = operations(&settings).await?.repair(&id).await;
             report(result)
         }
+        Command::Jobs(command) => jobs_command(&settings, command).await,
         Command::Tenants(TenantsCommand::List) => {
             let control = ControlDb::connect_lazy(settings.require_database_url()?);
             for t in control.load_tenants().await? {
@@ -424,6 +464,71 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     t.database.redacted()
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn jobs_command(settings: &Settings, command: JobsCommand) -> anyhow::Result<ExitCode> {
+    use tenant_router::jobs::{JobQueue, Keys, Letters};
+    let url = settings
+        .redis_url
+        .as_deref()
+        .context("jobs live in Redis: set TENANT_ROUTER_REDIS_URL")?;
+    let queue = JobQueue::new(
+        url,
+        Keys::default(),
+        tenant_router::jobs::reference::kinds_for(true),
+    )?;
+    let (which, command) = match command {
+        JobsCommand::Dead(c) => (Letters::Dead, c),
+        JobsCommand::Parked(c) => (Letters::Parked, c),
+    };
+    let tenant = |raw: Option<String>| -> Result<Option<TenantId>, ExitCode> {
+        raw.map(|t| TenantId::parse(&t))
+            .transpose()
+            .map_err(|e| invalid(&[FieldError::new("--tenant", e.0)]))
+    };
+    match command {
+        LettersCommand::List { tenant: t, limit } => {
+            let t = match tenant(t) {
+                Ok(t) => t,
+                Err(code) => return Ok(code),
+            };
+            if !(1..=1000).contains(&limit) {
+                return Ok(invalid(&[FieldError::new("--limit", "must be 1 to 1000")]));
+            }
+            let (letters, _) = queue.letters(which, t.as_ref(), None, limit).await?;
+            for l in letters {
+                println!("{}", serde_json::to_string(&l)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LettersCommand::Retry { job_id } => match queue.retry_letter(which, &job_id).await? {
+            Some(l) => {
+                println!("{}", serde_json::json!({ "retried": l }));
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                eprintln!("error: no such job '{job_id}'");
+                Ok(ExitCode::from(2))
+            }
+        },
+        LettersCommand::Purge { job_id, tenant: t } => {
+            let t = match tenant(t) {
+                Ok(t) => t,
+                Err(code) => return Ok(code),
+            };
+            if job_id.is_none() && t.is_none() {
+                return Ok(invalid(&[FieldError::new(
+                    "job_id",
+                    "give a job id or --tenant",
+                )]));
+            }
+            let n = queue
+                .delete_letters(which, job_id.as_deref(), t.as_ref())
+                .await?;
+            println!("{}", serde_json::json!({ "deleted": n }));
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -173,6 +173,18 @@ impl Application {
                 "no admin token configured (TENANT_ROUTER_ADMIN_TOKEN_HASH): the admin API refuses every call"
             );
         }
+        let jobs = settings
+            .redis_url
+            .as_deref()
+            .map(|url| {
+                JobQueue::new(
+                    url,
+                    Keys::default(),
+                    crate::jobs::reference::kinds_for(settings.diagnostic_jobs),
+                )
+                .map(|q| q.with_max_queued(settings.job_max_queued_per_tenant))
+            })
+            .transpose()?;
         let admin_router = with_common_layers(
             admin::router(AdminState {
                 registry: Arc::clone(&registry),
@@ -183,6 +195,7 @@ impl Application {
                 verified: Arc::default(),
                 passwords: Arc::clone(&passwords),
                 checking: Arc::default(),
+                jobs: jobs.clone(),
                 shared: settings
                     .shared_database()
                     .map(|u| crate::shared::SharedDb::connect_lazy(&u)),
@@ -197,18 +210,7 @@ impl Application {
         let config = AppConfig {
             passwords: Arc::clone(&passwords),
             session_ttl: settings.session_ttl,
-            jobs: settings
-                .redis_url
-                .as_deref()
-                .map(|url| {
-                    JobQueue::new(
-                        url,
-                        Keys::default(),
-                        crate::jobs::reference::kinds_for(settings.diagnostic_jobs),
-                    )
-                    .map(|q| q.with_max_queued(settings.job_max_queued_per_tenant))
-                })
-                .transpose()?,
+            jobs: jobs.clone(),
         };
         let apex = settings.shared_database().map(|url| ApexState {
             host: Arc::from(settings.apex_host.as_str()),

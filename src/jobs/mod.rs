@@ -53,8 +53,8 @@ mod service;
 mod worker;
 
 pub use queue::{
-    DEFAULT_MAX_DEAD, DEFAULT_MAX_QUEUED_PER_TENANT, JobQueue, JobStatus, Keys, Purged, QueueError,
-    purge_tenant, wake_tenant,
+    DEFAULT_MAX_DEAD, DEFAULT_MAX_QUEUED_PER_TENANT, JobQueue, JobStatus, Keys, Letter, Letters,
+    Purged, QueueError, purge_tenant, wake_tenant,
 };
 pub use service::run_worker;
 pub use worker::{Worker, WorkerOptions};

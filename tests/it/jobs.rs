@@ -895,3 +895,172 @@ async fn job_limits_hold_per_tenant_and_the_dead_letters_are_capped() {
         .unwrap();
     assert!(parked < 300, "the parked stream holds {parked}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_and_parked_jobs_are_listed_retried_and_purged() {
+    let cluster = Cluster::new().await;
+    let server = cluster.start("server").await;
+    let site = add_tenant(&cluster, &server, "jobs-letters").await;
+    let _worker = cluster.start_worker("worker", &[]).await;
+    // One dead: it fails every attempt.
+    let dead = submit(
+        &cluster,
+        &server,
+        &site,
+        "diag.fail",
+        json!({"message": "boom"}),
+    )
+    .await;
+    wait_for(
+        &cluster,
+        &server,
+        &site,
+        &dead,
+        "dead",
+        Duration::from_secs(20),
+    )
+    .await;
+    // Two parked: submitted while the tenant is suspended.
+    let suspend = |state: &'static str| {
+        cluster.admin(
+            &server,
+            Method::PATCH,
+            "/admin/tenants/jobs-letters",
+            Some(json!({ "state": state })),
+        )
+    };
+    let parked: Vec<String> = {
+        let q = queue(&cluster);
+        let tenant = cluster
+            .control
+            .get_tenant(&TenantId::parse("jobs-letters").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(suspend("suspended").await.status(), StatusCode::OK);
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            ids.push(
+                q.submit(&tenant, "diag.record", json!({}), None, None)
+                    .await
+                    .unwrap(),
+            );
+        }
+        ids
+    };
+    for id in &parked {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while queue(&cluster)
+            .status(&TenantId::parse("jobs-letters").unwrap(), id)
+            .await
+            .unwrap()
+            .is_none_or(|s| s.status != "parked")
+        {
+            assert!(Instant::now() < deadline, "{id} was not parked");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(suspend("active").await.status(), StatusCode::OK);
+
+    let list = |path: String| {
+        let cluster = &cluster;
+        let server = &server;
+        async move {
+            let r = cluster.admin(server, Method::GET, &path, None).await;
+            let status = r.status();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = list("/admin/jobs/dead?tenant=jobs-letters".into()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let jobs = body["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{body}");
+    assert_eq!(jobs[0]["job_id"], dead.as_str());
+    assert_eq!(jobs[0]["kind"], "diag.fail");
+    assert_eq!(jobs[0]["error"], "boom");
+    assert_eq!(jobs[0]["attempts"], 3);
+    // Paged: one at a time.
+    let (_, first) = list("/admin/jobs/parked?tenant=jobs-letters&limit=1".into()).await;
+    assert_eq!(first["jobs"].as_array().unwrap().len(), 1);
+    let cursor = first["next_cursor"].as_str().unwrap().to_string();
+    let (_, second) = list(format!(
+        "/admin/jobs/parked?tenant=jobs-letters&limit=1&cursor={cursor}"
+    ))
+    .await;
+    assert_ne!(first["jobs"][0]["job_id"], second["jobs"][0]["job_id"]);
+
+    // A parked job retried, now that its tenant is active, runs.
+    let r = cluster
+        .admin(
+            &server,
+            Method::POST,
+            &format!("/admin/jobs/parked/{}/retry", parked[0]),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while queue(&cluster)
+        .status(&TenantId::parse("jobs-letters").unwrap(), &parked[0])
+        .await
+        .unwrap()
+        .is_none_or(|s| s.status != "succeeded")
+    {
+        assert!(Instant::now() < deadline, "the retried job did not run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The CLI sees the one left.
+    let out = cluster
+        .command(&["jobs", "parked", "list", "--tenant", "jobs-letters"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains(&parked[1]));
+    // Purged: one by id, the rest by tenant.
+    let r = cluster
+        .admin(
+            &server,
+            Method::DELETE,
+            &format!("/admin/jobs/dead/{dead}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = cluster
+        .admin(
+            &server,
+            Method::DELETE,
+            "/admin/jobs/parked?tenant=jobs-letters",
+            None,
+        )
+        .await;
+    assert_eq!(r.json::<Value>().await.unwrap()["deleted"], 1);
+    let (_, body) = list("/admin/jobs/dead?tenant=jobs-letters".into()).await;
+    assert_eq!(body["jobs"], json!([]));
+    // Mistakes are 4xx.
+    for (path, want) in [
+        ("/admin/jobs/bogus", StatusCode::NOT_FOUND),
+        ("/admin/jobs/dead?limit=0", StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            "/admin/jobs/dead?cursor=nope",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/admin/jobs/dead?tenant=Bad_Id",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ] {
+        let (status, body) = list(path.into()).await;
+        assert_eq!(status, want, "{path}: {body}");
+    }
+    let r = cluster
+        .admin(&server, Method::POST, "/admin/jobs/dead/nope/retry", None)
+        .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
