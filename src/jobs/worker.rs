@@ -203,8 +203,24 @@ impl Worker {
         let mut known: HashSet<String> = HashSet::new();
         let mut running_per_tenant: HashMap<TenantId, usize> = HashMap::new();
         let mut running: JoinSet<(TenantId, String)> = JoinSet::new();
+        // Entries read but not started yet are this worker's too: their idle time is reset
+        // as a running job's is, so no other worker reclaims a job that is only waiting.
+        let every = (this.options.visibility_timeout / 3).max(Duration::from_millis(50));
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = beat.tick() => {
+                    let held: Vec<(TenantId, Vec<String>)> = local
+                        .iter()
+                        .filter(|(_, q)| !q.is_empty())
+                        .map(|(t, q)| (t.clone(), q.iter().map(|d| d.stream_id.clone()).collect()))
+                        .collect();
+                    if !held.is_empty() {
+                        let worker = Arc::clone(&this);
+                        tokio::spawn(async move { worker.touch(held).await });
+                    }
+                }
                 batch = rx.recv() => {
                     let Some(batch) = batch else { break };
                     for d in batch {
@@ -811,6 +827,26 @@ impl Worker {
             Err(e) => Finish::Dead(e.message),
         };
         self.finish(&envelope, &stream_id, finish).await;
+    }
+
+    /// Resets the idle time of entries this worker holds but has not started.
+    async fn touch(&self, held: Vec<(TenantId, Vec<String>)>) {
+        let Ok(mut conn) = self.queue.pool().get().await else {
+            return;
+        };
+        for (tenant, ids) in held {
+            for chunk in ids.chunks(500) {
+                let _: redis::RedisResult<redis::Value> = redis::cmd("XCLAIM")
+                    .arg(self.queue.keys().stream(&tenant))
+                    .arg(GROUP)
+                    .arg(&*self.name)
+                    .arg(0)
+                    .arg(chunk)
+                    .arg("JUSTID")
+                    .query_async(&mut *conn)
+                    .await;
+            }
+        }
     }
 
     /// Keeps the entry ours while the job runs: resets its idle time every third of the

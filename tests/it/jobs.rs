@@ -1064,3 +1064,49 @@ async fn dead_and_parked_jobs_are_listed_retried_and_purged() {
         .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_waiting_in_a_live_worker_is_never_reclaimed() {
+    let cluster = Cluster::new().await;
+    let server = cluster.start("server").await;
+    let mut sites = Vec::new();
+    for id in ["jobs-wait-a", "jobs-wait-b", "jobs-wait-c"] {
+        sites.push(add_tenant(&cluster, &server, id).await);
+    }
+    let mut ids = Vec::new();
+    for site in &sites {
+        ids.push(submit(&cluster, &server, site, "diag.sleep", json!({"ms": 2500})).await);
+    }
+    // One slot: it reads a job of each tenant at once and runs them one after another, so
+    // two of them wait longer than the visibility timeout (1.5 s) for their turn.
+    let _slow = cluster
+        .start_worker(
+            "slow",
+            &[
+                ("TENANT_ROUTER_WORKER_CONCURRENCY", "1"),
+                ("TENANT_ROUTER_WORKER_TENANT_CONCURRENCY", "1"),
+            ],
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A second worker reclaims whatever has been idle for 0.8 s: sooner than the slow
+    // worker would reclaim its own waiting jobs (1.5 s), later than it touches them (0.5 s).
+    let _other = cluster
+        .start_worker(
+            "other",
+            &[("TENANT_ROUTER_JOB_VISIBILITY_TIMEOUT_MS", "800")],
+        )
+        .await;
+    for (site, id) in sites.iter().zip(&ids) {
+        let s = wait_for(
+            &cluster,
+            &server,
+            site,
+            id,
+            "succeeded",
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(s["attempts"], 1, "{id} started more than once: {s}");
+    }
+}
