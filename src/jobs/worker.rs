@@ -132,6 +132,8 @@ pub struct Worker {
 
 /// How often a worker looks for tenants with streams it does not read yet.
 const REFRESH_EVERY: Duration = Duration::from_millis(500);
+/// How often tenants without jobs are taken out of the set of tenants with streams.
+const PRUNE_EVERY: Duration = Duration::from_secs(5);
 
 /// Most streams named in one read.
 const STREAMS_PER_READ: usize = 128;
@@ -527,6 +529,7 @@ impl Worker {
         let reclaim_every = (self.options.visibility_timeout / 2).max(Duration::from_millis(200));
         let mut last_reclaim = tokio::time::Instant::now();
         let mut last_refresh = tokio::time::Instant::now();
+        let mut last_prune = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {},
@@ -534,6 +537,16 @@ impl Worker {
             }
             if let Err(e) = self.move_due().await {
                 tracing::warn!(error = %e, "moving due retries failed");
+            }
+            // The set of tenants with streams keeps only those with work, so the refresh and
+            // the reclaim below scale with them, not with every tenant that ever had a job.
+            if last_prune.elapsed() >= PRUNE_EVERY {
+                last_prune = tokio::time::Instant::now();
+                match self.prune_idle_tenants().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(tenants = n, "pruned tenants without jobs"),
+                    Err(e) => tracing::warn!(error = %e, "pruning idle tenants failed"),
+                }
             }
             // A doorbell entry reaches one worker; the others learn of a busy tenant here.
             if last_refresh.elapsed() >= REFRESH_EVERY {
@@ -576,6 +589,29 @@ impl Worker {
         }
     }
 
+    /// Takes tenants whose stream is empty (no job queued or held) out of the set of tenants
+    /// with streams, atomically against a submission (whose MULTI adds the tenant back).
+    async fn prune_idle_tenants(&self) -> anyhow::Result<u64> {
+        const PRUNE: &str = "
+            local removed = 0
+            for _, t in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+              if redis.call('XLEN', ARGV[1] .. 't:' .. t .. ':jobs') == 0 then
+                redis.call('SREM', KEYS[1], t)
+                removed = removed + 1
+              end
+            end
+            return removed";
+        let keys = self.queue.keys();
+        let mut conn = self.queue.pool().get().await?;
+        Ok(redis::cmd("EVAL")
+            .arg(PRUNE)
+            .arg(1)
+            .arg(keys.tenants())
+            .arg(keys.stream_prefix())
+            .query_async(&mut *conn)
+            .await?)
+    }
+
     /// Moves retries and scheduled jobs whose time has come onto their streams, atomically.
     async fn move_due(&self) -> anyhow::Result<()> {
         const MOVE: &str = r"
@@ -590,6 +626,7 @@ impl Worker {
                 if redis.call('HINCRBY', KEYS[2], t, -1) <= 0 then
                   redis.call('HDEL', KEYS[2], t)
                 end
+                redis.call('SADD', KEYS[3], t)
               end
               redis.call('ZREM', KEYS[1], m)
             end
@@ -598,9 +635,10 @@ impl Worker {
         let mut conn = self.queue.pool().get().await?;
         let moved: Vec<String> = redis::cmd("EVAL")
             .arg(MOVE)
-            .arg(2)
+            .arg(3)
             .arg(keys.delayed())
             .arg(keys.delayed_counts())
+            .arg(keys.tenants())
             .arg(now_ms())
             .arg(keys.stream_prefix())
             .query_async(&mut *conn)
@@ -687,6 +725,8 @@ impl Worker {
             .xack(&stream, GROUP, &[&d.stream_id])
             .ignore()
             .xdel(&stream, &[&d.stream_id])
+            .ignore()
+            .sadd(keys.tenants(), d.envelope.tenant_id.as_str())
             .ignore()
             .query_async(&mut *conn)
             .await?;
