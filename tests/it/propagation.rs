@@ -361,6 +361,14 @@ async fn the_reconcile_catches_a_change_no_hint_announced() {
     let mut cluster = Cluster::new().await;
     cluster.reconcile_secs = 1;
     let a = cluster.start("a").await;
+    // The subscriber catches up once right after it subscribes: the write must come after
+    // that, or that catch-up (not the reconcile) is what finds it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !a.log().contains("configuration bus connected") {
+        assert!(std::time::Instant::now() < deadline, "{}", a.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     // Written straight into the control database: no hint is ever published.
     let spec = TenantSpec {
         id: TenantId::parse("silent").unwrap(),
