@@ -98,7 +98,7 @@ enum TenantsCommand {
         /// The file [default: the configured tenants file].
         #[arg(long)]
         file: Option<PathBuf>,
-        /// Make existing tenants look like the file (state, hosts, pool). Without it they
+        /// Make existing tenants look like the file (state, hosts, pool, rate limit). Without it they
         /// are only compared, and differences reported. Isolation is never flipped: use
         /// `move`.
         #[arg(long)]

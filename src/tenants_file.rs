@@ -92,11 +92,11 @@ pub struct ImportLine {
 /// Imports every tenant of `file` through the same operations as the admin API: a missing
 /// tenant is created (a database provisioned and migrated when the file names none; kept
 /// data of a removed tenant is never adopted by an import). An existing tenant is compared
-/// with the file: its state, hosts and pool settings, where it lives. Differences are
-/// reported and left alone, unless `force`, which applies state, hosts and pool; where the
-/// tenant lives (isolation, a database given in the file) is never changed by an import,
-/// because that needs its data moved (`tenants move`). Running it twice changes nothing the
-/// second time.
+/// with the file: its state, hosts, pool settings, rate limit, where it lives. Differences
+/// are reported and left alone, unless `force`, which applies state, hosts, pool and rate
+/// limit; where the tenant lives (isolation, a database given in the file) is never changed
+/// by an import, because that needs its data moved (`tenants move`). Running it twice
+/// changes nothing the second time.
 pub async fn import(
     ops: &TenantOps,
     file: &TenantsFile,
