@@ -315,9 +315,8 @@ async fn list_letters(
     let tenant = tenant_filter(q.tenant.as_deref())?;
     let cursor = q.cursor.filter(|c| !c.is_empty());
     if cursor.as_deref().is_some_and(|c| {
-        !c.split_once('-').is_some_and(|(a, b)| {
-            a.bytes().all(|x| x.is_ascii_digit()) && b.bytes().all(|x| x.is_ascii_digit())
-        })
+        !c.split_once('-')
+            .is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok())
     }) {
         return Err(ApiError::invalid(
             "cursor",

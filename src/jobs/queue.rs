@@ -852,6 +852,25 @@ impl JobQueue {
         which: Letters,
         job_id: &str,
     ) -> Result<Option<Letter>, QueueError> {
+        // One retry of a job at a time: a second one, at once, finds it taken (and, once the
+        // first is done, gone from the stream). The claim expires by itself.
+        let claimed: Option<String> = {
+            let mut conn = self.pool.get().await?;
+            redis::cmd("SET")
+                .arg(format!(
+                    "{}jobs:retrying:{job_id}",
+                    self.keys.stream_prefix()
+                ))
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(30_000)
+                .query_async(&mut *conn)
+                .await?
+        };
+        if claimed.is_none() {
+            return Ok(None);
+        }
         let Some(found) = self.find_letter(which, job_id).await? else {
             return Ok(None);
         };

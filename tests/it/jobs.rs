@@ -999,6 +999,29 @@ async fn dead_and_parked_jobs_are_listed_retried_and_purged() {
     .await;
     assert_ne!(first["jobs"][0]["job_id"], second["jobs"][0]["job_id"]);
 
+    // Five retries of the dead job at once queue it once.
+    let retry_path = format!("/admin/jobs/dead/{dead}/retry");
+    let retries = futures_util::future::join_all(
+        (0..5).map(|_| cluster.admin(&server, Method::POST, &retry_path, None)),
+    )
+    .await;
+    let statuses: Vec<StatusCode> = retries.iter().map(|r| r.status()).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
+        1,
+        "{statuses:?}"
+    );
+    wait_for(
+        &cluster,
+        &server,
+        &site,
+        &dead,
+        "dead",
+        Duration::from_secs(20),
+    )
+    .await;
+    let (_, body) = list("/admin/jobs/dead?tenant=jobs-letters".into()).await;
+    assert_eq!(body["jobs"].as_array().unwrap().len(), 1, "{body}");
     // A parked job retried, now that its tenant is active, runs.
     let r = cluster
         .admin(
@@ -1059,6 +1082,18 @@ async fn dead_and_parked_jobs_are_listed_retried_and_purged() {
         ("/admin/jobs/dead?limit=0", StatusCode::UNPROCESSABLE_ENTITY),
         (
             "/admin/jobs/dead?cursor=nope",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/admin/jobs/dead?cursor=-",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/admin/jobs/dead?cursor=1-",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/admin/jobs/dead?cursor=99999999999999999999999-0",
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
         (
