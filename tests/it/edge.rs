@@ -433,3 +433,41 @@ async fn a_tenant_over_its_rate_limit_gets_429_and_only_that_tenant() {
     let back = statuses(&app, "tenant-2.test.com", 30).await;
     assert!(back.contains(&StatusCode::TOO_MANY_REQUESTS), "{back:?}");
 }
+
+#[tokio::test]
+async fn a_client_that_never_reads_its_answers_loses_its_connection() {
+    let app = app_with(|s| {
+        s.http.header_timeout = Duration::from_secs(1);
+        s.http.max_connections = 2;
+    })
+    .await;
+    // Two clients fill the cap: they pipeline requests and never read the answers, so the
+    // server's writes stall once their small windows are full.
+    let mut hogs = Vec::new();
+    for _ in 0..2 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(app.addr).await.unwrap();
+        hogs.push(tokio::spawn(async move {
+            let request = b"GET /healthz HTTP/1.1\r\nHost: tenant-1.test.com\r\n\r\n".repeat(1000);
+            for _ in 0..200 {
+                if stream.write_all(&request).await.is_err() {
+                    break;
+                }
+            }
+            stream
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Within a few write deadlines they are closed, and a normal client is served.
+    let r = tokio::time::timeout(
+        Duration::from_secs(15),
+        app.get("tenant-1.test.com", "/healthz", None),
+    )
+    .await
+    .expect("served once the stalled connections were closed");
+    assert_eq!(r.status(), StatusCode::OK);
+    for hog in hogs {
+        hog.abort();
+    }
+}
