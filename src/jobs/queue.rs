@@ -494,16 +494,14 @@ pub(crate) async fn ring(
     pipe.query_async(&mut **conn).await
 }
 
-/// Makes every delayed job of `tenant` due now: jobs that waited while their tenant was
-/// removed with its data kept, once it is adopted.
-pub async fn wake_tenant(
-    pool: &deadpool_redis::Pool,
+/// Every member of the delayed set that belongs to `tenant` (members are `<tenant>\n<job>`).
+async fn delayed_members(
+    conn: &mut deadpool_redis::Connection,
     keys: &Keys,
     tenant: &TenantId,
-) -> Result<u64, QueueError> {
-    let mut conn = pool.get().await?;
+) -> Result<Vec<String>, QueueError> {
     let member_prefix = format!("{tenant}\n");
-    let mut woken = 0;
+    let mut members = Vec::new();
     let mut cursor: u64 = 0;
     loop {
         let (next, found): (u64, Vec<String>) = redis::cmd("ZSCAN")
@@ -513,27 +511,41 @@ pub async fn wake_tenant(
             .arg(format!("{tenant}\n*"))
             .arg("COUNT")
             .arg(1000)
-            .query_async(&mut *conn)
+            .query_async(&mut **conn)
             .await?;
-        for member in found
-            .iter()
-            .step_by(2)
-            .filter(|m| m.starts_with(&member_prefix))
-        {
-            let n: u64 = redis::cmd("ZADD")
-                .arg(keys.delayed())
-                .arg("XX")
-                .arg("CH")
-                .arg(now_ms())
-                .arg(member)
-                .query_async(&mut *conn)
-                .await?;
-            woken += n;
-        }
+        // ZSCAN returns members and scores alternately.
+        members.extend(
+            found
+                .into_iter()
+                .step_by(2)
+                .filter(|m| m.starts_with(&member_prefix)),
+        );
         if next == 0 {
-            break;
+            return Ok(members);
         }
         cursor = next;
+    }
+}
+
+/// Makes every delayed job of `tenant` due now: jobs that waited while their tenant was
+/// removed with its data kept, once it is adopted.
+pub async fn wake_tenant(
+    pool: &deadpool_redis::Pool,
+    keys: &Keys,
+    tenant: &TenantId,
+) -> Result<u64, QueueError> {
+    let mut conn = pool.get().await?;
+    let mut woken = 0;
+    for member in delayed_members(&mut conn, keys, tenant).await? {
+        let n: u64 = redis::cmd("ZADD")
+            .arg(keys.delayed())
+            .arg("XX")
+            .arg("CH")
+            .arg(now_ms())
+            .arg(&member)
+            .query_async(&mut *conn)
+            .await?;
+        woken += n;
     }
     Ok(woken)
 }
@@ -598,32 +610,10 @@ pub async fn purge_tenant(
         }
         cursor = next;
     }
-    let member_prefix = format!("{tenant}\n");
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("ZSCAN")
-            .arg(keys.delayed())
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{tenant}\n*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut *conn)
-            .await?;
-        // ZSCAN returns members and scores alternately.
-        let members: Vec<&String> = found
-            .iter()
-            .step_by(2)
-            .filter(|m| m.starts_with(&member_prefix))
-            .collect();
-        if !members.is_empty() {
-            let n: u64 = conn.zrem(keys.delayed(), &members).await?;
-            purged.delayed += n;
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
+    let members = delayed_members(&mut conn, keys, tenant).await?;
+    for chunk in members.chunks(1000) {
+        let n: u64 = conn.zrem(keys.delayed(), chunk).await?;
+        purged.delayed += n;
     }
     let _: u64 = conn.hdel(keys.delayed_counts(), tenant.as_str()).await?;
     purged.dead = purge_stream_entries(&mut conn, &keys.dead(), tenant).await?;
