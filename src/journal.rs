@@ -261,7 +261,8 @@ impl Operation {
 
     /// Leaves the journal row open (an operation that stopped half-way and must be retried)
     /// and releases the lock.
-    pub async fn abandon(self) {
+    pub async fn abandon(mut self) {
+        release(&mut self.conn).await;
         let _ = self.conn.close().await;
     }
 
@@ -305,6 +306,7 @@ impl Operation {
                 tracing::error!(error = %e, operation = id, "could not close a journaled operation");
             }
         }
+        release(&mut self.conn).await;
         let _ = self.conn.close().await;
     }
 }
@@ -318,4 +320,13 @@ pub fn failpoint(step: &str) {
             std::thread::park();
         }
     }
+}
+
+/// Releases the tenant's lock before the connection goes: closing only sends Terminate, and
+/// the server may hold the lock a moment longer, long enough for the caller's next operation
+/// on the tenant to be refused.
+async fn release(conn: &mut PgConnection) {
+    let _ = sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(conn)
+        .await;
 }
