@@ -43,8 +43,8 @@ pub struct AdminState {
     pub verified: Arc<Mutex<Option<[u8; 32]>>>,
     /// Argon2 behind its limit (shared with the app's logins).
     pub passwords: Arc<crate::app::auth::PasswordLimiter>,
-    /// Held while a token is checked with argon2.
-    pub checking: Arc<tokio::sync::Mutex<()>>,
+    /// How argon2 checks of tokens are rationed.
+    pub checking: Arc<TokenChecks>,
     /// The job queue, for dead and parked jobs; `None` without Redis.
     pub jobs: Option<crate::jobs::JobQueue>,
 }
@@ -88,6 +88,50 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// How argon2 checks of admin tokens are rationed. A token argon2 accepted is remembered,
+/// so only new tokens (the right one after a restart, and wrong ones) cost a check.
+/// Checks run one at a time: a burst of calls with a new token pays it once, and a burst
+/// of wrong tokens cannot crowd out the app's logins. Each client address may have
+/// [`TokenChecks::BURST`] checks at once, then one a second (a 429 beyond that), so a
+/// flood of wrong tokens from one place queues at most that much before the real
+/// administrator's check, from another.
+pub struct TokenChecks {
+    one: tokio::sync::Mutex<()>,
+    per_client: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+}
+
+impl TokenChecks {
+    /// Checks a client may make at once.
+    pub const BURST: u32 = 10;
+    /// Client addresses remembered before the idle ones are forgotten.
+    const MAX_CLIENTS: usize = 10_000;
+}
+
+impl Default for TokenChecks {
+    fn default() -> Self {
+        let quota = governor::Quota::per_second(std::num::NonZeroU32::MIN).allow_burst(
+            std::num::NonZeroU32::new(Self::BURST).unwrap_or(std::num::NonZeroU32::MIN),
+        );
+        Self {
+            one: tokio::sync::Mutex::new(()),
+            per_client: governor::RateLimiter::keyed(quota),
+        }
+    }
+}
+
+impl TokenChecks {
+    /// Takes one of `client`'s checks, or tells how long until it has one.
+    fn take(&self, client: std::net::IpAddr) -> Result<(), std::time::Duration> {
+        use governor::clock::Clock as _;
+        if self.per_client.len() > Self::MAX_CLIENTS {
+            self.per_client.retain_recent();
+        }
+        self.per_client.check_key(&client).map_err(|not_until| {
+            not_until.wait_time_from(governor::clock::DefaultClock::default().now())
+        })
+    }
+}
+
 async fn require_token(
     State(state): State<AdminState>,
     req: Request,
@@ -105,11 +149,23 @@ async fn require_token(
             .unwrap_or_else(|e| e.into_inner())
             .is_some_and(|v| constant_time_eq(&v, &digest))
     };
-    // One argon2 check at a time: a burst of calls with a new token pays it once (the
-    // others find it remembered), and a burst of wrong tokens cannot crowd out the logins.
     let valid = known() || {
-        let _one = state.checking.lock().await;
-        known() || state.passwords.run(move || hash.verify(&token)).await?
+        let client = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+        if let Err(wait) = state.checking.take(client) {
+            return Err(ApiError::TooManyRequests {
+                detail: "too many admin token checks from this address; retry later".into(),
+                retry_after: wait,
+            });
+        }
+        let _one = state.checking.one.lock().await;
+        known()
+            || state
+                .passwords
+                .run("/admin", move || hash.verify(&token))
+                .await?
     };
     if valid {
         *state.verified.lock().unwrap_or_else(|e| e.into_inner()) = Some(digest);

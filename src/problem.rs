@@ -59,6 +59,14 @@ pub enum ApiError {
     /// 503 for a suspended tenant.
     #[error("this tenant is suspended")]
     Suspended,
+    /// 429: the client is over a rate limit; retry after the given time.
+    #[error("{detail}")]
+    TooManyRequests {
+        /// What was limited.
+        detail: String,
+        /// When to come back (sent as whole seconds, at least 1).
+        retry_after: std::time::Duration,
+    },
     /// 503: a shared resource (password hashing, say) is at its limit; retry shortly.
     #[error("{0}")]
     Overloaded(String),
@@ -85,6 +93,7 @@ impl ApiError {
             Self::TenantUnavailable | Self::TenantMoved | Self::Suspended | Self::Overloaded(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -189,6 +198,14 @@ impl IntoResponse for ApiError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("300"));
+                response
+            }
+            Self::TooManyRequests { retry_after, .. } => {
+                let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                let mut response = render(status, self.to_string(), None);
+                if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
                 response
             }
             Self::Overloaded(_) => {

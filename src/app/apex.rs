@@ -26,6 +26,9 @@ use crate::tenant::{Isolation, TenantId, TenantState};
 /// At most this many tenants are tried for one email (each costs an argon2 check).
 const MAX_CANDIDATES: usize = 10;
 
+/// The apex login's name in the password limiter's queue (no tenant id has a `/`).
+const APEX: &str = "/apex";
+
 /// What the apex routes need.
 #[derive(Clone)]
 pub struct ApexState {
@@ -122,6 +125,9 @@ async fn login(
     if body.password.chars().count() > 128 || body.email.len() > 254 {
         return Err(ApiError::Unauthorized);
     }
+    // A place for the first password check before the lookup: a login refused for a full
+    // queue costs no database work.
+    let first = apex.passwords.admit(APEX)?;
     let rows = match lookup(&apex.shared, &body.email).await {
         Ok(rows) => rows,
         // No shared schema yet (no shared tenant was ever made): nobody to find.
@@ -147,16 +153,17 @@ async fn login(
         .collect();
     if candidates.is_empty() {
         // The same work as a wrong password, so timing tells nothing.
-        apex.passwords.verify(body.password, None).await?;
+        first.verify(body.password, None).await?;
         return Err(ApiError::Unauthorized);
     }
     let mut matching = Vec::new();
+    let mut first = Some(first);
     for (entry, user_id, hash) in candidates {
-        if apex
-            .passwords
-            .verify(body.password.clone(), Some(hash))
-            .await?
-        {
+        let check = match first.take() {
+            Some(place) => place,
+            None => apex.passwords.admit(APEX)?,
+        };
+        if check.verify(body.password.clone(), Some(hash)).await? {
             matching.push((entry, user_id));
         }
     }

@@ -1,6 +1,7 @@
 //! Passwords (argon2id) and bearer tokens (random, stored as SHA-256, expiring).
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Argon2, password_hash::rand_core::OsRng};
@@ -17,46 +18,207 @@ use crate::problem::ApiError;
 /// 19 MiB and tens of milliseconds of CPU), a short queue feeds them, and beyond the queue
 /// the answer is a 503 with `Retry-After`. A flood of logins then costs bounded memory (a
 /// few threads' worth, where the blocking pool would spread runs over many threads, each
-/// keeping its allocator's memory), and every other request keeps its share of the CPU.
+/// keeping its allocator's memory).
+///
+/// The queue is fair: every caller names whose work it is (a tenant, the apex login, the
+/// admin API), each of them may have at most `concurrency` runs waiting, and the threads
+/// take the waiting runs in turn, one per name. A tenant flooding its login therefore fills
+/// only its own share, and another tenant's login waits for at most a run or two.
+/// The threads also run at a lower CPU priority (nice 10, on Linux), so the CPU they take
+/// is what the rest of the server leaves: other requests are not slowed by a login flood.
 /// Shared by registration, login, the apex login and the admin token check.
 pub struct PasswordLimiter {
-    jobs: std::sync::mpsc::SyncSender<Job>,
+    shared: Arc<Shared>,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
 
+struct Shared {
+    state: Mutex<Queues>,
+    ready: Condvar,
+    /// Runs waiting, in all.
+    capacity: usize,
+    /// Runs waiting, per name.
+    per_key: usize,
+}
+
+#[derive(Default)]
+struct Queues {
+    waiting: HashMap<String, VecDeque<Job>>,
+    /// The names with waiting runs, in the order they are served; each appears once.
+    turns: VecDeque<String>,
+    /// Places taken per name: runs waiting, and admissions not yet turned into runs.
+    held: HashMap<String, usize>,
+    /// Places taken in all.
+    total: usize,
+    closed: bool,
+}
+
+impl Queues {
+    fn release(&mut self, key: &str) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(n) = self.held.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(key);
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next run, taking names in turn; `None` once the limiter is gone.
+    fn next(&self) -> Option<Job> {
+        let mut queues = self.lock();
+        loop {
+            if queues.closed {
+                return None;
+            }
+            if let Some(key) = queues.turns.pop_front() {
+                let (job, more) = {
+                    let queue = queues.waiting.get_mut(&key).expect("a turn has runs");
+                    (
+                        queue.pop_front().expect("a turn has runs"),
+                        !queue.is_empty(),
+                    )
+                };
+                queues.release(&key);
+                if more {
+                    queues.turns.push_back(key);
+                } else {
+                    queues.waiting.remove(&key);
+                }
+                return Some(job);
+            }
+            queues = self.ready.wait(queues).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// The CPU priority of the hashing threads: below the request threads', so a login flood
+/// uses only the CPU nothing else wants.
+const HASHING_NICE: i32 = 10;
+
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) =
+        rustix::process::setpriority_process(Some(rustix::thread::gettid()), HASHING_NICE)
+    {
+        tracing::debug!(error = %e, "could not lower a password-hashing thread's priority");
+    }
+}
+
 impl PasswordLimiter {
-    /// `concurrency` threads, and four times as many runs waiting.
+    /// `concurrency` threads; each caller may have as many runs waiting, and four times as
+    /// many may wait in all.
     pub fn new(concurrency: usize) -> Self {
         let concurrency = concurrency.max(1);
-        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(concurrency * 4);
-        let queue = Arc::new(Mutex::new(queue));
+        let shared = Arc::new(Shared {
+            state: Mutex::default(),
+            ready: Condvar::new(),
+            capacity: concurrency * 4,
+            per_key: concurrency,
+        });
         for n in 0..concurrency {
-            let queue = Arc::clone(&queue);
+            let shared = Arc::clone(&shared);
             let spawned = std::thread::Builder::new()
                 .name(format!("argon2-{n}"))
                 .spawn(move || {
-                    loop {
-                        // The lock is held only to take the next job.
-                        let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                        match job {
-                            Ok(job) => job(),
-                            // The limiter is gone.
-                            Err(_) => return,
-                        }
+                    lower_this_threads_priority();
+                    while let Some(job) = shared.next() {
+                        job();
                     }
                 });
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "could not start a password-hashing thread");
             }
         }
-        Self { jobs }
+        Self { shared }
     }
 
-    /// Runs `work` on the hashing threads; [`ApiError::Overloaded`] when the queue is full.
-    /// Work whose request is gone before it starts is skipped.
+    /// Takes a place in the queue for `key` (whose work it is: a tenant id, say), or
+    /// answers [`ApiError::Overloaded`] when the queue, or `key`'s share of it, is full.
+    /// Taking the place before the work is ready (before the database lookup of a login)
+    /// makes a refused request cost nothing else.
+    pub fn admit(&self, key: &str) -> Result<Admission<'_>, ApiError> {
+        let mut queues = self.shared.lock();
+        let mine = queues.held.get(key).copied().unwrap_or(0);
+        if queues.closed || queues.total >= self.shared.capacity || mine >= self.shared.per_key {
+            return Err(overloaded());
+        }
+        *queues.held.entry(key.to_string()).or_default() += 1;
+        queues.total += 1;
+        Ok(Admission {
+            shared: &self.shared,
+            key: Some(key.to_string()),
+        })
+    }
+
+    /// Runs `work` for `key` on the hashing threads: [`Self::admit`], then
+    /// [`Admission::run`].
     pub async fn run<T: Send + 'static>(
         &self,
+        key: &str,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        self.admit(key)?.run(work).await
+    }
+
+    /// Hashes a password with argon2id, as `key`'s work.
+    pub async fn hash(&self, key: &str, password: String) -> Result<String, ApiError> {
+        self.run(key, move || hash_password(&password)).await?
+    }
+
+    /// Verifies a password against a PHC hash, as `key`'s work. With no hash (unknown
+    /// email), it verifies against a dummy hash, so both cases take the same time.
+    pub async fn verify(
+        &self,
+        key: &str,
+        password: String,
+        hash: Option<String>,
+    ) -> Result<bool, ApiError> {
+        self.run(key, move || verify_password(&password, hash))
+            .await?
+    }
+}
+
+impl Drop for PasswordLimiter {
+    fn drop(&mut self) {
+        let mut queues = self.shared.lock();
+        queues.closed = true;
+        // Waiting runs are dropped, and with them their senders: their callers get an error.
+        queues.waiting.clear();
+        queues.turns.clear();
+        queues.held.clear();
+        queues.total = 0;
+        drop(queues);
+        self.shared.ready.notify_all();
+    }
+}
+
+impl Default for PasswordLimiter {
+    fn default() -> Self {
+        Self::new(std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
+    }
+}
+
+/// A place in the password queue, from [`PasswordLimiter::admit`]; dropped unused, it is
+/// given back.
+pub struct Admission<'a> {
+    shared: &'a Shared,
+    /// `None` once turned into a run.
+    key: Option<String>,
+}
+
+impl Admission<'_> {
+    /// Runs `work` on the hashing threads, in this place. Work whose request is gone before
+    /// it starts is skipped.
+    pub async fn run<T: Send + 'static>(
+        mut self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -65,34 +227,38 @@ impl PasswordLimiter {
                 let _ = tx.send(work());
             }
         });
-        match self.jobs.try_send(job) {
-            Ok(()) => {}
-            Err(std::sync::mpsc::TrySendError::Full(_)) => return Err(overloaded()),
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+        let key = self.key.take().expect("an admission runs once");
+        {
+            let mut queues = self.shared.lock();
+            if queues.closed {
                 return Err(ApiError::Internal(anyhow::anyhow!(
                     "no password-hashing thread is running"
                 )));
             }
+            let Queues { waiting, turns, .. } = &mut *queues;
+            let queue = waiting.entry(key.clone()).or_default();
+            if queue.is_empty() {
+                turns.push_back(key);
+            }
+            queue.push_back(job);
         }
+        self.shared.ready.notify_one();
         rx.await
             .map_err(|_| ApiError::Internal(anyhow::anyhow!("a password-hashing thread stopped")))
     }
 
-    /// Hashes a password with argon2id.
-    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
-        self.run(move || hash_password(&password)).await?
-    }
-
-    /// Verifies a password against a PHC hash. With no hash (unknown email), it verifies
-    /// against a dummy hash, so both cases take the same time.
-    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, ApiError> {
+    /// Verifies a password against a PHC hash in this place (see
+    /// [`PasswordLimiter::verify`]).
+    pub async fn verify(self, password: String, hash: Option<String>) -> Result<bool, ApiError> {
         self.run(move || verify_password(&password, hash)).await?
     }
 }
 
-impl Default for PasswordLimiter {
-    fn default() -> Self {
-        Self::new(std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.shared.lock().release(&key);
+        }
     }
 }
 
@@ -207,4 +373,103 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `work` for `key` in a task of its own, refused at once if `key` has no place.
+    fn spawn_run(
+        limiter: &Arc<PasswordLimiter>,
+        key: &'static str,
+        work: impl FnOnce() + Send + 'static,
+    ) -> tokio::task::JoinHandle<Result<(), ApiError>> {
+        let limiter = Arc::clone(limiter);
+        let place = limiter.admit(key).map(|_| ());
+        tokio::spawn(async move {
+            place?;
+            limiter.run(key, work).await
+        })
+    }
+
+    #[tokio::test]
+    async fn each_caller_has_its_share_and_callers_are_served_in_turn() {
+        let limiter = Arc::new(PasswordLimiter::new(2));
+        // Both threads busy until told.
+        let mut release = Vec::new();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        for key in ["x", "y"] {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let started_tx = started_tx.clone();
+            release.push(tx);
+            drop(spawn_run(&limiter, key, move || {
+                let _ = started_tx.send(());
+                let _ = rx.recv();
+            }));
+        }
+        let mut running = 0;
+        while running < 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            running += started.try_iter().count();
+        }
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let record = |name: &'static str| {
+            let order = Arc::clone(&order);
+            move || order.lock().unwrap().push(name)
+        };
+        // Two waiting for "a" is its share; a third is refused, "b" is not.
+        let a1 = spawn_run(&limiter, "a", record("a1"));
+        tokio::task::yield_now().await;
+        let a2 = spawn_run(&limiter, "a", record("a2"));
+        tokio::task::yield_now().await;
+        assert!(matches!(
+            limiter.admit("a").map(|_| ()),
+            Err(ApiError::Overloaded(_))
+        ));
+        let b1 = spawn_run(&limiter, "b", record("b1"));
+        // A place given back unused is free again.
+        let held = limiter.admit("c").unwrap();
+        let _held_too = limiter.admit("c").unwrap();
+        assert!(limiter.admit("c").is_err());
+        drop(held);
+        assert!(limiter.admit("c").is_ok());
+        // Wait until all three are queued, then free one thread: it takes them in turn.
+        for _ in 0..100 {
+            if limiter
+                .shared
+                .lock()
+                .waiting
+                .values()
+                .map(VecDeque::len)
+                .sum::<usize>()
+                == 3
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        release[0].send(()).unwrap();
+        for task in [a1, a2, b1] {
+            task.await.unwrap().unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), ["a1", "b1", "a2"]);
+        release[1].send(()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_all() {
+        let limiter = PasswordLimiter::new(1);
+        // Four places in all, one per caller.
+        let places: Vec<_> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|k| limiter.admit(k).unwrap())
+            .collect();
+        assert!(matches!(
+            limiter.admit("e").map(|_| ()),
+            Err(ApiError::Overloaded(_))
+        ));
+        drop(places);
+        assert!(limiter.run("e", || 7).await.unwrap() == 7);
+    }
 }

@@ -77,7 +77,10 @@ pub(super) async fn register(
     ApiJson(body): ApiJson<RegisterBody>,
 ) -> Result<(StatusCode, Json<UserBody>), ApiError> {
     body.validate()?;
-    let password_hash = config.passwords.hash(body.password).await?;
+    let password_hash = config
+        .passwords
+        .hash(tenant.id().as_str(), body.password)
+        .await?;
     let db = tenant.db();
     let mut conn = db.conn().await?;
     let user: UserBody = sqlx::query_as(
@@ -126,6 +129,9 @@ pub(super) async fn login(
     if body.password.chars().count() > 128 {
         return Err(ApiError::Unauthorized);
     }
+    // A place for the password check first: a login refused for a full queue costs no
+    // database work.
+    let check = config.passwords.admit(tenant.id().as_str())?;
     let db = tenant.db();
     let user: Option<(i64, String)> = {
         let mut conn = db.conn().await?;
@@ -138,7 +144,7 @@ pub(super) async fn login(
         .await?
     };
     let (id, hash) = user.unzip();
-    if !config.passwords.verify(body.password, hash).await? {
+    if !check.verify(body.password, hash).await? {
         return Err(ApiError::Unauthorized);
     }
     let user_id = id.ok_or(ApiError::Unauthorized)?;

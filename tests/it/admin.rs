@@ -550,3 +550,63 @@ mod writes {
         assert!(!database_exists("tenant_x").await);
     }
 }
+
+/// After a restart (no token remembered yet), a flood of wrong tokens from one address
+/// must not hold the real administrator, calling from another, behind every one of its
+/// argon2 checks: one address gets a few checks, then 429s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_flood_from_one_address_is_rationed_and_the_admin_gets_in() {
+    let app = TestApp::spawn(vec![]).await;
+    let url = format!("http://{}/admin/tenants", app.admin_addr);
+    let flood = futures_util::future::join_all((0..40).map(|i| {
+        app.client
+            .get(&url)
+            .bearer_auth(format!("tra_wrong_{i}"))
+            .send()
+    }))
+    .await;
+    let mut checked = 0;
+    let mut rationed = 0;
+    for r in flood {
+        let r = r.unwrap();
+        match r.status() {
+            StatusCode::UNAUTHORIZED => checked += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                let wait: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(wait >= 1);
+                rationed += 1;
+            }
+            other => panic!("a wrong token answered {other}"),
+        }
+    }
+    assert!(rationed > 0, "all 40 wrong tokens were checked with argon2");
+    assert!(
+        checked <= 12,
+        "{checked} wrong tokens were checked from one address"
+    );
+    // The right token, from another loopback address, is not rationed with the flood.
+    let admin = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let r = admin
+        .get(&url)
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // The flooding address is still rationed; a remembered right token never is.
+    let r = app
+        .admin_get("/admin/tenants", Some("tra_wrong_again"))
+        .await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        app.admin_get("/admin/tenants", None).await.status(),
+        StatusCode::OK
+    );
+}

@@ -178,7 +178,8 @@ async fn a_login_flood_keeps_memory_bounded_and_other_tenants_served() {
             }
         })
     };
-    // 300 wrong-password logins at once on one tenant, while another tenant is served.
+    // 300 wrong-password logins at once on one tenant, while another tenant is served, and
+    // then a flood kept up on that tenant while the other one logs in.
     let flood = futures_util::future::join_all((0..300).map(|_| login("flood-a.example.org")));
     let other = async {
         let mut served = 0;
@@ -197,7 +198,6 @@ async fn a_login_flood_keeps_memory_bounded_and_other_tenants_served() {
         served
     };
     let (answers, served) = tokio::join!(flood, other);
-    sampler.abort();
     let mut refused = 0;
     for r in answers {
         let r = r.unwrap();
@@ -210,6 +210,38 @@ async fn a_login_flood_keeps_memory_bounded_and_other_tenants_served() {
             other => panic!("a login answered {other}"),
         }
     }
+    let flooding = std::sync::atomic::AtomicBool::new(true);
+    // 32 clients that each log in again as soon as they are answered.
+    let kept_up = futures_util::future::join_all((0..32).map(|_| async {
+        let mut sent = 0;
+        while flooding.load(std::sync::atomic::Ordering::Relaxed) {
+            login("flood-a.example.org").await.unwrap();
+            sent += 1;
+        }
+        sent
+    }));
+    let other_logins = async {
+        // Let the flood fill the queue first.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut statuses = Vec::new();
+        for _ in 0..10 {
+            statuses.push(login("flood-b.example.org").await.unwrap().status());
+        }
+        flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+        statuses
+    };
+    let (sent, other_logins) = tokio::join!(kept_up, other_logins);
+    assert!(
+        sent.iter().all(|n| *n > 1),
+        "the flood was not kept up during the other tenant's logins"
+    );
+    // Each tenant has its own share of the password queue, taken in turn: the flooding
+    // tenant fills only its own.
+    assert!(
+        other_logins.iter().all(|s| *s == StatusCode::UNAUTHORIZED),
+        "the other tenant's logins during the flood answered {other_logins:?}"
+    );
+    sampler.abort();
     assert!(refused > 0, "300 argon2 runs at once were all accepted");
     assert_eq!(served, 20, "the other tenant was not served meanwhile");
     // Each argon2 run holds about 19 MiB: unbounded, 300 at once took gigabytes; with a
