@@ -119,6 +119,13 @@ async fn idle_cpu(seconds: u64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    // `RUST_LOG=tenant_router=debug` shows the worker's log.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let n = env("BENCH_IDLE_TENANTS", 10_000) as usize;
     let latency_jobs = env("BENCH_LATENCY_JOBS", 500) as usize;
     let idle_seconds = env("BENCH_IDLE_SECONDS", 10);

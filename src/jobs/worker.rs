@@ -202,7 +202,9 @@ impl Worker {
 
         let mut local: HashMap<TenantId, VecDeque<Delivery>> = HashMap::new();
         let mut order: VecDeque<TenantId> = VecDeque::new();
-        let mut known: HashSet<String> = HashSet::new();
+        // Entries held, by tenant and entry id: entry ids are per stream, and two tenants'
+        // streams often have entries with the same id (the same millisecond).
+        let mut known: HashSet<(TenantId, String)> = HashSet::new();
         let mut running_per_tenant: HashMap<TenantId, usize> = HashMap::new();
         let mut running: JoinSet<(TenantId, String)> = JoinSet::new();
         // Entries read but not started yet are this worker's too: their idle time is reset
@@ -227,7 +229,7 @@ impl Worker {
                     let Some(batch) = batch else { break };
                     for d in batch {
                         // A reclaim can hand back an entry this worker already holds.
-                        if !known.insert(d.stream_id.clone()) {
+                        if !known.insert((d.envelope.tenant_id.clone(), d.stream_id.clone())) {
                             load.lock().unwrap_or_else(|e| e.into_inner()).done(&d.envelope.tenant_id);
                             continue;
                         }
@@ -240,7 +242,7 @@ impl Worker {
                 }
                 Some(done) = running.join_next() => {
                     if let Ok((tenant, stream_id)) = done {
-                        known.remove(&stream_id);
+                        known.remove(&(tenant.clone(), stream_id));
                         if let Some(n) = running_per_tenant.get_mut(&tenant) {
                             *n -= 1;
                         }

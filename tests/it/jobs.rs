@@ -1200,3 +1200,76 @@ async fn tenants_without_jobs_leave_the_set_the_workers_walk() {
     )
     .await;
 }
+
+/// Entry ids are per stream: two tenants' jobs often have the same one (submitted in the
+/// same millisecond). The worker once took the second for a copy of the first and left it
+/// pending until a reclaim, a visibility timeout later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_of_two_tenants_with_the_same_entry_id_both_run_at_once() {
+    let cluster = Cluster::new().await;
+    let server = cluster.start("server").await;
+    let a = add_tenant(&cluster, &server, "jobs-same-id-a").await;
+    let b = add_tenant(&cluster, &server, "jobs-same-id-b").await;
+    let ids = [
+        submit(&cluster, &server, &a, "diag.sleep", json!({"ms": 500})).await,
+        submit(&cluster, &server, &b, "diag.sleep", json!({"ms": 500})).await,
+    ];
+    // Give both entries the same id, as the same millisecond would.
+    let client = redis::Client::open(cluster.redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys = Keys::default();
+    let mut entries = Vec::new();
+    for tenant in ["jobs-same-id-a", "jobs-same-id-b"] {
+        let stream = keys.stream(&TenantId::parse(tenant).unwrap());
+        let range: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(range.ids.len(), 1);
+        let job: String = range.ids[0].get("job").unwrap();
+        let _: () = redis::cmd("XDEL")
+            .arg(&stream)
+            .arg(&range.ids[0].id)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        entries.push((stream, job));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let id = format!("{}-0", now + 60_000);
+    for (stream, job) in &entries {
+        let _: String = redis::cmd("XADD")
+            .arg(stream)
+            .arg(&id)
+            .arg("job")
+            .arg(job)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    // Reclaims come only after a minute: both must run without one.
+    let _worker = cluster
+        .start_worker(
+            "worker",
+            &[("TENANT_ROUTER_JOB_VISIBILITY_TIMEOUT_MS", "60000")],
+        )
+        .await;
+    for (site, job_id) in [(&a, &ids[0]), (&b, &ids[1])] {
+        let s = wait_for(
+            &cluster,
+            &server,
+            site,
+            job_id,
+            "succeeded",
+            Duration::from_secs(20),
+        )
+        .await;
+        assert_eq!(s["attempts"], 1, "{s}");
+    }
+}
