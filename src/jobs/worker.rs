@@ -90,6 +90,11 @@ struct Delivery {
 struct Load {
     /// Tenants worth reading, in rotation order.
     active: Vec<TenantId>,
+    /// The same, for membership.
+    active_set: HashSet<TenantId>,
+    /// Tenants to read first in the next read, whatever the rotation: those whose doorbell
+    /// rang (a job for a tenant that was idle) or that just appeared.
+    urgent: VecDeque<TenantId>,
     idle_rounds: HashMap<TenantId, u32>,
     /// Jobs read and not finished, per tenant and in all.
     per_tenant: HashMap<TenantId, usize>,
@@ -100,8 +105,28 @@ struct Load {
 impl Load {
     fn activate(&mut self, tenant: TenantId) {
         self.idle_rounds.insert(tenant.clone(), 0);
-        if !self.active.contains(&tenant) {
+        if self.active_set.insert(tenant.clone()) {
             self.active.push(tenant);
+        }
+    }
+
+    /// Activates `tenant` and reads it in the next read.
+    fn activate_now(&mut self, tenant: TenantId) {
+        self.activate(tenant.clone());
+        if !self.urgent.contains(&tenant) {
+            self.urgent.push_back(tenant);
+        }
+    }
+
+    /// Stops reading these tenants until they have work again.
+    fn deactivate(&mut self, gone: &HashSet<TenantId>) {
+        if gone.is_empty() {
+            return;
+        }
+        self.active.retain(|a| !gone.contains(a));
+        for t in gone {
+            self.active_set.remove(t);
+            self.idle_rounds.remove(t);
         }
     }
 
@@ -363,12 +388,31 @@ impl Worker {
                     .cloned()
                     .collect();
                 let capped = l.active.len() - eligible.len();
+                // Tenants just rung first (a job for an idle tenant waits for no rotation),
+                // then the rotation fills the window.
+                let mut window: Vec<TenantId> = Vec::new();
+                let mut in_window: HashSet<TenantId> = HashSet::new();
+                let mut later = VecDeque::new();
+                while let Some(t) = l.urgent.pop_front() {
+                    if window.len() >= STREAMS_PER_READ {
+                        later.push_back(t);
+                    } else if l.per_tenant.get(&t).copied().unwrap_or(0) < per_tenant
+                        && in_window.insert(t.clone())
+                    {
+                        window.push(t);
+                    }
+                }
+                l.urgent = later;
                 let n = eligible.len();
                 let start = if n == 0 { 0 } else { l.rotate % n };
-                l.rotate = l.rotate.wrapping_add(STREAMS_PER_READ);
-                let window: Vec<TenantId> = (0..n.min(STREAMS_PER_READ))
-                    .map(|i| eligible[(start + i) % n].clone())
-                    .collect();
+                let room = STREAMS_PER_READ - window.len();
+                l.rotate = l.rotate.wrapping_add(room);
+                for i in 0..n.min(room) {
+                    let t = &eligible[(start + i) % n];
+                    if in_window.insert(t.clone()) {
+                        window.push(t.clone());
+                    }
+                }
                 (window, capped, full)
             };
             if full {
@@ -463,11 +507,12 @@ impl Worker {
             {
                 let mut l = load.lock().unwrap_or_else(|e| e.into_inner());
                 for t in rung {
-                    l.activate(t);
+                    l.activate_now(t);
                 }
                 for d in &batch {
                     l.add(&d.envelope.tenant_id, 1);
                 }
+                let mut gone = HashSet::new();
                 for t in &streams {
                     if returned.contains(t) {
                         l.idle_rounds.insert(t.clone(), 0);
@@ -475,11 +520,11 @@ impl Worker {
                         let idle = l.idle_rounds.entry(t.clone()).or_default();
                         *idle += 1;
                         if *idle > 3 && !l.per_tenant.contains_key(t) {
-                            l.idle_rounds.remove(t);
-                            l.active.retain(|a| a != t);
+                            gone.insert(t.clone());
                         }
                     }
                 }
+                l.deactivate(&gone);
             }
             if got_jobs && tx.send(batch).is_err() {
                 return;
@@ -556,7 +601,7 @@ impl Worker {
                 if let Ok(tenants) = self.tenants_with_streams().await {
                     let mut l = load.lock().unwrap_or_else(|e| e.into_inner());
                     for t in tenants {
-                        if !l.active.contains(&t) {
+                        if !l.active_set.contains(&t) {
                             l.activate(t);
                         }
                     }
