@@ -2,6 +2,7 @@
 //! checked against the configured argon2 hash: tenants (list, show, create, change, remove)
 //! and this instance's registry.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
@@ -90,13 +91,13 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 
 /// How argon2 checks of admin tokens are rationed. A token argon2 accepted is remembered,
 /// so only new tokens (the right one after a restart, and wrong ones) cost a check.
-/// Checks run one at a time: a burst of calls with a new token pays it once, and a burst
-/// of wrong tokens cannot crowd out the app's logins. Each client address may have
-/// [`TokenChecks::BURST`] checks at once, then one a second (a 429 beyond that), so a
-/// flood of wrong tokens from one place queues at most that much before the real
-/// administrator's check, from another.
+/// Each client address has its checks run one at a time (a burst of calls with a new token
+/// pays it once), as its own caller in the fair password queue: a flood of wrong tokens
+/// from some addresses delays the real administrator's check, from another, by one check
+/// per flooding address at most, and cannot crowd out the app's logins. Each address may
+/// also have [`TokenChecks::BURST`] checks at once, then one a second (a 429 beyond that).
 pub struct TokenChecks {
-    one: tokio::sync::Mutex<()>,
+    one_per_client: Mutex<HashMap<std::net::IpAddr, Arc<tokio::sync::Mutex<()>>>>,
     per_client: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
 }
 
@@ -113,7 +114,7 @@ impl Default for TokenChecks {
             std::num::NonZeroU32::new(Self::BURST).unwrap_or(std::num::NonZeroU32::MIN),
         );
         Self {
-            one: tokio::sync::Mutex::new(()),
+            one_per_client: Mutex::default(),
             per_client: governor::RateLimiter::keyed(quota),
         }
     }
@@ -129,6 +130,18 @@ impl TokenChecks {
         self.per_client.check_key(&client).map_err(|not_until| {
             not_until.wait_time_from(governor::clock::DefaultClock::default().now())
         })
+    }
+
+    /// The lock under which `client`'s checks run one at a time.
+    fn lock_for(&self, client: std::net::IpAddr) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .one_per_client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if locks.len() > Self::MAX_CLIENTS {
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        Arc::clone(locks.entry(client).or_default())
     }
 }
 
@@ -160,11 +173,12 @@ async fn require_token(
                 retry_after: wait,
             });
         }
-        let _one = state.checking.one.lock().await;
+        let lock = state.checking.lock_for(client);
+        let _one = lock.lock().await;
         known()
             || state
                 .passwords
-                .run("/admin", move || hash.verify(&token))
+                .run(&format!("/admin/{client}"), move || hash.verify(&token))
                 .await?
     };
     if valid {

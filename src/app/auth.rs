@@ -20,10 +20,11 @@ use crate::problem::ApiError;
 /// few threads' worth, where the blocking pool would spread runs over many threads, each
 /// keeping its allocator's memory).
 ///
-/// The queue is fair: every caller names whose work it is (a tenant, the apex login, the
-/// admin API), each of them may have at most `concurrency` runs waiting, and the threads
-/// take the waiting runs in turn, one per name. A tenant flooding its login therefore fills
-/// only its own share, and another tenant's login waits for at most a run or two.
+/// The queue is fair: every caller names whose work it is (a tenant, the apex login, an
+/// admin client's address), each of them may have at most `concurrency` runs waiting, and
+/// the threads take the waiting runs in turn, one per name. A caller with nothing waiting
+/// always gets a place, so tenants flooding their logins fill only their own shares, and
+/// another tenant's login waits for one run per flooding tenant at most.
 /// The threads also run at a lower CPU priority (nice 10, on Linux), so the CPU they take
 /// is what the rest of the server leaves: other requests are not slowed by a login flood.
 /// Shared by registration, login, the apex login and the admin token check.
@@ -147,7 +148,11 @@ impl PasswordLimiter {
     pub fn admit(&self, key: &str) -> Result<Admission<'_>, ApiError> {
         let mut queues = self.shared.lock();
         let mine = queues.held.get(key).copied().unwrap_or(0);
-        if queues.closed || queues.total >= self.shared.capacity || mine >= self.shared.per_key {
+        // A caller with nothing waiting always gets one place, even in a full queue: callers
+        // at their share cannot, together, lock another one out. So the queue holds at most
+        // `capacity` runs plus one per other caller.
+        let room = mine == 0 || (queues.total < self.shared.capacity && mine < self.shared.per_key);
+        if queues.closed || !room {
             return Err(overloaded());
         }
         *queues.held.entry(key.to_string()).or_default() += 1;
@@ -458,18 +463,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_queue_is_bounded_in_all() {
-        let limiter = PasswordLimiter::new(1);
-        // Four places in all, one per caller.
-        let places: Vec<_> = ["a", "b", "c", "d"]
+    async fn the_queue_is_bounded_but_nobody_is_locked_out() {
+        let limiter = PasswordLimiter::new(2);
+        // Eight places in all, two per caller: four callers at their share fill it.
+        let places: Vec<_> = ["a", "a", "b", "b", "c", "c", "d", "d"]
             .iter()
             .map(|k| limiter.admit(k).unwrap())
             .collect();
         assert!(matches!(
+            limiter.admit("a").map(|_| ()),
+            Err(ApiError::Overloaded(_))
+        ));
+        // The queue is full, but a caller with nothing waiting still gets one place, and
+        // only one.
+        let e = limiter.admit("e").unwrap();
+        assert!(matches!(
             limiter.admit("e").map(|_| ()),
             Err(ApiError::Overloaded(_))
         ));
-        drop(places);
+        drop((places, e));
         assert!(limiter.run("e", || 7).await.unwrap() == 7);
     }
 }

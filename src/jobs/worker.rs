@@ -96,6 +96,8 @@ struct Load {
     /// rang (a job for a tenant that was idle) or that just appeared.
     urgent: VecDeque<TenantId>,
     idle_rounds: HashMap<TenantId, u32>,
+    /// When each active tenant last had work (activated, or a read returned jobs).
+    last_work: HashMap<TenantId, tokio::time::Instant>,
     /// Jobs read and not finished, per tenant and in all.
     per_tenant: HashMap<TenantId, usize>,
     total: usize,
@@ -105,6 +107,8 @@ struct Load {
 impl Load {
     fn activate(&mut self, tenant: TenantId) {
         self.idle_rounds.insert(tenant.clone(), 0);
+        self.last_work
+            .insert(tenant.clone(), tokio::time::Instant::now());
         if self.active_set.insert(tenant.clone()) {
             self.active.push(tenant);
         }
@@ -127,6 +131,7 @@ impl Load {
         for t in gone {
             self.active_set.remove(t);
             self.idle_rounds.remove(t);
+            self.last_work.remove(t);
         }
     }
 
@@ -159,6 +164,10 @@ pub struct Worker {
 const REFRESH_EVERY: Duration = Duration::from_millis(500);
 /// How often tenants without jobs are taken out of the set of tenants with streams.
 const PRUNE_EVERY: Duration = Duration::from_secs(5);
+
+/// How long a tenant stays in the reads after its last work, at least: longer than the
+/// doorbell's quiet time (a tenant rings at most once per 200 ms).
+const STAY_ACTIVE: Duration = Duration::from_secs(1);
 
 /// Most streams named in one read.
 const STREAMS_PER_READ: usize = 128;
@@ -516,10 +525,19 @@ impl Worker {
                 for t in &streams {
                     if returned.contains(t) {
                         l.idle_rounds.insert(t.clone(), 0);
+                        l.last_work.insert(t.clone(), tokio::time::Instant::now());
                     } else {
                         let idle = l.idle_rounds.entry(t.clone()).or_default();
                         *idle += 1;
-                        if *idle > 3 && !l.per_tenant.contains_key(t) {
+                        let idle = *idle;
+                        // Idle for some reads and for a while: a submission within the
+                        // doorbell's quiet time after the last one (which rings nothing)
+                        // still finds its tenant read.
+                        let quiet = l
+                            .last_work
+                            .get(t)
+                            .is_none_or(|at| at.elapsed() >= STAY_ACTIVE);
+                        if idle > 3 && quiet && !l.per_tenant.contains_key(t) {
                             gone.insert(t.clone());
                         }
                     }

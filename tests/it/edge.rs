@@ -146,7 +146,7 @@ async fn a_login_flood_keeps_memory_bounded_and_other_tenants_served() {
     let cluster = Cluster::new().await;
     let server = cluster.start("server").await;
     let pg = shared_postgres().await;
-    for id in ["flood-a", "flood-b"] {
+    for id in ["flood-a", "flood-b", "flood-c", "flood-d", "flood-e"] {
         let db = tenant_database(pg, id).await;
         let r = cluster
             .admin(
@@ -211,15 +211,30 @@ async fn a_login_flood_keeps_memory_bounded_and_other_tenants_served() {
         }
     }
     let flooding = std::sync::atomic::AtomicBool::new(true);
-    // 32 clients that each log in again as soon as they are answered.
-    let kept_up = futures_util::future::join_all((0..32).map(|_| async {
-        let mut sent = 0;
-        while flooding.load(std::sync::atomic::Ordering::Relaxed) {
-            login("flood-a.example.org").await.unwrap();
-            sent += 1;
-        }
-        sent
-    }));
+    // 32 clients that each log in again as soon as they are answered, on each of four
+    // tenants: together they hold every place a share allows.
+    let kept_up = futures_util::future::join_all(
+        [
+            "flood-a.example.org",
+            "flood-c.example.org",
+            "flood-d.example.org",
+            "flood-e.example.org",
+        ]
+        .into_iter()
+        .flat_map(|host| std::iter::repeat_n(host, 8))
+        .map(|host| {
+            let flooding = &flooding;
+            let login = &login;
+            async move {
+                let mut sent = 0;
+                while flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                    login(host).await.unwrap();
+                    sent += 1;
+                }
+                sent
+            }
+        }),
+    );
     let other_logins = async {
         // Let the flood fill the queue first.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -235,8 +250,8 @@ async fn a_login_flood_keeps_memory_bounded_and_other_tenants_served() {
         sent.iter().all(|n| *n > 1),
         "the flood was not kept up during the other tenant's logins"
     );
-    // Each tenant has its own share of the password queue, taken in turn: the flooding
-    // tenant fills only its own.
+    // Each tenant has its own share of the password queue, taken in turn, and a tenant with
+    // nothing waiting always gets a place: the flooding tenants fill only their own.
     assert!(
         other_logins.iter().all(|s| *s == StatusCode::UNAUTHORIZED),
         "the other tenant's logins during the flood answered {other_logins:?}"
