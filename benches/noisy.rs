@@ -1,9 +1,10 @@
 //! The server half of the noisy-neighbour benchmark in `scripts/bench`: the real server
-//! (`Application`, with its default limits) over two tenants, `tenant-a` (the noisy one)
-//! and `tenant-b`, each in its own database on one PostgreSQL. Each has a user; tenant B
-//! has 100 notes.
+//! (`Application`, with its default limits) over three tenants, each in its own database on
+//! one PostgreSQL: `tenant-a` (the noisy one), `tenant-b` (the quiet one, with 100 notes)
+//! and `tenant-c` (noisy too, but with a rate limit of 100 requests/s, burst 100). Each has
+//! a user.
 //!
-//! Prints `READY <url> <token of A> <token of B>` and serves until stdin closes.
+//! Prints `READY <url> <token of A> <token of B> <token of C>` and serves until stdin closes.
 
 use serde_json::{Value, json};
 use tenant_router::config::{Settings, SettingsArgs};
@@ -11,7 +12,7 @@ use tenant_router::control::{ControlDb, TenantSpec};
 use tenant_router::local::LocalPostgres;
 use tenant_router::provision;
 use tenant_router::server::Application;
-use tenant_router::tenant::{PoolSettings, TenantHost, TenantId, TenantState};
+use tenant_router::tenant::{PoolSettings, RateLimit, TenantHost, TenantId, TenantState};
 use tokio::io::AsyncReadExt;
 
 #[tokio::main]
@@ -20,7 +21,7 @@ async fn main() -> anyhow::Result<()> {
     let control_url = pg.create_database("control").await?;
     let control = ControlDb::connect_lazy(&control_url);
     control.migrate().await?;
-    for name in ["a", "b"] {
+    for name in ["a", "b", "c"] {
         let url = pg.create_database(&format!("tenant_{name}")).await?;
         if let provision::MigrationOutcome::Failed(e) = provision::migrate_tenant(&url).await {
             anyhow::bail!("{e}");
@@ -35,7 +36,10 @@ async fn main() -> anyhow::Result<()> {
                 state: TenantState::Active,
                 isolation: Default::default(),
                 incarnation: None,
-                rate_limit: None,
+                rate_limit: (name == "c").then_some(RateLimit {
+                    requests_per_second: 100,
+                    burst: 100,
+                }),
             })
             .await?;
     }
@@ -53,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
 
     let client = reqwest::Client::new();
     let mut tokens = Vec::new();
-    for name in ["a", "b"] {
+    for name in ["a", "b", "c"] {
         let host = format!("tenant-{name}.test.com");
         let user =
             json!({"username": "bench", "email": "bench@example.com", "password": "correct horse"});
@@ -85,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
             .await?
             .error_for_status()?;
     }
-    println!("READY {url} {} {}", tokens[0], tokens[1]);
+    println!("READY {url} {} {} {}", tokens[0], tokens[1], tokens[2]);
 
     let mut sink = Vec::new();
     let _ = tokio::io::stdin().read_to_end(&mut sink).await;
