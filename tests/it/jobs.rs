@@ -911,7 +911,7 @@ async fn dead_and_parked_jobs_are_listed_retried_and_purged() {
     let cluster = Cluster::new().await;
     let server = cluster.start("server").await;
     let site = add_tenant(&cluster, &server, "jobs-letters").await;
-    let _worker = cluster.start_worker("worker", &[]).await;
+    let mut worker = cluster.start_worker("worker", &[]).await;
     // One dead: it fails every attempt.
     let dead = submit(
         &cluster,
@@ -947,6 +947,10 @@ async fn dead_and_parked_jobs_are_listed_retried_and_purged() {
             .await
             .unwrap()
             .unwrap();
+        // A worker learns of the suspension a moment after it is committed; one that
+        // starts after it knows it from the start (otherwise the test races the bus).
+        worker.signal(Signal::SIGTERM);
+        worker.wait_exit(Duration::from_secs(30)).await;
         assert_eq!(suspend("suspended").await.status(), StatusCode::OK);
         let mut ids = Vec::new();
         for _ in 0..2 {
@@ -958,6 +962,7 @@ async fn dead_and_parked_jobs_are_listed_retried_and_purged() {
         }
         ids
     };
+    let _worker = cluster.start_worker("worker-2", &[]).await;
     for id in &parked {
         let deadline = Instant::now() + Duration::from_secs(20);
         while queue(&cluster)
