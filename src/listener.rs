@@ -156,18 +156,28 @@ impl WriteDeadline {
     }
 
     /// After a write that could not go ahead: fails once it has waited `limit`.
-    fn check_stall(&mut self, cx: &mut std::task::Context<'_>) -> std::io::Result<()> {
+    /// What a write returned, with the deadline applied: a write still pending after
+    /// `limit` fails; one that made progress resets the clock.
+    fn watch(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        written: std::task::Poll<std::io::Result<usize>>,
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if written.is_ready() {
+            self.stalled = None;
+            return written;
+        }
         let limit = self.limit;
         let sleep = self
             .stalled
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
         if sleep.as_mut().poll(cx).is_ready() {
-            return Err(std::io::Error::new(
+            return std::task::Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "the client read nothing for the write deadline",
-            ));
+            )));
         }
-        Ok(())
+        std::task::Poll::Pending
     }
 }
 
@@ -187,16 +197,8 @@ impl tokio::io::AsyncWrite for WriteDeadline {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        match std::pin::Pin::new(&mut self.inner).poll_write(cx, buf) {
-            std::task::Poll::Pending => match self.check_stall(cx) {
-                Ok(()) => std::task::Poll::Pending,
-                Err(e) => std::task::Poll::Ready(Err(e)),
-            },
-            done => {
-                self.stalled = None;
-                done
-            }
-        }
+        let written = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, written)
     }
 
     fn poll_flush(
@@ -218,16 +220,8 @@ impl tokio::io::AsyncWrite for WriteDeadline {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        match std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            std::task::Poll::Pending => match self.check_stall(cx) {
-                Ok(()) => std::task::Poll::Pending,
-                Err(e) => std::task::Poll::Ready(Err(e)),
-            },
-            done => {
-                self.stalled = None;
-                done
-            }
-        }
+        let written = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {

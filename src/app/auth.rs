@@ -177,18 +177,6 @@ impl PasswordLimiter {
     pub async fn hash(&self, key: &str, password: String) -> Result<String, ApiError> {
         self.run(key, move || hash_password(&password)).await?
     }
-
-    /// Verifies a password against a PHC hash, as `key`'s work. With no hash (unknown
-    /// email), it verifies against a dummy hash, so both cases take the same time.
-    pub async fn verify(
-        &self,
-        key: &str,
-        password: String,
-        hash: Option<String>,
-    ) -> Result<bool, ApiError> {
-        self.run(key, move || verify_password(&password, hash))
-            .await?
-    }
 }
 
 impl Drop for PasswordLimiter {
@@ -252,8 +240,8 @@ impl Admission<'_> {
             .map_err(|_| ApiError::Internal(anyhow::anyhow!("a password-hashing thread stopped")))
     }
 
-    /// Verifies a password against a PHC hash in this place (see
-    /// [`PasswordLimiter::verify`]).
+    /// Verifies a password against a PHC hash in this place. With no hash (unknown email),
+    /// it verifies against a dummy hash, so both cases take the same time.
     pub async fn verify(self, password: String, hash: Option<String>) -> Result<bool, ApiError> {
         self.run(move || verify_password(&password, hash)).await?
     }
