@@ -2,7 +2,7 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --bin tenant-router
+RUN cargo build --release -p tenant-router-server --bin tenant-router
 
 FROM debian:bookworm-slim
 RUN useradd --system --home /app tenant-router && mkdir -p /app/data && chown tenant-router /app/data

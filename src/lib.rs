@@ -29,28 +29,22 @@
 //!     .layer(TenantLayer::new(registry));
 //! ```
 
-pub mod admin;
-pub mod admin_token;
-pub mod app;
-pub mod argon;
 pub mod bus;
-pub mod config;
 pub mod control;
 pub mod host;
+#[cfg(feature = "jobs")]
 pub mod jobs;
 pub mod journal;
-pub mod listener;
-pub mod local;
 pub mod middleware;
 pub mod moving;
+pub mod namespace;
 pub mod operations;
 pub mod pool;
 pub mod problem;
-pub mod process;
 pub mod provision;
 pub mod registry;
-pub mod server;
 pub mod shared;
 pub mod sync;
 pub mod tenant;
-pub mod tenants_file;
+#[cfg(feature = "testing")]
+pub mod testing;

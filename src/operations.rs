@@ -330,7 +330,7 @@ pub struct Removal {
     pub purged: bool,
     /// What the purge removed from Redis.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub redis: Option<crate::jobs::Purged>,
+    pub redis: Option<crate::namespace::Purged>,
 }
 
 /// What a move did.
@@ -359,7 +359,7 @@ pub struct TenantOps {
     drop_wait: Duration,
     shared: Option<(SharedDb, DatabaseUrl)>,
     shared_ready: Arc<tokio::sync::OnceCell<()>>,
-    redis: Option<(deadpool_redis::Pool, crate::jobs::Keys)>,
+    redis: Option<(deadpool_redis::Pool, crate::namespace::RedisNamespace)>,
     files_dir: Option<std::path::PathBuf>,
 }
 
@@ -385,7 +385,10 @@ impl TenantOps {
     }
 
     /// Where jobs keep a tenant's Redis keys, so a purge deletes them.
-    pub fn with_redis(mut self, redis: Option<(deadpool_redis::Pool, crate::jobs::Keys)>) -> Self {
+    pub fn with_redis(
+        mut self,
+        redis: Option<(deadpool_redis::Pool, crate::namespace::RedisNamespace)>,
+    ) -> Self {
         self.redis = redis;
         self
     }
@@ -399,39 +402,6 @@ impl TenantOps {
     /// The control database.
     pub fn control(&self) -> &ControlDb {
         &self.control
-    }
-
-    /// Operations as the settings describe them: the provisioning server, migrations, the
-    /// bus, the shared database, the base domain's wildcard hosts, and what a purge deletes
-    /// (the jobs' Redis keys and files).
-    pub fn from_settings(
-        control: ControlDb,
-        settings: &crate::config::Settings,
-    ) -> anyhow::Result<Self> {
-        let control = control.with_base_domain(settings.base_domain.as_deref());
-        let publisher = settings
-            .redis_url
-            .as_deref()
-            .map(|url| Publisher::new(url, &settings.redis_channel))
-            .transpose()?;
-        let redis = match settings.redis_url.as_deref() {
-            Some(url) => Some((
-                deadpool_redis::Config::from_url(url)
-                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-                    .context("the Redis URL")?,
-                crate::jobs::Keys::default(),
-            )),
-            None => None,
-        };
-        Ok(Self::new(
-            control,
-            settings.provision_server()?,
-            settings.tenant_migrations.clone(),
-        )
-        .with_publisher(publisher)
-        .with_shared(settings.shared_database())
-        .with_redis(redis)
-        .with_files_dir(Some(settings.worker.files_dir.clone())))
     }
 
     /// Where shared tenants live.
@@ -671,8 +641,10 @@ impl TenantOps {
             Ok(written) => {
                 if incarnation.is_some() {
                     // Adopted: its jobs that waited for this run now.
-                    if let Some((pool, keys)) = &self.redis {
-                        if let Err(e) = crate::jobs::wake_tenant(pool, keys, &new.id).await {
+                    #[cfg(feature = "jobs")]
+                    if let Some((pool, ns)) = &self.redis {
+                        let keys = crate::jobs::Keys::from(ns);
+                        if let Err(e) = crate::jobs::wake_tenant(pool, &keys, &new.id).await {
                             tracing::warn!(tenant.id = %new.id, error = %e,
                                 "the adopted tenant's waiting jobs run at their next look");
                         }
@@ -972,7 +944,7 @@ impl TenantOps {
         &self,
         id: &TenantId,
         leftover: &Leftover,
-    ) -> Result<(bool, Option<crate::jobs::Purged>), OpError> {
+    ) -> Result<(bool, Option<crate::namespace::Purged>), OpError> {
         let mut database_dropped = false;
         match leftover.isolation {
             Isolation::Shared => {
@@ -1013,8 +985,8 @@ impl TenantOps {
             Isolation::Dedicated => {}
         }
         let redis = match &self.redis {
-            Some((pool, keys)) => Some(
-                crate::jobs::purge_tenant(pool, keys, id, Some(leftover.incarnation))
+            Some((pool, ns)) => Some(
+                purge_redis(pool, ns, id, leftover.incarnation)
                     .await
                     .map_err(|e| {
                         OpError::Other(anyhow::anyhow!(
@@ -1445,6 +1417,33 @@ fn merge(
             })
         }
         _ => Err(errors),
+    }
+}
+
+/// Everything of a removed incarnation in Redis: with jobs, its streams and letters too.
+async fn purge_redis(
+    pool: &deadpool_redis::Pool,
+    ns: &crate::namespace::RedisNamespace,
+    id: &TenantId,
+    incarnation: i64,
+) -> Result<crate::namespace::Purged, String> {
+    #[cfg(feature = "jobs")]
+    {
+        crate::jobs::purge_tenant(pool, &crate::jobs::Keys::from(ns), id, Some(incarnation))
+            .await
+            .map_err(|e| e.to_string())
+    }
+    #[cfg(not(feature = "jobs"))]
+    {
+        let _ = incarnation;
+        let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+        let keys = crate::namespace::purge(&mut conn, ns, id)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(crate::namespace::Purged {
+            keys,
+            ..Default::default()
+        })
     }
 }
 

@@ -48,15 +48,12 @@ use crate::registry::TenantEntry;
 use crate::tenant::{Tenant, TenantId};
 
 mod queue;
-pub mod reference;
-mod service;
 mod worker;
 
 pub use queue::{
     DEFAULT_MAX_DEAD, DEFAULT_MAX_QUEUED_PER_TENANT, JobQueue, JobStatus, Keys, Letter, Letters,
     Purged, QueueError, purge_tenant, wake_tenant,
 };
-pub use service::run_worker;
 pub use worker::{Worker, WorkerOptions};
 
 /// A kind of job: a serialisable payload and what to do with it, in one tenant's context.

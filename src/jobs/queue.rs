@@ -37,6 +37,12 @@ impl Default for Keys {
     }
 }
 
+impl From<&crate::namespace::RedisNamespace> for Keys {
+    fn from(ns: &crate::namespace::RedisNamespace) -> Self {
+        Self::new(ns.prefix())
+    }
+}
+
 impl Keys {
     /// Keys under `prefix`.
     pub fn new(prefix: &str) -> Self {
@@ -69,9 +75,15 @@ impl Keys {
         format!("{}t:{tenant}:job:{job_id}", self.prefix)
     }
 
-    /// The prefix of keys a tenant's jobs may use.
+    /// The prefix of keys a tenant's jobs may use: the tenant's app namespace, the same
+    /// one its requests get (see [`crate::namespace`]).
     pub fn namespace(&self, tenant: &TenantId) -> String {
-        format!("{}t:{tenant}:ns:", self.prefix)
+        self.redis_namespace().app_prefix(tenant)
+    }
+
+    /// The namespace these keys live in.
+    pub fn redis_namespace(&self) -> crate::namespace::RedisNamespace {
+        crate::namespace::RedisNamespace::new(&self.prefix)
     }
 
     fn rung(&self, tenant: &TenantId) -> String {
@@ -550,18 +562,7 @@ pub async fn wake_tenant(
     Ok(woken)
 }
 
-/// What [`purge_tenant`] removed.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
-pub struct Purged {
-    /// Keys of the tenant's namespace: its stream, job statuses and job-owned keys.
-    pub keys: u64,
-    /// Its delayed jobs (retries and `run_at`).
-    pub delayed: u64,
-    /// Its dead-lettered jobs.
-    pub dead: u64,
-    /// Its parked jobs.
-    pub parked: u64,
-}
+pub use crate::namespace::Purged;
 
 /// Removes everything of `tenant` from Redis: every key under `<prefix>t:<tenant>:` (the job
 /// stream, statuses, the namespace jobs write to), its entries in the delayed set and the
@@ -586,30 +587,7 @@ pub async fn purge_tenant(
             .query_async(&mut *conn)
             .await?;
     }
-    // Tenant ids are `[a-z0-9-]`: no glob character; the prefix is escaped.
-    let pattern = format!("{}t:{tenant}:*", escape_glob(keys.stream_prefix()));
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut *conn)
-            .await?;
-        if !found.is_empty() {
-            let n: u64 = redis::cmd("UNLINK")
-                .arg(&found)
-                .query_async(&mut *conn)
-                .await?;
-            purged.keys += n;
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+    purged.keys = crate::namespace::purge(&mut conn, &keys.redis_namespace(), tenant).await?;
     let members = delayed_members(&mut conn, keys, tenant).await?;
     for chunk in members.chunks(1000) {
         let n: u64 = conn.zrem(keys.delayed(), chunk).await?;
@@ -691,17 +669,6 @@ async fn purge_stream_entries_where(
         }
     }
     Ok(removed)
-}
-
-fn escape_glob(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// The dead-letter stream or the parked one.

@@ -6,9 +6,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tenant_router::config::{Settings, SettingsArgs};
-use tenant_router::jobs::{reference, run_worker};
-use tenant_router::server::shutdown_signal;
+use tenant_router_server::config::{Settings, SettingsArgs};
+use tenant_router_server::reference_jobs as reference;
+use tenant_router_server::server::shutdown_signal;
+use tenant_router_server::worker_service::run_worker;
 
 /// Run tenant-router background jobs until SIGTERM or Ctrl-C.
 #[derive(Parser)]
@@ -19,9 +20,9 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    tenant_router::process::init_tracing();
+    tenant_router_server::process::init_tracing();
     let cli = Cli::parse();
-    tenant_router::process::run(async {
+    tenant_router_server::process::run(async {
         let settings = Settings::load(&cli.settings)?;
         let kinds = reference::kinds_for(settings.diagnostic_jobs);
         run_worker(&settings, kinds, shutdown_signal()).await?;

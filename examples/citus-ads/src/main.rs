@@ -20,17 +20,17 @@ use serde::{Deserialize, Serialize};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use tenant_router::bus::{Hint, HintOp, Publisher};
-use tenant_router::config::{Settings, SettingsArgs};
 use tenant_router::control::{ControlDb, TenantSpec, WriteMode};
 use tenant_router::middleware::{CurrentTenant, TenantLayer};
 use tenant_router::problem::{ApiError, ApiQuery};
 use tenant_router::registry::{Registry, RegistryOptions};
-use tenant_router::server::{shutdown_signal, with_common_layers};
 use tenant_router::shared::SharedDb;
 use tenant_router::sync::ConfigSync;
 use tenant_router::tenant::{
     DatabaseUrl, Isolation, PoolSettings, TenantHost, TenantId, TenantState,
 };
+use tenant_router_server::config::{Settings, SettingsArgs};
+use tenant_router_server::server::{shutdown_signal, with_common_layers};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
@@ -76,9 +76,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tenant_router::process::init_tracing();
+    tenant_router_server::process::init_tracing();
     let cli = Cli::parse();
-    tenant_router::process::run(async {
+    tenant_router_server::process::run(async {
         run(cli).await?;
         Ok(ExitCode::SUCCESS)
     })

@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tenant_router::local::{LocalCitus, LocalPostgres, free_port};
 use tenant_router::tenant::DatabaseUrl;
+use tenant_router::testing::{LocalCitus, LocalPostgres, free_port};
 
 const COMPANIES: i64 = 5;
 const CAMPAIGNS_PER_COMPANY: i64 = 15;
@@ -77,7 +77,7 @@ async fn loads_the_tutorial_format_and_answers_the_campaign_query() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loads_the_tutorial_format_and_answers_the_campaign_query_on_citus() {
-    if let Err(why) = tenant_router::local::citus_library() {
+    if let Err(why) = tenant_router::testing::citus_library() {
         if std::env::var("TENANT_ROUTER_TEST_CITUS").is_ok_and(|v| v == "required") {
             panic!("TENANT_ROUTER_TEST_CITUS=required, and Citus is missing: {why}");
         }

@@ -1,0 +1,115 @@
+//! The server half of `scripts/bench`: one process serving the same notes handler twice,
+//! once through the router (port A) and once with one fixed pool and no routing (port B),
+//! over the same PostgreSQL, so the two figures differ only by what the router adds.
+//!
+//! Prints `READY <routed url> <fixed url> <host> <token>` and serves until stdin closes.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use serde_json::{Value, json};
+use tenant_router::control::{ControlDb, TenantSpec};
+use tenant_router::middleware::CurrentTenant;
+use tenant_router::provision;
+use tenant_router::registry::{Registry, RegistryOptions};
+use tenant_router::tenant::{PoolSettings, TenantHost, TenantId, TenantState};
+use tenant_router::testing::LocalPostgres;
+use tenant_router_server::app::{self, AppConfig};
+use tenant_router_server::server::{ServerState, app, with_common_layers};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+
+const HOST: &str = "tenant-1.test.com";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let pool_size: u32 = std::env::var("BENCH_POOL_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    let pg = LocalPostgres::start_ephemeral().await?;
+    let control = ControlDb::connect_lazy(&pg.create_database("control").await?);
+    control.migrate().await?;
+    for i in 1..=2 {
+        let url = pg.create_database(&format!("tenant_{i}")).await?;
+        if let provision::MigrationOutcome::Failed(e) = provision::migrate_tenant(&url).await {
+            anyhow::bail!("{e}");
+        }
+        control
+            .upsert(&TenantSpec {
+                id: TenantId::parse(&format!("tenant-{i}"))?,
+                hosts: vec![TenantHost::parse(&format!("tenant-{i}.test.com"))?],
+                database: url,
+                provisioned: true,
+                pool: PoolSettings {
+                    max_connections: pool_size,
+                    idle_timeout_secs: 300,
+                    ..PoolSettings::default()
+                },
+                state: TenantState::Active,
+                isolation: Default::default(),
+                incarnation: None,
+                rate_limit: None,
+            })
+            .await?;
+    }
+    let registry = Arc::new(Registry::new(RegistryOptions::default()));
+    let (tenants, version) = control.load_all().await?;
+    registry.replace_all(tenants, version);
+    let state = ServerState {
+        registry: Arc::clone(&registry),
+        control,
+        sync: None,
+    };
+
+    let routed = TcpListener::bind("127.0.0.1:0").await?;
+    let fixed = TcpListener::bind("127.0.0.1:0").await?;
+    let routed_url = format!("http://{}", routed.local_addr()?);
+    let fixed_url = format!("http://{}", fixed.local_addr()?);
+    let entry = registry.resolve(HOST).expect("tenant-1 is registered");
+    // The same routes and common layers; only the tenant layer is swapped for a fixed tenant.
+    let fixed_app = with_common_layers(
+        app::router(AppConfig::default()).layer(Extension(CurrentTenant::new(entry))),
+        65536,
+    );
+    tokio::spawn(async move { axum::serve(routed, app(state, AppConfig::default(), 65536)).await });
+    tokio::spawn(async move { axum::serve(fixed, fixed_app).await });
+
+    // One user with 100 notes; the benchmark reads the newest 20.
+    let client = reqwest::Client::new();
+    let user =
+        json!({"username": "bench", "email": "bench@example.com", "password": "correct horse"});
+    client
+        .post(format!("{routed_url}/api/register"))
+        .header("Host", HOST)
+        .json(&user)
+        .send()
+        .await?
+        .error_for_status()?;
+    let login: Value = client
+        .post(format!("{routed_url}/api/login"))
+        .header("Host", HOST)
+        .json(&json!({"email": "bench@example.com", "password": "correct horse"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = login["token"].as_str().expect("a token").to_string();
+    for i in 0..100 {
+        client
+            .post(format!("{routed_url}/api/notes"))
+            .header("Host", HOST)
+            .bearer_auth(&token)
+            .json(&json!({"content": format!("benchmark note number {i}, of ordinary length")}))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    println!("READY {routed_url} {fixed_url} {HOST} {token}");
+
+    let mut sink = Vec::new();
+    let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+    drop(pg);
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! `/api/notes`: a user's notes, newest first, paginated by an id cursor.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::AppConfig;
+use super::auth::{AuthUser, BearerToken};
+use tenant_router::middleware::CurrentTenant;
+use tenant_router::problem::{ApiError, ApiJson, ApiPath, ApiQuery};
+
+const MAX_CONTENT_CHARS: usize = 10_000;
+
+#[derive(Serialize, sqlx::FromRow)]
+pub(super) struct Note {
+    id: i64,
+    content: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(super) struct NotePage {
+    notes: Vec<Note>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct NoteBody {
+    content: String,
+}
+
+impl NoteBody {
+    fn validate(&self) -> Result<(), ApiError> {
+        let n = self.content.chars().count();
+        if n == 0 || n > MAX_CONTENT_CHARS || self.content.trim().is_empty() {
+            return Err(ApiError::invalid(
+                "content",
+                format!("must be 1 to {MAX_CONTENT_CHARS} characters, not only spaces"),
+            ));
+        }
+        if self.content.contains('\0') {
+            return Err(ApiError::invalid("content", "must not contain NUL"));
+        }
+        Ok(())
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::NotFound("no such note".into())
+}
+
+/// One row of the list query: the session's user, and one of its notes (or none).
+#[derive(sqlx::FromRow)]
+struct SessionNote {
+    id: Option<i64>,
+    content: Option<String>,
+    created_at: Option<DateTime<Utc>>,
+    updated_at: Option<DateTime<Utc>>,
+}
+
+/// The hottest route, so it checks the token and reads the page in one round trip: no row
+/// means no valid session (401); a row with no note means an empty page.
+#[tracing::instrument(level = "debug", skip_all, fields(tenant.id = %tenant.id()))]
+pub(super) async fn list(
+    tenant: CurrentTenant,
+    token: BearerToken,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<NotePage>, ApiError> {
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::invalid("limit", "must be between 1 and 100"));
+    }
+    let before = match q.cursor.as_deref() {
+        None | Some("") => i64::MAX,
+        Some(c) => c
+            .parse::<i64>()
+            .ok()
+            .filter(|c| *c > 0)
+            .ok_or_else(|| ApiError::invalid("cursor", "is not a cursor this API returned"))?,
+    };
+    let db = tenant.db();
+    let mut conn = db.conn().await?;
+    let rows: Vec<SessionNote> = sqlx::query_as(
+        "SELECT n.id, n.content, n.created_at, n.updated_at
+         FROM sessions s
+         LEFT JOIN LATERAL (
+             SELECT id, content, created_at, updated_at FROM notes
+             WHERE tenant_id = $1 AND user_id = s.user_id AND id < $3
+             ORDER BY id DESC LIMIT $4
+         ) n ON true
+         WHERE s.tenant_id = $1 AND s.token_hash = $2 AND s.expires_at > now()
+         ORDER BY n.id DESC",
+    )
+    .bind(db.scope())
+    .bind(token.hash())
+    .bind(before)
+    .bind(limit + 1)
+    .fetch_all(&mut *conn)
+    .await?;
+    drop(conn);
+    if rows.is_empty() {
+        return Err(ApiError::Unauthorized);
+    }
+    let mut notes: Vec<Note> = rows
+        .into_iter()
+        .filter_map(|r| {
+            Some(Note {
+                id: r.id?,
+                content: r.content?,
+                created_at: r.created_at?,
+                updated_at: r.updated_at?,
+            })
+        })
+        .collect();
+    let next_cursor = if notes.len() as i64 > limit {
+        notes.truncate(limit as usize);
+        notes.last().map(|n| n.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(NotePage { notes, next_cursor }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateQuery {
+    /// `?async=true`: create the note through a background job and answer 202.
+    #[serde(default, rename = "async")]
+    run_async: bool,
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(tenant.id = %tenant.id(), user.id = user.user_id))]
+pub(super) async fn create(
+    State(config): State<AppConfig>,
+    tenant: CurrentTenant,
+    user: AuthUser,
+    ApiQuery(q): ApiQuery<CreateQuery>,
+    ApiJson(body): ApiJson<NoteBody>,
+) -> Result<Response, ApiError> {
+    body.validate()?;
+    if q.run_async {
+        let queue = super::jobs::queue(&config)?;
+        let payload = serde_json::json!({ "content": body.content });
+        return super::jobs::submit_as(queue, &tenant, user, "notes.create", payload, None).await;
+    }
+    let db = tenant.db();
+    let mut conn = db.conn().await?;
+    let note: Note = sqlx::query_as(
+        "INSERT INTO notes (tenant_id, user_id, content) VALUES ($1, $2, $3)
+         RETURNING id, content, created_at, updated_at",
+    )
+    .bind(db.scope())
+    .bind(user.user_id)
+    .bind(&body.content)
+    .fetch_one(&mut *conn)
+    .await?;
+    conn.commit().await?;
+    Ok((StatusCode::CREATED, Json(note)).into_response())
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(tenant.id = %tenant.id(), user.id = user.user_id))]
+pub(super) async fn show(
+    tenant: CurrentTenant,
+    user: AuthUser,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<Note>, ApiError> {
+    let db = tenant.db();
+    let mut conn = db.conn().await?;
+    sqlx::query_as(
+        "SELECT id, content, created_at, updated_at FROM notes
+         WHERE tenant_id = $1 AND id = $2 AND user_id = $3",
+    )
+    .bind(db.scope())
+    .bind(id)
+    .bind(user.user_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .map(Json)
+    .ok_or_else(not_found)
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(tenant.id = %tenant.id(), user.id = user.user_id))]
+pub(super) async fn update(
+    tenant: CurrentTenant,
+    user: AuthUser,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<NoteBody>,
+) -> Result<Json<Note>, ApiError> {
+    body.validate()?;
+    let db = tenant.db();
+    let mut conn = db.conn().await?;
+    let note: Option<Note> = sqlx::query_as(
+        "UPDATE notes SET content = $4, updated_at = now()
+         WHERE tenant_id = $1 AND id = $2 AND user_id = $3
+         RETURNING id, content, created_at, updated_at",
+    )
+    .bind(db.scope())
+    .bind(id)
+    .bind(user.user_id)
+    .bind(&body.content)
+    .fetch_optional(&mut *conn)
+    .await?;
+    conn.commit().await?;
+    note.map(Json).ok_or_else(not_found)
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(tenant.id = %tenant.id(), user.id = user.user_id))]
+pub(super) async fn remove(
+    tenant: CurrentTenant,
+    user: AuthUser,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<StatusCode, ApiError> {
+    let db = tenant.db();
+    let mut conn = db.conn().await?;
+    let deleted =
+        sqlx::query("DELETE FROM notes WHERE tenant_id = $1 AND id = $2 AND user_id = $3")
+            .bind(db.scope())
+            .bind(id)
+            .bind(user.user_id)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+    conn.commit().await?;
+    if deleted == 0 {
+        Err(not_found())
+    } else {
+        Ok(StatusCode::NO_CONTENT)
+    }
+}

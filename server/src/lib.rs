@@ -1,0 +1,15 @@
+//! The `tenant-router` binary's crate: the reference app (register, login, notes, jobs),
+//! the admin API, the settings every binary reads, the commands, and the demo. The routing
+//! itself is the [`tenant_router`] library.
+
+pub mod admin;
+pub mod admin_token;
+pub mod app;
+pub mod argon;
+pub mod config;
+pub mod listener;
+pub mod process;
+pub mod reference_jobs;
+pub mod server;
+pub mod tenants_file;
+pub mod worker_service;
