@@ -43,8 +43,11 @@ pub mod pool;
 pub mod problem;
 pub mod provision;
 pub mod registry;
+pub mod router;
 pub mod shared;
 pub mod sync;
 pub mod tenant;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+pub use router::{Builder, TenantRouter};

@@ -12,6 +12,7 @@ use futures_util::future::{BoxFuture, Either, Ready, ready};
 use tower::{Layer, Service};
 
 use crate::host::{self, HostError};
+use crate::namespace::{RedisNamespace, TenantRedis};
 use crate::problem::{ApiError, problem_response};
 use crate::registry::{Registry, TenantEntry};
 use crate::tenant::{Tenant, TenantId, TenantState};
@@ -25,12 +26,28 @@ use crate::tenant::{Tenant, TenantId, TenantState};
 #[derive(Clone)]
 pub struct TenantLayer {
     registry: Arc<Registry>,
+    redis: Option<Arc<RedisSide>>,
+}
+
+/// The Redis pool and key prefix a request's [`CurrentTenant::redis`] builds on.
+struct RedisSide {
+    pool: deadpool_redis::Pool,
+    namespace: RedisNamespace,
 }
 
 impl TenantLayer {
     /// A layer resolving against `registry`.
     pub fn new(registry: Arc<Registry>) -> Self {
-        Self { registry }
+        Self {
+            registry,
+            redis: None,
+        }
+    }
+
+    /// Gives every request's [`CurrentTenant`] its tenant's Redis namespace.
+    pub fn with_redis(mut self, pool: deadpool_redis::Pool, namespace: RedisNamespace) -> Self {
+        self.redis = Some(Arc::new(RedisSide { pool, namespace }));
+        self
     }
 }
 
@@ -41,6 +58,7 @@ impl<S> Layer<S> for TenantLayer {
         TenantService {
             inner,
             registry: Arc::clone(&self.registry),
+            redis: self.redis.clone(),
         }
     }
 }
@@ -50,6 +68,7 @@ impl<S> Layer<S> for TenantLayer {
 pub struct TenantService<S> {
     inner: S,
     registry: Arc<Registry>,
+    redis: Option<Arc<RedisSide>>,
 }
 
 impl<S, B> Service<Request<B>> for TenantService<S>
@@ -74,7 +93,10 @@ where
                 if let Some(wait) = entry.throttled() {
                     return Either::Left(ready(Ok(too_many(wait))));
                 }
-                req.extensions_mut().insert(CurrentTenant(entry));
+                req.extensions_mut().insert(CurrentTenant {
+                    entry,
+                    redis: self.redis.clone(),
+                });
                 let response = self.inner.call(req);
                 let registry = Arc::clone(&self.registry);
                 Either::Right(Box::pin(async move {
@@ -159,34 +181,49 @@ fn resolve<B>(registry: &Registry, req: &Request<B>) -> Result<Arc<TenantEntry>,
 /// The tenant a request was resolved to, with its pool. Extract it in any handler mounted
 /// behind [`TenantLayer`]; elsewhere extraction fails with a 500, since that is a wiring bug.
 #[derive(Clone)]
-pub struct CurrentTenant(Arc<TenantEntry>);
+pub struct CurrentTenant {
+    entry: Arc<TenantEntry>,
+    redis: Option<Arc<RedisSide>>,
+}
 
 impl CurrentTenant {
     /// Wraps a registry entry, for code that resolved the tenant itself (jobs, tests).
     pub fn new(entry: Arc<TenantEntry>) -> Self {
-        Self(entry)
+        Self { entry, redis: None }
     }
 
     /// The tenant's id.
     pub fn id(&self) -> &TenantId {
-        &self.0.tenant().id
+        &self.entry.tenant().id
     }
 
     /// The tenant's configuration as of this request.
     pub fn tenant(&self) -> &Tenant {
-        self.0.tenant()
+        self.entry.tenant()
     }
 
     /// The tenant's own pool; never another tenant's. For a shared tenant this is the
     /// shared database's pool: use [`Self::db`], which scopes every statement.
     pub fn pool(&self) -> &Arc<crate::pool::TenantPool> {
-        self.0.pool()
+        self.entry.pool()
     }
 
     /// The tenant's database handle: connections scoped to this tenant, and the scope to
     /// bind as `tenant_id` in every query. The same code serves dedicated and shared tenants.
     pub fn db(&self) -> crate::shared::TenantDb<'_> {
-        crate::shared::TenantDb::new(self.0.pool(), self.0.tenant())
+        crate::shared::TenantDb::new(self.entry.pool(), self.entry.tenant())
+    }
+
+    /// The tenant's Redis namespace: every key built with [`TenantRedis::key`] is the
+    /// tenant's own (the same namespace its jobs get), and a purge of the tenant deletes
+    /// them. A 500 when the layer was built without Redis, since that is a wiring bug.
+    pub fn redis(&self) -> Result<TenantRedis, ApiError> {
+        let side = self.redis.as_ref().ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!(
+                "CurrentTenant::redis called, but the TenantLayer has no Redis (with_redis)"
+            ))
+        })?;
+        Ok(side.namespace.tenant(side.pool.clone(), self.id()))
     }
 }
 

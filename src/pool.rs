@@ -662,6 +662,9 @@ pub struct PooledConn {
     inner: Option<(PgConnection, OwnedSemaphorePermit)>,
     pool: Arc<TenantPool>,
     dirty: bool,
+    /// Set when a tenant's transaction is dropped open: whose, to name it in a warning if
+    /// it had written anything (those writes are rolled back).
+    uncommitted: Option<Box<str>>,
     born: Instant,
 }
 
@@ -676,6 +679,7 @@ impl PooledConn {
             inner: Some((conn, permit)),
             pool: Arc::clone(pool),
             dirty: false,
+            uncommitted: None,
             born,
         }
     }
@@ -683,6 +687,14 @@ impl PooledConn {
     /// Marks a transaction open (`true`) or finished (`false`).
     pub fn set_dirty(&mut self, dirty: bool) {
         self.dirty = dirty;
+    }
+
+    /// The open transaction, if it wrote anything, is reported as `tenant`'s lost writes
+    /// when it is rolled back.
+    pub(crate) fn report_uncommitted(&mut self, tenant: &str) {
+        if self.dirty {
+            self.uncommitted = Some(tenant.into());
+        }
     }
 }
 
@@ -708,13 +720,16 @@ impl Drop for PooledConn {
         // or whose query was abandoned half-way, must not reach the next request. An open
         // transaction is rolled back, which checks it too.
         let dirty = self.dirty;
+        let uncommitted = self.uncommitted.take();
         let born = self.born;
         let pool = Arc::clone(&self.pool);
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 handle.spawn(async move {
                     let checked = tokio::time::timeout(Duration::from_secs(5), async {
-                        if dirty {
+                        if let Some(tenant) = uncommitted.filter(|_| dirty) {
+                            rollback_reporting_writes(&mut conn, &tenant).await
+                        } else if dirty {
                             conn.execute("ROLLBACK").await.map(drop)
                         } else {
                             conn.ping().await
@@ -731,6 +746,26 @@ impl Drop for PooledConn {
             Err(_) => pool.discard(conn, permit),
         }
     }
+}
+
+/// Rolls back, and warns when the transaction had written: a handler that forgot to commit.
+/// One round trip, like a plain `ROLLBACK`.
+async fn rollback_reporting_writes(conn: &mut PgConnection, tenant: &str) -> sqlx::Result<()> {
+    use futures_util::TryStreamExt as _;
+    use sqlx::Row as _;
+    let mut wrote = false;
+    let mut results =
+        sqlx::raw_sql("SELECT txid_current_if_assigned() IS NOT NULL; ROLLBACK").fetch_many(conn);
+    while let Some(step) = results.try_next().await? {
+        if let sqlx::Either::Right(row) = step {
+            wrote = row.try_get::<bool, _>(0)?;
+        }
+    }
+    if wrote {
+        tracing::warn!(tenant.id = tenant,
+            "a tenant connection with writes was dropped without commit(); its writes were rolled back");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

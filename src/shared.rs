@@ -552,21 +552,16 @@ impl<'a> TenantDb<'a> {
         self.tenant.scope()
     }
 
-    /// A connection for this tenant. Shared: a transaction scoped to the tenant (role and
-    /// `app.tenant_id` set locally); call [`TenantConn::commit`] after writes. Dedicated: a
-    /// plain connection, each statement its own transaction.
+    /// A connection for this tenant, in a transaction: writes last only after
+    /// [`TenantConn::commit`]; dropped without it, everything rolls back (and a warning names
+    /// the tenant if anything was written). Dedicated and shared tenants behave the same, so
+    /// a handler tested on one kind cannot lose writes on the other. For a shared tenant the
+    /// transaction is also scoped to it (role and `app.tenant_id` set locally).
     pub async fn conn(&self) -> Result<TenantConn, sqlx::Error> {
-        match self.tenant.isolation {
-            Isolation::Dedicated => Ok(TenantConn {
-                conn: self.pool.acquire().await?,
-                in_tx: false,
-            }),
-            Isolation::Shared => self.begin().await,
-        }
+        self.begin().await
     }
 
-    /// A transaction for this tenant (scoped as [`Self::conn`] is, for shared tenants).
-    /// Dropped without [`TenantConn::commit`], it rolls back.
+    /// The same as [`Self::conn`]: a transaction, rolled back unless committed.
     pub async fn begin(&self) -> Result<TenantConn, sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
         conn.set_dirty(true);
@@ -600,18 +595,24 @@ impl<'a> TenantDb<'a> {
                     .await?;
             }
         }
-        Ok(TenantConn { conn, in_tx: true })
+        Ok(TenantConn {
+            conn,
+            in_tx: true,
+            tenant: self.tenant.id.clone(),
+        })
     }
 }
 
-/// A connection handed out by [`TenantDb`]: deref to `PgConnection` for queries.
+/// A connection handed out by [`TenantDb`], in a transaction: deref to `PgConnection` for
+/// queries, then [`Self::commit`] to keep what it wrote.
 pub struct TenantConn {
     conn: PooledConn,
     in_tx: bool,
+    tenant: TenantId,
 }
 
 impl TenantConn {
-    /// Commits the transaction, if one is open.
+    /// Commits the transaction.
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
         if self.in_tx {
             sqlx::query("COMMIT").execute(&mut *self.conn).await?;
@@ -619,6 +620,24 @@ impl TenantConn {
             self.in_tx = false;
         }
         Ok(())
+    }
+
+    /// Rolls the transaction back now (dropping does the same, off the request's path).
+    pub async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        if self.in_tx {
+            sqlx::query("ROLLBACK").execute(&mut *self.conn).await?;
+            self.conn.set_dirty(false);
+            self.in_tx = false;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TenantConn {
+    fn drop(&mut self) {
+        if self.in_tx {
+            self.conn.report_uncommitted(self.tenant.as_str());
+        }
     }
 }
 

@@ -60,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
         registry: Arc::clone(&registry),
         control,
         sync: None,
+        layer: tenant_router::middleware::TenantLayer::new(Arc::clone(&registry)),
     };
 
     let routed = TcpListener::bind("127.0.0.1:0").await?;

@@ -111,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
         registry: Arc::clone(&registry),
         control,
         sync: None,
+        layer: tenant_router::middleware::TenantLayer::new(Arc::clone(&registry)),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);

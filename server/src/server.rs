@@ -20,12 +20,13 @@ use crate::admin::{self, AdminState};
 use crate::app::apex::ApexState;
 use crate::app::{self, AppConfig};
 use crate::config::Settings;
+use tenant_router::TenantRouter;
 use tenant_router::control::ControlDb;
 use tenant_router::jobs::{JobQueue, Keys};
 use tenant_router::middleware::TenantLayer;
 use tenant_router::problem::problem_response;
 use tenant_router::registry::{Registry, RegistryOptions};
-use tenant_router::sync::{BusConfig, BusState, ConfigSync};
+use tenant_router::sync::{BusState, ConfigSync};
 
 /// What the non-tenant routes need.
 #[derive(Clone)]
@@ -36,6 +37,8 @@ pub struct ServerState {
     pub control: ControlDb,
     /// The sync keeping the registry current, for its bus report.
     pub sync: Option<Arc<ConfigSync>>,
+    /// What resolves tenant requests (with the tenants' Redis namespace when configured).
+    pub layer: TenantLayer,
 }
 
 /// The whole router: `/healthz` and `/readyz` answer on any host; everything else is
@@ -51,7 +54,7 @@ pub fn app_with_apex(
     max_body_bytes: usize,
     apex: Option<ApexState>,
 ) -> Router {
-    let tenant_routes = app::router(config).layer(TenantLayer::new(Arc::clone(&state.registry)));
+    let tenant_routes = app::router(config).layer(state.layer.clone());
     let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -131,27 +134,31 @@ pub struct Application {
     admin_listener: TcpListener,
     admin_router: Router,
     registry: Arc<Registry>,
-    sync: Arc<ConfigSync>,
-    bus: Option<BusConfig>,
-    reconcile_interval: Duration,
+    tenants: TenantRouter,
     http: crate::listener::HttpLimits,
 }
 
 impl Application {
     /// Migrates the control database, loads every tenant and binds the listener.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
-        let control = ControlDb::connect_lazy(settings.require_database_url()?);
-        control.migrate().await?;
-        let registry = Arc::new(Registry::new(RegistryOptions {
-            base_domain: settings.base_domain.clone(),
-            acquire_timeout: settings.acquire_timeout,
-            shared_database: settings.shared_database(),
-            max_total_connections: settings.max_total_connections,
-            connection_limits: settings.connection_limits,
-            default_rate_limit: settings.default_rate_limit,
-        }));
-        let sync = Arc::new(ConfigSync::new(Arc::clone(&registry), control.clone()));
-        sync.full_load().await?;
+        let mut builder = TenantRouter::builder(settings.require_database_url()?.clone())
+            .registry_options(RegistryOptions {
+                base_domain: settings.base_domain.clone(),
+                acquire_timeout: settings.acquire_timeout,
+                shared_database: settings.shared_database(),
+                max_total_connections: settings.max_total_connections,
+                connection_limits: settings.connection_limits,
+                default_rate_limit: settings.default_rate_limit,
+            })
+            .channel(settings.redis_channel.clone())
+            .reconcile_interval(settings.reconcile_interval);
+        if let Some(url) = &settings.redis_url {
+            builder = builder.redis(url.clone());
+        }
+        let tenants = builder.start().await?;
+        let registry = Arc::clone(tenants.registry());
+        let sync = Arc::clone(tenants.sync());
+        let control = sync.control().clone();
         let ops = settings
             .tenant_ops(control.clone())?
             .with_local_sync(Arc::clone(&sync));
@@ -206,6 +213,7 @@ impl Application {
             registry: Arc::clone(&registry),
             control,
             sync: Some(Arc::clone(&sync)),
+            layer: tenants.layer(),
         };
         let config = AppConfig {
             passwords: Arc::clone(&passwords),
@@ -227,16 +235,14 @@ impl Application {
             admin_listener,
             admin_router,
             registry,
-            sync,
-            bus: settings.bus(),
-            reconcile_interval: settings.reconcile_interval,
+            tenants,
             http: settings.http,
         })
     }
 
     /// The sync that keeps its registry current.
     pub fn sync(&self) -> &Arc<ConfigSync> {
-        &self.sync
+        self.tenants.sync()
     }
 
     /// The address it listens on.
@@ -264,16 +270,11 @@ impl Application {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
-        let sync = tokio::spawn(Arc::clone(&self.sync).run(
-            self.bus.clone(),
-            self.reconcile_interval,
-            stop_rx.clone(),
-        ));
         let main = crate::listener::serve(self.listener, self.router, self.http, stop_rx.clone());
         let admin =
             crate::listener::serve(self.admin_listener, self.admin_router, self.http, stop_rx);
         let (main, admin) = tokio::join!(main, admin);
-        sync.abort();
+        self.tenants.shutdown().await;
         main.context("serving HTTP")?;
         admin.context("serving the admin API")
     }

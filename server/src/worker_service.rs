@@ -7,10 +7,9 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 
 use crate::config::Settings;
-use tenant_router::control::ControlDb;
+use tenant_router::TenantRouter;
 use tenant_router::jobs::{JobKinds, JobQueue, Keys, Worker};
-use tenant_router::registry::{Registry, RegistryOptions};
-use tenant_router::sync::ConfigSync;
+use tenant_router::registry::RegistryOptions;
 
 /// Runs a worker for `kinds` until `shutdown` completes, then stops it gracefully (see
 /// [`Worker::run`]). The tenant registry is the worker's own, fed by the same configuration
@@ -24,24 +23,22 @@ pub async fn run_worker(
         .redis_url
         .clone()
         .context("the worker needs Redis: set TENANT_ROUTER_REDIS_URL")?;
-    let control = ControlDb::connect_lazy(settings.require_database_url()?);
-    control.migrate().await?;
-    let registry = Arc::new(Registry::new(RegistryOptions {
-        base_domain: None,
-        acquire_timeout: settings.acquire_timeout,
-        shared_database: settings.shared_database(),
-        max_total_connections: settings.max_total_connections,
-        connection_limits: settings.connection_limits,
-        default_rate_limit: settings.default_rate_limit,
-    }));
-    let sync = Arc::new(ConfigSync::new(registry, control));
-    sync.full_load().await?;
+    let tenants = TenantRouter::builder(settings.require_database_url()?.clone())
+        .registry_options(RegistryOptions {
+            base_domain: None,
+            acquire_timeout: settings.acquire_timeout,
+            shared_database: settings.shared_database(),
+            max_total_connections: settings.max_total_connections,
+            connection_limits: settings.connection_limits,
+            default_rate_limit: settings.default_rate_limit,
+        })
+        .redis(redis_url.clone())
+        .channel(settings.redis_channel.clone())
+        .reconcile_interval(settings.reconcile_interval)
+        .start()
+        .await?;
+    let sync = Arc::clone(tenants.sync());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let sync_task = tokio::spawn(Arc::clone(&sync).run(
-        settings.bus(),
-        settings.reconcile_interval,
-        stop_rx.clone(),
-    ));
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -50,7 +47,7 @@ pub async fn run_worker(
     let worker = Worker::new(queue, sync, settings.worker.clone());
     tracing::info!(worker = worker.name(), limits = %worker_limits(&settings.worker), "starting");
     let result = worker.run(&redis_url, stop_rx).await;
-    sync_task.abort();
+    tenants.shutdown().await;
     result
 }
 

@@ -302,7 +302,9 @@ async fn tenant_connections_carry_timeouts_a_name_and_a_lifetime() {
     let app = app_with(|s| {
         s.connection_limits.statement_timeout_ms = 4321;
         s.connection_limits.idle_in_transaction_timeout_ms = 5432;
-        s.connection_limits.max_lifetime = Duration::from_secs(1);
+        // Long enough that the first request's connection is still young on a loaded
+        // machine when it is looked up.
+        s.connection_limits.max_lifetime = Duration::from_secs(3);
     })
     .await;
     assert_eq!(show(&app, "tenant-1", "statement_timeout").await, "4321ms");
@@ -323,7 +325,7 @@ async fn tenant_connections_carry_timeouts_a_name_and_a_lifetime() {
     assert_eq!(r.status(), StatusCode::OK);
     let first = backends(&app, "tenant-router/tenant-1").await;
     assert!(!first.is_empty());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     for _ in 0..3 {
         let r = app
             .get("tenant-1.test.com", "/api/notes", Some(&token))
