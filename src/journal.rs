@@ -293,8 +293,8 @@ impl Operation {
 
     /// Ends the operation with `outcome`, releasing the lock.
     pub async fn finish(mut self, outcome: &str) {
-        if let Some(id) = self.id {
-            if let Err(e) = sqlx::query(
+        if let Some(id) = self.id
+            && let Err(e) = sqlx::query(
                 "UPDATE tenant_operations SET finished_at = now(), outcome = $2, updated_at = now()
                  WHERE id = $1",
             )
@@ -302,9 +302,8 @@ impl Operation {
             .bind(outcome)
             .execute(&mut self.conn)
             .await
-            {
-                tracing::error!(error = %e, operation = id, "could not close a journaled operation");
-            }
+        {
+            tracing::error!(error = %e, operation = id, "could not close a journaled operation");
         }
         release(&mut self.conn).await;
         let _ = self.conn.close().await;

@@ -762,8 +762,10 @@ async fn rollback_reporting_writes(conn: &mut PgConnection, tenant: &str) -> sql
         }
     }
     if wrote {
-        tracing::warn!(tenant.id = tenant,
-            "a tenant connection with writes was dropped without commit(); its writes were rolled back");
+        tracing::warn!(
+            tenant.id = tenant,
+            "a tenant connection with writes was dropped without commit(); its writes were rolled back"
+        );
     }
     Ok(())
 }

@@ -255,11 +255,9 @@ pub async fn provision(
             created,
         }),
         Err(e) => {
-            if created {
-                if let Err(drop_error) = drop_database(server, &name).await {
-                    tracing::error!(database = %name, error = %format!("{drop_error:#}"),
+            if created && let Err(drop_error) = drop_database(server, &name).await {
+                tracing::error!(database = %name, error = %format!("{drop_error:#}"),
                         "could not drop a half-provisioned database");
-                }
             }
             Err(e.context(format!("migrating the new database {name}")))
         }

@@ -160,22 +160,23 @@ impl ConfigSync {
         let held = self.registry.version();
         let changes = self.control.changes_after(held).await?;
         let remembered = self.mark.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some((version, mark)) = remembered {
-            if version == held && changes.mark_at_after.as_ref() != Some(&mark) {
-                tracing::warn!(
-                    held,
-                    "the control database no longer holds the change this instance applied \
+        if let Some((version, mark)) = remembered
+            && version == held
+            && changes.mark_at_after.as_ref() != Some(&mark)
+        {
+            tracing::warn!(
+                held,
+                "the control database no longer holds the change this instance applied \
                      last (restored from a backup?); reloading every tenant"
-                );
-                self.full_load_locked().await?;
-                return Ok(self.registry.snapshot().len());
-            }
+            );
+            self.full_load_locked().await?;
+            return Ok(self.registry.snapshot().len());
         }
         let applied = self.registry.apply(changes.changes);
-        if let Some(last) = changes.last_mark {
-            if last.0 == self.registry.version() {
-                *self.mark.lock().unwrap_or_else(|e| e.into_inner()) = Some(last);
-            }
+        if let Some(last) = changes.last_mark
+            && last.0 == self.registry.version()
+        {
+            *self.mark.lock().unwrap_or_else(|e| e.into_inner()) = Some(last);
         }
         Ok(applied)
     }
@@ -187,16 +188,16 @@ impl ConfigSync {
         let held = self.registry.version();
         let latest = self.control.max_version().await?;
         let remembered = self.mark.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some((version, mark)) = remembered.filter(|(v, _)| *v == held && held <= latest) {
-            if self.control.mark_at(version).await?.as_ref() != Some(&mark) {
-                tracing::warn!(
-                    held,
-                    latest,
-                    "the control database holds another change at this instance's version \
+        if let Some((version, mark)) = remembered.filter(|(v, _)| *v == held && held <= latest)
+            && self.control.mark_at(version).await?.as_ref() != Some(&mark)
+        {
+            tracing::warn!(
+                held,
+                latest,
+                "the control database holds another change at this instance's version \
                      (restored from a backup?); reloading every tenant"
-                );
-                return self.full_load().await;
-            }
+            );
+            return self.full_load().await;
         }
         if latest > held {
             let n = self.catch_up().await?;
@@ -330,13 +331,13 @@ impl ConfigSync {
     /// rather than at the next hint or reconcile. At most one such catch-up per 100 ms, so a
     /// burst of refused requests costs one query.
     async fn stale_catch_up(&self) {
-        if let Ok(n) = self.catch_up_logged().await {
-            if n > 0 {
-                tracing::info!(
-                    applied = n,
-                    "caught up after a request found its tenant moved"
-                );
-            }
+        if let Ok(n) = self.catch_up_logged().await
+            && n > 0
+        {
+            tracing::info!(
+                applied = n,
+                "caught up after a request found its tenant moved"
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -1,6 +1,12 @@
 //! A test kit for apps built on tenant-router (feature `testing`): throwaway PostgreSQL,
 //! Citus and Redis servers started from the binaries on `PATH`.
 
-mod local;
+mod citus;
+mod postgres;
+mod redis_server;
+mod supervisor;
 
-pub use local::{LocalCitus, LocalPostgres, LocalRedis, citus_library, free_port};
+pub use citus::{LocalCitus, citus_library};
+pub use postgres::LocalPostgres;
+pub use redis_server::LocalRedis;
+pub use supervisor::free_port;

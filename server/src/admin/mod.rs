@@ -1,0 +1,95 @@
+//! The admin API, on its own listener, every route behind `Authorization: Bearer <token>`
+//! checked against the configured argon2 hash: tenants (list, show, create, change, remove)
+//! and this instance's registry.
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::middleware;
+use axum::routing::get;
+
+use crate::admin_token::AdminTokenHash;
+use tenant_router::control::ControlDb;
+use tenant_router::operations::TenantOps;
+use tenant_router::registry::Registry;
+use tenant_router::sync::ConfigSync;
+
+mod auth;
+mod instance;
+mod jobs;
+mod leftovers;
+mod metrics;
+mod tenants;
+
+use auth::require_token;
+use instance::{registry, shards};
+use jobs::{delete_letter, delete_tenant_letters, list_letters, retry_letter};
+use leftovers::{discard_leftover, list_leftovers, list_operations};
+use metrics::{metrics, pools};
+use tenants::{
+    create_tenant, list_tenants, move_tenant, remove_tenant, show_tenant, update_tenant,
+};
+
+pub use auth::TokenChecks;
+pub use tenants::TenantView;
+
+/// What the admin routes need.
+#[derive(Clone)]
+pub struct AdminState {
+    /// This instance's registry.
+    pub registry: Arc<Registry>,
+    /// The control database.
+    pub control: ControlDb,
+    /// Tenant writes.
+    pub ops: TenantOps,
+    /// This instance's sync, for its bus report.
+    pub sync: Option<Arc<ConfigSync>>,
+    /// The token's hash; with none configured, every call is refused.
+    pub token_hash: Option<Arc<AdminTokenHash>>,
+    /// The shared database, for `GET /admin/shards`.
+    pub shared: Option<tenant_router::shared::SharedDb>,
+    /// SHA-256 of the last token argon2 accepted, so a client sending the same token again
+    /// costs a hash, not another argon2 run. Compared in constant time.
+    pub verified: Arc<Mutex<Option<[u8; 32]>>>,
+    /// Argon2 behind its limit (shared with the app's logins).
+    pub passwords: Arc<crate::app::auth::PasswordLimiter>,
+    /// How argon2 checks of tokens are rationed.
+    pub checking: Arc<TokenChecks>,
+    /// The job queue, for dead and parked jobs; `None` without Redis.
+    pub jobs: Option<tenant_router::jobs::JobQueue>,
+}
+
+/// The admin routes, with authentication.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/admin/tenants", get(list_tenants).post(create_tenant))
+        .route(
+            "/admin/tenants/{id}",
+            get(show_tenant).patch(update_tenant).delete(remove_tenant),
+        )
+        .route("/admin/tenants/{id}/move", axum::routing::post(move_tenant))
+        .route("/admin/leftovers", get(list_leftovers))
+        .route(
+            "/admin/leftovers/{id}",
+            axum::routing::delete(discard_leftover),
+        )
+        .route("/admin/operations", get(list_operations))
+        .route(
+            "/admin/jobs/{which}",
+            get(list_letters).delete(delete_tenant_letters),
+        )
+        .route(
+            "/admin/jobs/{which}/{job_id}",
+            axum::routing::delete(delete_letter),
+        )
+        .route(
+            "/admin/jobs/{which}/{job_id}/retry",
+            axum::routing::post(retry_letter),
+        )
+        .route("/admin/registry", get(registry))
+        .route("/admin/shards", get(shards))
+        .route("/admin/pools", get(pools))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state)
+}

@@ -1,0 +1,207 @@
+//! `/admin/tenants`: list, show, create, change, move and remove tenants.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use tenant_router::operations::{NewTenantRequest, TenantPatchRequest};
+use tenant_router::problem::{ApiError, ApiJson, ApiPath, ApiQuery};
+use tenant_router::tenant::{Isolation, PoolSettings, Tenant, TenantId, TenantState};
+
+use super::AdminState;
+
+/// A tenant as the admin API shows it: the database URL with its password masked.
+#[derive(Debug, Serialize)]
+pub struct TenantView {
+    /// Id.
+    pub id: TenantId,
+    /// Hosts.
+    pub hosts: Vec<String>,
+    /// Database URL, password masked.
+    pub database: String,
+    /// Pool settings.
+    pub pool: PoolSettings,
+    /// State.
+    pub state: TenantState,
+    /// Dedicated or shared.
+    pub isolation: Isolation,
+    /// Version (also the `ETag`).
+    pub version: i64,
+    /// Incarnation: a new one each time the id is created anew.
+    pub incarnation: i64,
+    /// Its own request rate limit; absent: the router's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<tenant_router::tenant::RateLimit>,
+    /// An operation on the tenant that has not finished: running, or interrupted (its
+    /// process died; retry it or run `tenant-router tenants repair <id>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<tenant_router::journal::Journaled>,
+}
+
+impl From<&Tenant> for TenantView {
+    fn from(t: &Tenant) -> Self {
+        Self {
+            id: t.id.clone(),
+            hosts: t.hosts.iter().map(|h| h.to_string()).collect(),
+            database: t.database.redacted(),
+            pool: t.pool,
+            state: t.state,
+            isolation: t.isolation,
+            version: t.version,
+            incarnation: t.incarnation,
+            rate_limit: t.rate_limit,
+            operation: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(super) struct TenantPage {
+    tenants: Vec<TenantView>,
+    next_cursor: Option<TenantId>,
+}
+
+pub(super) async fn list_tenants(
+    State(state): State<AdminState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<TenantPage>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
+    }
+    let after = q
+        .cursor
+        .filter(|c| !c.is_empty())
+        .map(|c| TenantId::parse(&c))
+        .transpose()
+        .map_err(|_| ApiError::invalid("cursor", "is not a cursor this API returned"))?;
+    let mut tenants = state
+        .control
+        .list_tenants(after.as_ref(), limit + 1)
+        .await?;
+    let next_cursor = if tenants.len() as i64 > limit {
+        tenants.truncate(limit as usize);
+        tenants.last().map(|t| t.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(TenantPage {
+        tenants: tenants.iter().map(TenantView::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// A tenant with its version as the `ETag`, for `If-Match`.
+fn tenant_response(status: StatusCode, tenant: &Tenant) -> Response {
+    let mut response = (status, Json(TenantView::from(tenant))).into_response();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", tenant.version)) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
+
+fn parse_id(raw: &str) -> Result<TenantId, ApiError> {
+    TenantId::parse(raw).map_err(|_| ApiError::NotFound(format!("no tenant '{raw}'")))
+}
+
+pub(super) async fn show_tenant(
+    State(state): State<AdminState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let parsed = parse_id(&id)?;
+    let tenant = state
+        .control
+        .get_tenant(&parsed)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no tenant '{id}'")))?;
+    let mut view = TenantView::from(&tenant);
+    view.operation = state.control.unfinished_operation(&parsed).await?;
+    let mut response = (StatusCode::OK, Json(view)).into_response();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", tenant.version)) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(response)
+}
+
+pub(super) async fn create_tenant(
+    State(state): State<AdminState>,
+    ApiJson(request): ApiJson<NewTenantRequest>,
+) -> Result<Response, ApiError> {
+    let new = request.validate().map_err(ApiError::Invalid)?;
+    let tenant = state.ops.create(new).await?;
+    let mut response = tenant_response(StatusCode::CREATED, &tenant);
+    if let Ok(location) = HeaderValue::from_str(&format!("/admin/tenants/{}", tenant.id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// `If-Match: "7"` (or `7`, or `W/"7"`) is version 7; `*` or no header is no condition.
+fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let bad = || ApiError::BadRequest("If-Match must be a tenant version, as in its ETag".into());
+    let text = value.to_str().map_err(|_| bad())?.trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+    text.parse::<i64>().map(Some).map_err(|_| bad())
+}
+
+pub(super) async fn update_tenant(
+    State(state): State<AdminState>,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+    ApiJson(patch): ApiJson<TenantPatchRequest>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let expected = if_match(&headers)?;
+    let tenant = state.ops.update(&id, patch, expected).await?;
+    Ok(tenant_response(StatusCode::OK, &tenant))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MoveBody {
+    to: String,
+}
+
+pub(super) async fn move_tenant(
+    State(state): State<AdminState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<MoveBody>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let to: Isolation = body
+        .to
+        .parse()
+        .map_err(|e: tenant_router::tenant::InvalidValue| ApiError::invalid("to", e.0))?;
+    let report = state.ops.move_tenant(&id, to).await?;
+    Ok(Json(report).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RemoveQuery {
+    #[serde(default)]
+    drop_database: bool,
+}
+
+pub(super) async fn remove_tenant(
+    State(state): State<AdminState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<RemoveQuery>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let removal = state.ops.remove(&id, q.drop_database).await?;
+    Ok(Json(removal).into_response())
+}
