@@ -44,6 +44,7 @@ pub mod problem;
 pub mod provision;
 pub mod registry;
 pub mod router;
+pub mod schema;
 pub mod shared;
 pub mod sync;
 pub mod tenant;

@@ -25,38 +25,8 @@ use serde_json::Value;
 use sqlx::{Connection as _, PgConnection};
 
 use crate::shared::{SharedDb, lock_tenant_exclusively, scope_tx};
+use crate::schema::TenantSchema;
 use crate::tenant::{DatabaseUrl, Isolation, TenantId};
-
-/// A table's columns, besides `tenant_id`, and its identity column.
-struct Table {
-    name: &'static str,
-    columns: &'static [&'static str],
-    identity: Option<&'static str>,
-}
-
-/// The tenant tables, referenced before referencing (insert order).
-const TABLES: &[Table] = &[
-    Table {
-        name: "users",
-        columns: &["id", "username", "email", "password_hash", "created_at"],
-        identity: Some("id"),
-    },
-    Table {
-        name: "sessions",
-        columns: &["token_hash", "user_id", "created_at", "expires_at"],
-        identity: None,
-    },
-    Table {
-        name: "notes",
-        columns: &["id", "user_id", "content", "created_at", "updated_at"],
-        identity: Some("id"),
-    },
-    Table {
-        name: "job_runs",
-        columns: &["job_id", "kind", "result", "completed_at"],
-        identity: None,
-    },
-];
 
 /// Rows copied per table.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -68,9 +38,13 @@ pub struct Copied {
 }
 
 /// Every row of the tenant, per table, as JSON arrays (`to_jsonb` of each row).
-async fn read_rows(conn: &mut PgConnection, scope: &str) -> anyhow::Result<Vec<Value>> {
+async fn read_rows(
+    conn: &mut PgConnection,
+    scope: &str,
+    schema: &TenantSchema,
+) -> anyhow::Result<Vec<Value>> {
     let mut out = Vec::new();
-    for t in TABLES {
+    for t in schema.tables() {
         let rows: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT coalesce(jsonb_agg(to_jsonb(r)), '[]') FROM {} r WHERE tenant_id = $1",
             t.name
@@ -101,9 +75,10 @@ async fn write_rows(
     scope: &str,
     rows: &[Value],
     write: Write,
+    schema: &TenantSchema,
 ) -> anyhow::Result<Vec<Copied>> {
     let mut copied = Vec::new();
-    for (t, data) in TABLES.iter().zip(rows) {
+    for (t, data) in schema.tables().iter().zip(rows) {
         let cols = t.columns.join(", ");
         let overriding = if t.identity.is_some() && write == Write::Bulk {
             "OVERRIDING SYSTEM VALUE"
@@ -168,8 +143,12 @@ async fn write_rows(
 }
 
 /// Moves identity sequences past the copied ids, so new rows never collide with them.
-async fn bump_sequences(conn: &mut PgConnection, rows: &[Value]) -> anyhow::Result<()> {
-    for (t, data) in TABLES.iter().zip(rows) {
+async fn bump_sequences(
+    conn: &mut PgConnection,
+    rows: &[Value],
+    schema: &TenantSchema,
+) -> anyhow::Result<()> {
+    for (t, data) in schema.tables().iter().zip(rows) {
         let Some(column) = t.identity else { continue };
         let max = data
             .as_array()
@@ -210,6 +189,7 @@ impl Source {
         isolation: Isolation,
         database: &DatabaseUrl,
         id: &TenantId,
+        schema: &TenantSchema,
     ) -> anyhow::Result<(Self, Vec<Value>)> {
         match isolation {
             Isolation::Dedicated => {
@@ -217,15 +197,16 @@ impl Source {
                     .await
                     .with_context(|| format!("connecting to {database}"))?;
                 sqlx::query("BEGIN").execute(&mut conn).await?;
-                sqlx::query(
-                    "LOCK TABLE users, sessions, notes, job_runs IN SHARE ROW EXCLUSIVE MODE",
-                )
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
+                    schema.table_list()
+                )))
                 .execute(&mut conn)
                 .await
                 .context("locking the tenant's tables")?;
                 // A guard left by a move that was killed before its switch: lifted here,
                 // under the lock, and set again by `guard` (or never, on `abandon`).
-                for t in TABLES {
+                for t in schema.tables() {
                     sqlx::query(sqlx::AssertSqlSafe(format!(
                         "DROP TRIGGER IF EXISTS tenant_router_moved ON {}",
                         t.name
@@ -233,7 +214,7 @@ impl Source {
                     .execute(&mut conn)
                     .await?;
                 }
-                let rows = read_rows(&mut conn, "").await?;
+                let rows = read_rows(&mut conn, "", schema).await?;
                 Ok((Self::Dedicated(conn), rows))
             }
             Isolation::Shared => {
@@ -259,7 +240,7 @@ impl Source {
                     .execute(&mut conn)
                     .await
                     .context("locking the tenant's directory row")?;
-                for table in ["users", "notes", "sessions", "job_runs"] {
+                for table in schema.tables().iter().map(|t| t.name) {
                     sqlx::query(sqlx::AssertSqlSafe(format!(
                         "SELECT 1 FROM {table} WHERE tenant_id = $1 FOR UPDATE"
                     )))
@@ -268,7 +249,7 @@ impl Source {
                     .await
                     .with_context(|| format!("locking the tenant's {table}"))?;
                 }
-                let rows = read_rows(&mut conn, id.as_str()).await?;
+                let rows = read_rows(&mut conn, id.as_str(), schema).await?;
                 Ok((Self::Shared(conn), rows))
             }
         }
@@ -276,7 +257,7 @@ impl Source {
 
     /// Closes the source to the tenant's writers for good and commits, releasing the
     /// locks. Every row stays until [`clean_source`].
-    pub(crate) async fn guard(self, id: &TenantId) -> anyhow::Result<()> {
+    pub(crate) async fn guard(self, id: &TenantId, schema: &TenantSchema) -> anyhow::Result<()> {
         match self {
             Self::Dedicated(mut conn) => {
                 sqlx::query(
@@ -291,7 +272,7 @@ impl Source {
                 )
                 .execute(&mut conn)
                 .await?;
-                for t in TABLES {
+                for t in schema.tables() {
                     sqlx::query(sqlx::AssertSqlSafe(format!(
                         "CREATE TRIGGER tenant_router_moved BEFORE INSERT OR UPDATE OR DELETE
                          ON {} FOR EACH STATEMENT EXECUTE FUNCTION tenant_router_moved()",
@@ -328,12 +309,13 @@ impl Source {
 pub(crate) async fn copy_to_dedicated(
     target: &DatabaseUrl,
     rows: &[Value],
+    schema: &TenantSchema,
 ) -> anyhow::Result<Vec<Copied>> {
     let mut conn = PgConnection::connect_with(&target.connect_options())
         .await
         .with_context(|| format!("connecting to {target}"))?;
     let mut tx = conn.begin().await?;
-    for t in TABLES {
+    for t in schema.tables() {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP TRIGGER IF EXISTS tenant_router_moved ON {}",
             t.name
@@ -341,13 +323,13 @@ pub(crate) async fn copy_to_dedicated(
         .execute(&mut *tx)
         .await?;
     }
-    for t in TABLES.iter().rev() {
+    for t in schema.tables().iter().rev() {
         sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {}", t.name)))
             .execute(&mut *tx)
             .await?;
     }
-    let copied = write_rows(&mut tx, "", rows, Write::Bulk).await?;
-    bump_sequences(&mut tx, rows).await?;
+    let copied = write_rows(&mut tx, "", rows, Write::Bulk, schema).await?;
+    bump_sequences(&mut tx, rows, schema).await?;
     tx.commit().await?;
     let _ = conn.close().await;
     Ok(copied)
@@ -358,6 +340,7 @@ pub(crate) async fn copy_to_shared(
     shared: &SharedDb,
     id: &TenantId,
     rows: &[Value],
+    schema: &TenantSchema,
 ) -> anyhow::Result<Vec<Copied>> {
     let mut tx = shared.pool().begin().await?;
     lock_tenant_exclusively(&mut tx, id.as_str()).await?;
@@ -366,7 +349,7 @@ pub(crate) async fn copy_to_shared(
         .bind(id.as_str())
         .execute(&mut *tx)
         .await?;
-    for t in TABLES.iter().rev() {
+    for t in schema.tables().iter().rev() {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM {} WHERE tenant_id = $1",
             t.name
@@ -375,9 +358,9 @@ pub(crate) async fn copy_to_shared(
         .execute(&mut *tx)
         .await?;
     }
-    let copied = write_rows(&mut tx, id.as_str(), rows, Write::PerRow).await?;
+    let copied = write_rows(&mut tx, id.as_str(), rows, Write::PerRow, schema).await?;
     sqlx::query("RESET ROLE").execute(&mut *tx).await?;
-    bump_sequences(&mut tx, rows).await?;
+    bump_sequences(&mut tx, rows, schema).await?;
     tx.commit().await?;
     Ok(copied)
 }
@@ -389,6 +372,7 @@ pub(crate) async fn clean_source(
     isolation: Isolation,
     database: &DatabaseUrl,
     id: &TenantId,
+    schema: &TenantSchema,
 ) -> anyhow::Result<()> {
     match isolation {
         Isolation::Dedicated => {
@@ -400,7 +384,7 @@ pub(crate) async fn clean_source(
             sqlx::query("SET LOCAL tenant_router.cleaning = 'on'")
                 .execute(&mut *tx)
                 .await?;
-            for t in TABLES.iter().rev() {
+            for t in schema.tables().iter().rev() {
                 sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {}", t.name)))
                     .execute(&mut *tx)
                     .await
@@ -418,7 +402,7 @@ pub(crate) async fn clean_source(
                 .await
                 .context("locking the tenant's writers out")?;
             scope_tx(&mut tx, id.as_str()).await?;
-            for t in TABLES.iter().rev() {
+            for t in schema.tables().iter().rev() {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DELETE FROM {} WHERE tenant_id = $1",
                     t.name
@@ -441,11 +425,11 @@ pub(crate) async fn clean_source(
 
 /// Takes the guard of an earlier move off a dedicated database that is adopted again (see
 /// [`Source::guard`]), so the tenant can write to it.
-pub(crate) async fn lift_guard(database: &DatabaseUrl) -> anyhow::Result<()> {
+pub(crate) async fn lift_guard(database: &DatabaseUrl, schema: &TenantSchema) -> anyhow::Result<()> {
     let mut conn = PgConnection::connect_with(&database.connect_options())
         .await
         .with_context(|| format!("connecting to {database}"))?;
-    for t in TABLES {
+    for t in schema.tables() {
         // Tables not made yet (a database given by hand, before `migrate`) have no guard.
         let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
             .bind(t.name)

@@ -15,24 +15,34 @@ use tokio::task::JoinSet;
 use crate::tenant::{DatabaseUrl, Tenant, TenantId};
 
 /// Migrations of every dedicated tenant database (`migrations/tenant/`).
-pub static TENANT_MIGRATOR: Migrator = sqlx::migrate!("./migrations/tenant");
 
 /// Where tenant migrations come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum TenantMigrations {
-    /// The reference app's, built into the binary.
-    BuiltIn,
+    /// Built into the binary (`sqlx::migrate!`): the app schema's own
+    /// ([`crate::schema::TenantSchema::dedicated_migrations`]).
+    Embedded(&'static Migrator),
     /// A directory of `<version>_<name>.sql` files, read each time they are needed, so a fixed
     /// migration is picked up without a restart.
     Dir(std::path::PathBuf),
+}
+
+impl PartialEq for TenantMigrations {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Embedded(a), Self::Embedded(b)) => std::ptr::eq(*a, *b),
+            (Self::Dir(a), Self::Dir(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 impl TenantMigrations {
     /// The migrator.
     pub async fn load(&self) -> anyhow::Result<Arc<Migrator>> {
         match self {
-            Self::BuiltIn => Ok(Arc::new(Migrator {
-                migrations: TENANT_MIGRATOR.migrations.clone(),
+            Self::Embedded(migrator) => Ok(Arc::new(Migrator {
+                migrations: migrator.migrations.clone(),
                 ..Migrator::DEFAULT
             })),
             Self::Dir(dir) => Migrator::new(dir.as_path())
@@ -95,11 +105,6 @@ pub enum MigrationOutcome {
     Current,
     /// It failed; the message says why (credentials redacted).
     Failed(String),
-}
-
-/// Applies pending tenant migrations (the built-in ones) to one database.
-pub async fn migrate_tenant(database: &DatabaseUrl) -> MigrationOutcome {
-    migrate_tenant_with(database, &TENANT_MIGRATOR).await
 }
 
 /// Applies pending migrations of `migrator` to one database.

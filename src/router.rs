@@ -15,15 +15,13 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::bus::DEFAULT_CHANNEL;
 use crate::control::ControlDb;
 use crate::middleware::TenantLayer;
 use crate::namespace::RedisNamespace;
 use crate::registry::{ConnectionLimits, Registry, RegistryOptions};
 use crate::sync::{BusConfig, ConfigSync};
 use crate::tenant::{DatabaseUrl, RateLimit};
-
-/// The default Redis channel configuration hints travel on.
-pub const DEFAULT_CHANNEL: &str = "tenant-router:tenants";
 
 /// Typed options for [`TenantRouter`]; start from [`TenantRouter::builder`].
 #[derive(Debug, Clone)]
@@ -46,7 +44,7 @@ impl Builder {
         self
     }
 
-    /// The Redis channel of configuration hints (default [`DEFAULT_CHANNEL`]); every
+    /// The Redis channel of configuration hints (default [`crate::bus::DEFAULT_CHANNEL`]); every
     /// instance and the admin side must agree on it.
     pub fn channel(mut self, channel: impl Into<String>) -> Self {
         self.channel = channel.into();

@@ -10,6 +10,7 @@ pub mod config;
 pub mod listener;
 pub mod process;
 pub mod reference_jobs;
+pub mod schema;
 pub mod server;
 pub mod tenants_file;
 pub mod worker_service;

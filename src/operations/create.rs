@@ -121,7 +121,7 @@ impl TenantOps {
                                 "migrating the adopted database: {e}"
                             )));
                         }
-                        crate::moving::lift_guard(&l.database).await?;
+                        crate::moving::lift_guard(&l.database, &self.schema).await?;
                         (l.database.clone(), l.provisioned)
                     }
                 }
@@ -129,7 +129,7 @@ impl TenantOps {
             (None, Isolation::Shared) => {
                 let (db, url) = self.shared_db().await?;
                 registered = db.register(&new.id).await?;
-                if !registered && !new.adopt && db.has_rows(&new.id).await? {
+                if !registered && !new.adopt && db.has_rows(&new.id, &self.schema).await? {
                     return Err(OpError::Conflict(format!(
                         "the shared database holds rows of tenant '{}' that no tenant owns; \
                          create it with \"adopt\": true to take them over, or delete them \
@@ -182,7 +182,7 @@ impl TenantOps {
                 tracing::info!(tenant.id = %new.id, database = %made.database,
                     migrations = made.migrations, adopted = exists && !ours, "provisioned");
                 if exists && !ours {
-                    crate::moving::lift_guard(&made.database).await?;
+                    crate::moving::lift_guard(&made.database, &self.schema).await?;
                 }
                 if !exists || ours {
                     created_here = Some(name);

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::bus::{Hint, HintOp, Publisher};
 use crate::control::ControlDb;
 use crate::problem::FieldError;
+use crate::schema::TenantSchema;
 use crate::provision::{self, TenantMigrations};
 use crate::shared::SharedDb;
 use crate::sync::ConfigSync;
@@ -35,6 +36,7 @@ pub const DROP_WAIT: Duration = Duration::from_secs(10);
 pub struct TenantOps {
     control: ControlDb,
     provision_server: DatabaseUrl,
+    schema: TenantSchema,
     migrations: TenantMigrations,
     publisher: Option<Publisher>,
     local: Option<Arc<ConfigSync>>,
@@ -46,16 +48,15 @@ pub struct TenantOps {
 }
 
 impl TenantOps {
-    /// Operations on `control`, provisioning on `provision_server`.
-    pub fn new(
-        control: ControlDb,
-        provision_server: DatabaseUrl,
-        migrations: TenantMigrations,
-    ) -> Self {
+    /// Operations on `control`, provisioning on `provision_server`, for an app whose tenant
+    /// data `schema` describes (its dedicated databases are migrated with the schema's
+    /// migrations unless [`Self::with_tenant_migrations`] says otherwise).
+    pub fn new(control: ControlDb, provision_server: DatabaseUrl, schema: TenantSchema) -> Self {
         Self {
             control,
             provision_server,
-            migrations,
+            schema,
+            migrations: TenantMigrations::Embedded(schema.dedicated_migrations()),
             publisher: None,
             local: None,
             drop_wait: DROP_WAIT,
@@ -64,6 +65,18 @@ impl TenantOps {
             redis: None,
             files_dir: None,
         }
+    }
+
+    /// Where dedicated databases' migrations come from instead of the schema (a directory
+    /// read at each use, for instance).
+    pub fn with_tenant_migrations(mut self, migrations: TenantMigrations) -> Self {
+        self.migrations = migrations;
+        self
+    }
+
+    /// The app's tenant schema.
+    pub fn schema(&self) -> &TenantSchema {
+        &self.schema
     }
 
     /// Where jobs keep a tenant's Redis keys, so a purge deletes them.
@@ -100,7 +113,7 @@ impl TenantOps {
             )])
         })?;
         self.shared_ready
-            .get_or_try_init(|| async { shared.0.prepare().await.map(drop) })
+            .get_or_try_init(|| async { shared.0.prepare(&self.schema).await.map(drop) })
             .await
             .map_err(OpError::Other)?;
         Ok(shared)
@@ -161,7 +174,7 @@ impl TenantOps {
         }
         // It must be reachable, and writable by a tenant again if an earlier move out of it
         // left its guard.
-        crate::moving::lift_guard(database).await.map_err(|e| {
+        crate::moving::lift_guard(database, &self.schema).await.map_err(|e| {
             OpError::Invalid(vec![FieldError::new(
                 "database",
                 format!("cannot be used: {e:#}"),

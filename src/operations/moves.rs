@@ -142,7 +142,7 @@ impl TenantOps {
         let (target, provisioned) = match to {
             Isolation::Shared => {
                 let registered = shared.register(id).await?;
-                if !registered && !made_before("target_registered") && shared.has_rows(id).await? {
+                if !registered && !made_before("target_registered") && shared.has_rows(id, &self.schema).await? {
                     return Err(OpError::Conflict(format!(
                         "the shared database holds rows of tenant '{id}' that no tenant owns; \
                          delete them first (DELETE /admin/leftovers/{id})"
@@ -185,7 +185,7 @@ impl TenantOps {
                 (made.database, true)
             }
         };
-        let (source, rows) = Source::lock(current.isolation, &current.database, id).await?;
+        let (source, rows) = Source::lock(current.isolation, &current.database, id, &self.schema).await?;
         // The version check before anything destructive: nothing changed the tenant since
         // it was read (the operation lock keeps other writers of this tenant out; this
         // catches one that bypassed it).
@@ -197,8 +197,8 @@ impl TenantOps {
             )));
         }
         let copied = match to {
-            Isolation::Shared => copy_to_shared(shared, id, &rows).await,
-            Isolation::Dedicated => copy_to_dedicated(&target, &rows).await,
+            Isolation::Shared => copy_to_shared(shared, id, &rows, &self.schema).await,
+            Isolation::Dedicated => copy_to_dedicated(&target, &rows, &self.schema).await,
         };
         let copied = match copied {
             Ok(c) => c,
@@ -212,7 +212,7 @@ impl TenantOps {
         op.step("copied", serde_json::json!({}), None).await?;
         op.mark_dirty();
         source
-            .guard(id)
+            .guard(id, &self.schema)
             .await
             .map_err(|e| OpError::Other(e.context("closing the source to writes")))?;
         op.step("guarded", serde_json::json!({}), None).await?;
@@ -283,7 +283,7 @@ impl TenantOps {
                 self.wait_until_unused(&name).await;
                 provision::drop_database(&self.provision_server, &name).await
             }
-            _ => crate::moving::clean_source(from, source, id).await,
+            _ => crate::moving::clean_source(from, source, id, &self.schema).await,
         }
     }
 }

@@ -152,13 +152,13 @@ impl TenantOps {
                     // Rows in the shared schema that no leftover records (a crashed create
                     // or move of an earlier version): deletable too.
                     let has_rows = match &self.shared {
-                        Some(_) => self.shared_db().await?.0.has_rows(id).await?,
+                        Some(_) => self.shared_db().await?.0.has_rows(id, &self.schema).await?,
                         None => false,
                     };
                     if !has_rows {
                         return Err(OpError::NotFound(format!("{id} (no kept data)")));
                     }
-                    let rows = self.shared_db().await?.0.purge(id).await?;
+                    let rows = self.shared_db().await?.0.purge(id, &self.schema).await?;
                     tracing::info!(tenant.id = %id, rows, "deleted unowned shared rows");
                     return Ok(Removal {
                         id: id.clone(),
@@ -197,7 +197,7 @@ impl TenantOps {
         match leftover.isolation {
             Isolation::Shared => {
                 let (db, _) = self.shared_db().await?;
-                let rows = db.purge(id).await.map_err(|e| {
+                let rows = db.purge(id, &self.schema).await.map_err(|e| {
                     OpError::Other(e.context(format!(
                         "tenant '{id}' was removed, but its shared rows could not be deleted; \
                          retry the removal"

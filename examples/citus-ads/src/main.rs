@@ -125,8 +125,10 @@ async fn connect(url: &DatabaseUrl) -> anyhow::Result<PgPool> {
 /// and on Citus their right to log in on the workers), then migrates the app's own schema
 /// and on Citus distributes what is not distributed yet, in order.
 async fn prepare(pool: &PgPool, shared_url: &DatabaseUrl) -> anyhow::Result<()> {
+    // The directory and the roles only: the app's tables are keyed by company, and it
+    // distributes them itself.
     SharedDb::connect_lazy(shared_url)
-        .prepare()
+        .prepare_router_objects(None)
         .await
         .context("preparing the shared schema")?;
     MIGRATOR.run(pool).await.context("migrating")?;

@@ -156,8 +156,9 @@ impl Settings {
         Ok(TenantOps::new(
             control,
             settings.provision_server()?,
-            settings.tenant_migrations.clone(),
+            crate::schema::schema(),
         )
+        .with_tenant_migrations(settings.tenant_migrations.clone())
         .with_publisher(publisher)
         .with_shared(settings.shared_database())
         .with_redis(redis)

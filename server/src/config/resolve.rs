@@ -144,7 +144,9 @@ impl Settings {
                 .unwrap_or_else(|| tenant_router::bus::DEFAULT_CHANNEL.to_string()),
             tenant_migrations: match args.tenant_migrations.clone().or(file.tenant_migrations) {
                 Some(dir) => tenant_router::provision::TenantMigrations::Dir(dir),
-                None => tenant_router::provision::TenantMigrations::BuiltIn,
+                None => tenant_router::provision::TenantMigrations::Embedded(
+                    &crate::schema::TENANT_MIGRATOR,
+                ),
             },
             worker: {
                 let defaults = tenant_router::jobs::WorkerOptions::default();

@@ -1149,7 +1149,7 @@ async fn a_move_out_drops_the_database_it_made_and_an_adopted_guarded_one_takes_
     // again can write to it.
     let own = uid("byhand");
     let url = foreign_database(&database_of(&format!("{own}-db"))).await;
-    let migrate = tenant_router::provision::migrate_tenant(&url).await;
+    let migrate = tenant_router::provision::migrate_tenant_with(&url, &tenant_router_server::schema::TENANT_MIGRATOR).await;
     assert!(
         !matches!(
             migrate,

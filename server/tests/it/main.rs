@@ -3,6 +3,7 @@
 //! and Redis started from the binaries on PATH by `harness`.
 
 mod admin;
+mod app_schema;
 mod budget;
 mod citus;
 mod cluster;

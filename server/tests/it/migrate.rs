@@ -135,7 +135,6 @@ async fn a_broken_tenant_is_reported_and_the_rest_migrate() {
 #[tokio::test]
 async fn importing_the_tenants_file_twice_changes_nothing() {
     use tenant_router::operations::TenantOps;
-    use tenant_router::provision::TenantMigrations;
     use tenant_router_server::tenants_file::{ImportOutcome, TenantsFile, import};
 
     let pg = shared_postgres().await;
@@ -160,7 +159,7 @@ async fn importing_the_tenants_file_twice_changes_nothing() {
     let ops = TenantOps::new(
         control.clone(),
         pg.url("postgres"),
-        TenantMigrations::BuiltIn,
+        tenant_router_server::schema::schema(),
     );
 
     let first = import(&ops, &file, false).await.unwrap();

@@ -34,7 +34,9 @@ pub(super) async fn isolate(settings: &Settings, id: String) -> anyhow::Result<E
         Ok(lock) => lock,
         Err(e) => return report::<TenantView>(Err(OpError::from(e))),
     };
-    let shard = SharedDb::connect_lazy(&url).isolate(&tenant.id).await;
+    let shard = SharedDb::connect_lazy(&url)
+        .isolate(&tenant.id, &tenant_router_server::schema::schema())
+        .await;
     lock.finish("").await;
     let shard = shard?;
     println!(
