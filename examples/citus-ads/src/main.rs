@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::Json;
@@ -21,11 +20,11 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use tenant_router::bus::{Hint, HintOp, Publisher};
 use tenant_router::control::{ControlDb, TenantSpec, WriteMode};
-use tenant_router::middleware::{CurrentTenant, TenantLayer};
+use tenant_router::TenantRouter;
+use tenant_router::middleware::CurrentTenant;
 use tenant_router::problem::{ApiError, ApiQuery};
-use tenant_router::registry::{Registry, RegistryOptions};
+use tenant_router::registry::RegistryOptions;
 use tenant_router::shared::SharedDb;
-use tenant_router::sync::ConfigSync;
 use tenant_router::tenant::{
     DatabaseUrl, Isolation, PoolSettings, TenantHost, TenantId, TenantState,
 };
@@ -248,23 +247,24 @@ async fn load(
 async fn serve(settings: &Settings, shared_url: &DatabaseUrl, pool: PgPool) -> anyhow::Result<()> {
     prepare(&pool, shared_url).await?;
     pool.close().await;
-    let control = ControlDb::connect_lazy(settings.require_database_url()?);
-    control.migrate().await?;
-    let registry = Arc::new(Registry::new(RegistryOptions {
-        base_domain: settings.base_domain.clone(),
-        acquire_timeout: settings.acquire_timeout,
-        shared_database: Some(shared_url.clone()),
-        max_total_connections: settings.max_total_connections,
-        connection_limits: settings.connection_limits,
-        default_rate_limit: settings.default_rate_limit,
-    }));
-    let sync = Arc::new(ConfigSync::new(Arc::clone(&registry), control));
-    sync.full_load().await?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(Arc::clone(&sync).run(settings.bus(), settings.reconcile_interval, stop_rx));
+    let mut builder = TenantRouter::builder(settings.require_database_url()?.clone())
+        .registry_options(RegistryOptions {
+            base_domain: settings.base_domain.clone(),
+            acquire_timeout: settings.acquire_timeout,
+            shared_database: Some(shared_url.clone()),
+            max_total_connections: settings.max_total_connections,
+            connection_limits: settings.connection_limits,
+            default_rate_limit: settings.default_rate_limit,
+        })
+        .channel(settings.redis_channel.clone())
+        .reconcile_interval(settings.reconcile_interval);
+    if let Some(url) = &settings.redis_url {
+        builder = builder.redis(url.clone());
+    }
+    let tenants = builder.start().await?;
     let app = Router::new()
         .route("/api/campaigns", get(campaigns))
-        .layer(TenantLayer::new(registry));
+        .layer(tenants.layer());
     let app = with_common_layers(app, settings.max_body_bytes);
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -273,7 +273,7 @@ async fn serve(settings: &Settings, shared_url: &DatabaseUrl, pool: PgPool) -> a
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
-    let _ = stop_tx.send(true);
+    tenants.shutdown().await;
     Ok(())
 }
 
