@@ -14,8 +14,6 @@ use tokio::task::JoinSet;
 
 use crate::tenant::{DatabaseUrl, Tenant, TenantId};
 
-/// Migrations of every dedicated tenant database (`migrations/tenant/`).
-
 /// Where tenant migrations come from.
 #[derive(Debug, Clone)]
 pub enum TenantMigrations {

@@ -54,7 +54,7 @@ pub use queue::{
     DEFAULT_MAX_DEAD, DEFAULT_MAX_QUEUED_PER_TENANT, JobQueue, JobStatus, Keys, Letter, Letters,
     Purged, QueueError, purge_tenant, wake_tenant,
 };
-pub use worker::{Worker, WorkerOptions};
+pub use worker::{DrainReport, Worker, WorkerOptions};
 
 /// A kind of job: a serialisable payload and what to do with it, in one tenant's context.
 pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {

@@ -19,16 +19,13 @@ use tenant_router_server::config::{Settings, SettingsArgs};
 use tenant_router_server::server::Application;
 use tokio::sync::OnceCell;
 
-/// One PostgreSQL for the whole test binary; each test makes its own databases on it. Tests
-/// that stop a server start their own.
+/// One PostgreSQL for the whole test binary, the test kit's
+/// ([`tenant_router::testing::process_postgres`]); each test makes its own databases on it.
+/// Tests that stop a server start their own.
 pub async fn shared_postgres() -> &'static LocalPostgres {
-    static PG: OnceCell<LocalPostgres> = OnceCell::const_new();
-    PG.get_or_init(|| async {
-        LocalPostgres::start_ephemeral()
-            .await
-            .expect("starting the shared test PostgreSQL")
-    })
-    .await
+    tenant_router::testing::process_postgres()
+        .await
+        .expect("starting the shared test PostgreSQL")
 }
 
 /// One Citus cluster (a coordinator and two workers) for the whole test binary, or `None`

@@ -1,6 +1,8 @@
-//! Background jobs with real worker processes: the right tenant every time, crash recovery,
-//! retries and dead letters, parking, two workers, fairness and graceful shutdown.
+//! Background jobs: the right tenant every time, retries and dead letters, parking (run in
+//! the test process by `testing::drain`, deterministically), and with real worker processes:
+//! crash recovery, two workers, fairness and graceful shutdown.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -8,7 +10,10 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tenant_router::jobs::{JobQueue, Keys};
+use tenant_router::registry::{Registry, RegistryOptions};
+use tenant_router::sync::ConfigSync;
 use tenant_router::tenant::{DatabaseUrl, TenantId};
+use tenant_router::testing::{self, DrainOptions, DrainReport};
 use tenant_router_server::reference_jobs as reference;
 
 use crate::cluster::{Cluster, Instance};
@@ -203,6 +208,23 @@ fn queue(cluster: &Cluster) -> JobQueue {
     .unwrap()
 }
 
+/// Runs every queued job in this process, as a worker process of this cluster would (three
+/// attempts, files under the data directory), until none is queued, running or due.
+async fn drain(cluster: &Cluster) -> DrainReport {
+    let registry = Registry::new(RegistryOptions {
+        shared_database: Some(cluster.control_url.clone()),
+        ..RegistryOptions::default()
+    });
+    let sync = Arc::new(ConfigSync::new(Arc::new(registry), cluster.control.clone()));
+    sync.full_load().await.unwrap();
+    let mut options = DrainOptions::default();
+    options.worker.max_attempts = 3;
+    options.worker.files_dir = cluster.logs.path().join("files");
+    testing::drain(&queue(cluster), &sync, &options)
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interleaved_jobs_land_in_their_own_tenants_database() {
     let cluster = Cluster::new().await;
@@ -210,7 +232,6 @@ async fn interleaved_jobs_land_in_their_own_tenants_database() {
     let one = add_tenant(&cluster, &server, "jobs-one").await;
     // One dedicated tenant and one shared: the same jobs serve both.
     let two = add_shared_tenant(&cluster, &server, "jobs-two").await;
-    let _worker = cluster.start_worker("worker", &[]).await;
 
     let mut jobs = Vec::new();
     for n in 0..20 {
@@ -232,17 +253,18 @@ async fn interleaved_jobs_land_in_their_own_tenants_database() {
             jobs.push((site, id));
         }
     }
+    let report = drain(&cluster).await;
+    assert_eq!(
+        (report.succeeded, report.retried, report.dead, report.parked),
+        (40, 0, 0, 0),
+        "{report}"
+    );
     for (site, id) in &jobs {
-        let s = wait_for(
-            &cluster,
-            &server,
-            site,
-            id,
-            "succeeded",
-            Duration::from_secs(20),
-        )
-        .await;
-        assert_eq!(s["attempts"], 1);
+        let s = status(&cluster, &server, site, id).await;
+        assert_eq!(
+            (&s["status"], &s["attempts"]),
+            (&json!("succeeded"), &json!(1))
+        );
         assert!(s["result"]["note_id"].is_i64(), "{s}");
     }
     for (site, mine, theirs) in [(&one, "one %", "two %"), (&two, "two %", "one %")] {
@@ -271,15 +293,9 @@ async fn interleaved_jobs_land_in_their_own_tenants_database() {
 
     // The export writes the user's notes into the tenant's own directory.
     let id = submit(&cluster, &server, &one, "notes.export", json!({})).await;
-    let s = wait_for(
-        &cluster,
-        &server,
-        &one,
-        &id,
-        "succeeded",
-        Duration::from_secs(20),
-    )
-    .await;
+    assert_eq!(drain(&cluster).await.succeeded, 1);
+    let s = status(&cluster, &server, &one, &id).await;
+    assert_eq!(s["status"], "succeeded", "{s}");
     assert_eq!(s["result"]["rows"], 20);
     let file = cluster
         .logs
@@ -375,7 +391,6 @@ async fn retries_then_success_and_dead_letters_after_the_last_attempt() {
     let cluster = Cluster::new().await;
     let server = cluster.start("server").await;
     let site = add_tenant(&cluster, &server, "jobs-retry").await;
-    let _worker = cluster.start_worker("worker", &[]).await;
 
     let flaky = submit(
         &cluster,
@@ -385,15 +400,11 @@ async fn retries_then_success_and_dead_letters_after_the_last_attempt() {
         json!({"failures": 2}),
     )
     .await;
-    let s = wait_for(
-        &cluster,
-        &server,
-        &site,
-        &flaky,
-        "succeeded",
-        Duration::from_secs(20),
-    )
-    .await;
+    // The drain's retries are due at once: both failures and the success in one drain.
+    let report = drain(&cluster).await;
+    assert_eq!((report.succeeded, report.retried), (1, 2), "{report}");
+    let s = status(&cluster, &server, &site, &flaky).await;
+    assert_eq!(s["status"], "succeeded", "{s}");
     assert_eq!(s["attempts"], 3, "{s}");
     assert_eq!(s["last_error"], "planned failure 2 of 2");
 
@@ -413,19 +424,18 @@ async fn retries_then_success_and_dead_letters_after_the_last_attempt() {
         .as_str()
         .unwrap()
         .to_string();
+    let report = drain(&cluster).await;
+    assert_eq!((report.succeeded, report.delayed), (0, 1), "{report}");
     assert_eq!(
         status(&cluster, &server, &site, &later).await["status"],
         "queued"
     );
-    let s = wait_for(
-        &cluster,
-        &server,
-        &site,
-        &later,
-        "succeeded",
-        Duration::from_secs(20),
-    )
-    .await;
+    // Once its time has come, a drain runs it.
+    tokio::time::sleep((at - chrono::Utc::now()).to_std().unwrap_or_default()).await;
+    let report = drain(&cluster).await;
+    assert_eq!((report.succeeded, report.delayed), (1, 0), "{report}");
+    let s = status(&cluster, &server, &site, &later).await;
+    assert_eq!(s["status"], "succeeded", "{s}");
     assert!(
         s["started_at"].as_i64().unwrap() >= at.timestamp_millis(),
         "{s}"
@@ -439,15 +449,10 @@ async fn retries_then_success_and_dead_letters_after_the_last_attempt() {
         json!({"message": "always broken"}),
     )
     .await;
-    let s = wait_for(
-        &cluster,
-        &server,
-        &site,
-        &doomed,
-        "dead",
-        Duration::from_secs(20),
-    )
-    .await;
+    let report = drain(&cluster).await;
+    assert_eq!((report.dead, report.retried), (1, 2), "{report}");
+    let s = status(&cluster, &server, &site, &doomed).await;
+    assert_eq!(s["status"], "dead", "{s}");
     assert_eq!(s["attempts"], 3, "max attempts is 3 here: {s}");
     assert_eq!(s["last_error"], "always broken");
     let redis = redis::Client::open(cluster.redis.url()).unwrap();
@@ -492,7 +497,8 @@ async fn jobs_of_a_removed_or_unknown_tenant_never_run() {
         .admin(&server, Method::DELETE, "/admin/tenants/jobs-doomed", None)
         .await;
     assert_eq!(r.status(), StatusCode::OK);
-    // The worker runs another tenant's job first: the Celery failure mode would reuse it.
+    // Another tenant's job runs between them (tenants take turns): the Celery failure mode
+    // would reuse its context.
     let first = submit(&cluster, &server, &other, "diag.record", json!({})).await;
     // And a job naming a tenant that never existed.
     let ghost = queue(&cluster)
@@ -507,41 +513,41 @@ async fn jobs_of_a_removed_or_unknown_tenant_never_run() {
         .await
         .unwrap();
 
-    let _worker = cluster.start_worker("worker", &[]).await;
-    wait_for(
-        &cluster,
-        &server,
-        &other,
-        &first,
-        "succeeded",
-        Duration::from_secs(20),
-    )
-    .await;
+    let report = drain(&cluster).await;
+    // The removed tenant's jobs wait (delayed again, for an adopt or a purge).
+    assert_eq!(
+        (
+            report.succeeded,
+            report.parked,
+            report.waiting,
+            report.delayed
+        ),
+        (1, 1, 5, 5),
+        "{report}"
+    );
+    assert_eq!(report.dead, 0, "{report}");
+    assert_eq!(
+        status(&cluster, &server, &other, &first).await["status"],
+        "succeeded"
+    );
     let q = queue(&cluster);
     for (tenant, id) in queued
         .iter()
         .map(|id| ("jobs-doomed", id.clone()))
         .chain([("ghost", ghost)])
     {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let s = q
-                .status(&TenantId::parse(tenant).unwrap(), &id)
-                .await
-                .unwrap()
-                .unwrap();
-            let (want, why) = match tenant {
-                "ghost" => ("parked", "unknown or was deleted"),
-                _ => ("waiting", "removed with its data kept"),
-            };
-            if s.status == want {
-                assert_eq!(s.attempts, 0, "the job never started");
-                assert!(s.last_error.unwrap().contains(why));
-                break;
-            }
-            assert!(Instant::now() < deadline, "{tenant}/{id} is {}", s.status);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let s = q
+            .status(&TenantId::parse(tenant).unwrap(), &id)
+            .await
+            .unwrap()
+            .unwrap();
+        let (want, why) = match tenant {
+            "ghost" => ("parked", "unknown or was deleted"),
+            _ => ("waiting", "removed with its data kept"),
+        };
+        assert_eq!(s.status, want, "{tenant}/{id}");
+        assert_eq!(s.attempts, 0, "the job never started");
+        assert!(s.last_error.unwrap().contains(why));
     }
     assert_eq!(count(&doomed.db, "SELECT count(*) FROM job_runs").await, 0);
     assert_eq!(

@@ -12,6 +12,7 @@ mod edge;
 mod embed;
 mod harness;
 mod jobs;
+mod kit;
 mod lifecycle;
 mod local;
 mod migrate;

@@ -19,6 +19,8 @@ use crate::tenant::TenantId;
 mod attempt;
 mod finish;
 
+pub(super) use finish::Ended;
+
 impl Worker {
     /// Runs until `shutdown` turns true, then stops reading, puts back what it had read but
     /// not started, and gives running jobs `grace` to finish. What does not finish stays

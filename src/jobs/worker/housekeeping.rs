@@ -114,7 +114,7 @@ impl Worker {
     }
 
     /// Moves retries and scheduled jobs whose time has come onto their streams, atomically.
-    async fn move_due(&self) -> anyhow::Result<()> {
+    pub(super) async fn move_due(&self) -> anyhow::Result<()> {
         const MOVE: &str = r"
             local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 200)
             local moved = {}
@@ -156,7 +156,7 @@ impl Worker {
         Ok(())
     }
 
-    async fn tenants_with_streams(&self) -> anyhow::Result<Vec<TenantId>> {
+    pub(super) async fn tenants_with_streams(&self) -> anyhow::Result<Vec<TenantId>> {
         let mut conn = self.queue.pool().get().await?;
         let tenants: Vec<String> = conn.smembers(self.queue.keys().tenants()).await?;
         Ok(tenants
@@ -166,7 +166,7 @@ impl Worker {
     }
 
     /// Takes over entries idle past the visibility timeout, on every tenant's stream.
-    async fn reclaim(&self) -> anyhow::Result<(Vec<TenantId>, Vec<Delivery>)> {
+    pub(super) async fn reclaim(&self) -> anyhow::Result<(Vec<TenantId>, Vec<Delivery>)> {
         let keys = self.queue.keys();
         let mut conn = self.queue.pool().get().await?;
         let tenants: Vec<String> = conn.smembers(keys.tenants()).await?;

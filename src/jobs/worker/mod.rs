@@ -9,6 +9,10 @@
 //!   tenants, at most `per_tenant` at once for one tenant and `concurrency` in all;
 //! - housekeeping moves due retries back onto their streams and reclaims entries whose
 //!   worker stopped heartbeating (`XAUTOCLAIM` after the visibility timeout).
+//!
+//! [`Worker::run_pending`] is the same attempt at each job without those tasks: it runs
+//! what is queued, one job at a time, until the queue says nothing is left (tests drain
+//! the queue with it).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +23,10 @@ use crate::sync::ConfigSync;
 
 mod dispatch;
 mod housekeeping;
+mod pending;
 mod reader;
+
+pub use pending::DrainReport;
 
 /// How a worker runs.
 #[derive(Debug, Clone)]

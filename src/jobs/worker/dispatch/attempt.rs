@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::finish::Finish;
+use super::finish::{Ended, Finish};
 use crate::jobs::queue::{GROUP, STATUS_TTL_SECS, now_ms};
 use crate::jobs::worker::{Delivery, Worker};
 use crate::jobs::{Envelope, JobContext, JobError};
@@ -15,7 +15,7 @@ const KEPT_WAIT: Duration = Duration::from_secs(60);
 
 impl Worker {
     /// Runs one delivery to its end: parked, succeeded, retried or dead. Never panics.
-    pub(super) async fn run_one(self: Arc<Self>, d: Delivery) {
+    pub(in crate::jobs::worker) async fn run_one(&self, d: Delivery) -> Ended {
         let Delivery {
             stream_id,
             envelope,
@@ -90,7 +90,7 @@ impl Worker {
             Err(e) => {
                 // Leave it pending: it is reclaimed after the visibility timeout.
                 tracing::warn!(job_id = %envelope.job_id, error = %e, "could not mark a job running");
-                return;
+                return Ended::Unrecorded;
             }
         };
         if attempts > self.options.max_attempts {
@@ -147,7 +147,7 @@ impl Worker {
             }
             Err(e) => Finish::Dead(e.message),
         };
-        self.finish(&envelope, &stream_id, finish).await;
+        self.finish(&envelope, &stream_id, finish).await
     }
 
     /// Keeps the entry ours while the job runs: resets its idle time every third of the

@@ -10,6 +10,22 @@ use crate::jobs::Envelope;
 use crate::jobs::queue::{GROUP, STATUS_TTL_SECS, forget_job, now_ms};
 use crate::jobs::worker::Worker;
 
+/// How one delivery ended, as far as the queue recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::jobs::worker) enum Ended {
+    Succeeded,
+    /// Failed, and delayed for another attempt.
+    Retried,
+    /// Not run, delayed again ([`Finish::Wait`]).
+    Waiting,
+    Dead,
+    Parked,
+    /// Its tenant's incarnation was purged: nothing of it was kept.
+    Discarded,
+    /// Nothing was recorded (Redis failed): the entry stays pending and is delivered again.
+    Unrecorded,
+}
+
 pub(super) enum Finish {
     Succeeded(serde_json::Value),
     Retry(String, Duration),
@@ -20,7 +36,12 @@ pub(super) enum Finish {
 }
 
 impl Worker {
-    pub(super) async fn finish(&self, envelope: &Envelope, stream_id: &str, finish: Finish) {
+    pub(super) async fn finish(
+        &self,
+        envelope: &Envelope,
+        stream_id: &str,
+        finish: Finish,
+    ) -> Ended {
         let keys = self.queue.keys();
         let stream = keys.stream(&envelope.tenant_id);
         let status_key = keys.job(&envelope.tenant_id, &envelope.job_id);
@@ -45,7 +66,7 @@ impl Worker {
                         .await;
                     let _ = forget_job(&mut conn, keys, envelope, None).await;
                 }
-                return;
+                return Ended::Discarded;
             }
         }
         let mut delayed_member = None;
@@ -178,13 +199,24 @@ impl Worker {
         }
         .await;
         match (&finish, result) {
-            (_, Err(e)) => tracing::warn!(job_id = %envelope.job_id, error = %e,
-                "could not record a job's end; it will be redelivered (its effect is recorded once)"),
-            (Finish::Parked(reason), Ok(())) => tracing::warn!(tenant.id = %envelope.tenant_id,
-                job_id = %envelope.job_id, reason = %reason, "job parked"),
-            (Finish::Dead(error), Ok(())) => tracing::warn!(tenant.id = %envelope.tenant_id,
-                job_id = %envelope.job_id, error = %error, "job dead"),
-            _ => {}
+            (_, Err(e)) => {
+                tracing::warn!(job_id = %envelope.job_id, error = %e,
+                    "could not record a job's end; it will be redelivered (its effect is recorded once)");
+                Ended::Unrecorded
+            }
+            (Finish::Parked(reason), Ok(())) => {
+                tracing::warn!(tenant.id = %envelope.tenant_id,
+                    job_id = %envelope.job_id, reason = %reason, "job parked");
+                Ended::Parked
+            }
+            (Finish::Dead(error), Ok(())) => {
+                tracing::warn!(tenant.id = %envelope.tenant_id,
+                    job_id = %envelope.job_id, error = %error, "job dead");
+                Ended::Dead
+            }
+            (Finish::Succeeded(_), Ok(())) => Ended::Succeeded,
+            (Finish::Retry(..), Ok(())) => Ended::Retried,
+            (Finish::Wait(..), Ok(())) => Ended::Waiting,
         }
     }
 }
