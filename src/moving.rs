@@ -24,8 +24,8 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::{Connection as _, PgConnection};
 
-use crate::shared::{SharedDb, lock_tenant_exclusively, scope_tx};
 use crate::schema::TenantSchema;
+use crate::shared::{SharedDb, lock_tenant_exclusively, scope_tx};
 use crate::tenant::{DatabaseUrl, Isolation, TenantId};
 
 /// Rows copied per table.
@@ -425,7 +425,10 @@ pub(crate) async fn clean_source(
 
 /// Takes the guard of an earlier move off a dedicated database that is adopted again (see
 /// [`Source::guard`]), so the tenant can write to it.
-pub(crate) async fn lift_guard(database: &DatabaseUrl, schema: &TenantSchema) -> anyhow::Result<()> {
+pub(crate) async fn lift_guard(
+    database: &DatabaseUrl,
+    schema: &TenantSchema,
+) -> anyhow::Result<()> {
     let mut conn = PgConnection::connect_with(&database.connect_options())
         .await
         .with_context(|| format!("connecting to {database}"))?;

@@ -32,7 +32,10 @@ async fn main() -> anyhow::Result<()> {
     control.migrate().await?;
     for i in 1..=2 {
         let url = pg.create_database(&format!("tenant_{i}")).await?;
-        if let provision::MigrationOutcome::Failed(e) = provision::migrate_tenant_with(&url, &tenant_router_server::schema::TENANT_MIGRATOR).await {
+        if let provision::MigrationOutcome::Failed(e) =
+            provision::migrate_tenant_with(&url, &tenant_router_server::schema::TENANT_MIGRATOR)
+                .await
+        {
             anyhow::bail!("{e}");
         }
         control

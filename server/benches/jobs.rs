@@ -251,7 +251,9 @@ async fn main() -> anyhow::Result<()> {
     let control = ControlDb::connect_lazy(&pg.create_database("control").await?);
     control.migrate().await?;
     let db = pg.create_database("tenant_bench").await?;
-    if let provision::MigrationOutcome::Failed(e) = provision::migrate_tenant_with(&db, &tenant_router_server::schema::TENANT_MIGRATOR).await {
+    if let provision::MigrationOutcome::Failed(e) =
+        provision::migrate_tenant_with(&db, &tenant_router_server::schema::TENANT_MIGRATOR).await
+    {
         anyhow::bail!("{e}");
     }
     let tenant = TenantId::parse("bench")?;

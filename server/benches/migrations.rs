@@ -44,7 +44,10 @@ async fn main() -> anyhow::Result<()> {
     let pg = LocalPostgres::start_ephemeral().await?;
     // One migrated template; every tenant database is a copy of it.
     let template = pg.create_database("template_tenant").await?;
-    if let MigrationOutcome::Failed(e) = provision::migrate_tenant_with(&template, &tenant_router_server::schema::TENANT_MIGRATOR).await {
+    if let MigrationOutcome::Failed(e) =
+        provision::migrate_tenant_with(&template, &tenant_router_server::schema::TENANT_MIGRATOR)
+            .await
+    {
         anyhow::bail!("{e}");
     }
     let admin = pg.url("postgres");
@@ -83,7 +86,9 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    let builtin = TenantMigrations::Embedded(&tenant_router_server::schema::TENANT_MIGRATOR).load().await?;
+    let builtin = TenantMigrations::Embedded(&tenant_router_server::schema::TENANT_MIGRATOR)
+        .load()
+        .await?;
     let start = Instant::now();
     let outcomes = provision::migrate_all(&tenants, Arc::clone(&builtin), 8).await;
     let current = start.elapsed();

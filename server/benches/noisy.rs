@@ -23,7 +23,10 @@ async fn main() -> anyhow::Result<()> {
     control.migrate().await?;
     for name in ["a", "b", "c"] {
         let url = pg.create_database(&format!("tenant_{name}")).await?;
-        if let provision::MigrationOutcome::Failed(e) = provision::migrate_tenant_with(&url, &tenant_router_server::schema::TENANT_MIGRATOR).await {
+        if let provision::MigrationOutcome::Failed(e) =
+            provision::migrate_tenant_with(&url, &tenant_router_server::schema::TENANT_MIGRATOR)
+                .await
+        {
             anyhow::bail!("{e}");
         }
         control

@@ -35,7 +35,9 @@ async fn main() -> anyhow::Result<()> {
     let control = ControlDb::connect_lazy(&pg.create_database("control").await?);
     control.migrate().await?;
     let db = pg.create_database("tenants").await?;
-    if let provision::MigrationOutcome::Failed(e) = provision::migrate_tenant_with(&db, &tenant_router_server::schema::TENANT_MIGRATOR).await {
+    if let provision::MigrationOutcome::Failed(e) =
+        provision::migrate_tenant_with(&db, &tenant_router_server::schema::TENANT_MIGRATOR).await
+    {
         anyhow::bail!("{e}");
     }
     pg.create_database("pgbench").await?;
@@ -63,7 +65,9 @@ async fn main() -> anyhow::Result<()> {
     }
     // The shared tenants, with one user and one session each for the same token.
     let shared = tenant_router::shared::SharedDb::connect_lazy(&db);
-    shared.prepare(&tenant_router_server::schema::schema()).await?;
+    shared
+        .prepare(&tenant_router_server::schema::schema())
+        .await?;
     let token_for_shared = "tra_shared_bench_token";
     let hash = sha2::Sha256::digest(token_for_shared.as_bytes()).to_vec();
     sqlx::query("INSERT INTO tenants (id) SELECT 's-' || g FROM generate_series(0, 999) g")

@@ -8,8 +8,8 @@ use std::time::Duration;
 use crate::bus::{Hint, HintOp, Publisher};
 use crate::control::ControlDb;
 use crate::problem::FieldError;
-use crate::schema::TenantSchema;
 use crate::provision::{self, TenantMigrations};
+use crate::schema::TenantSchema;
 use crate::shared::SharedDb;
 use crate::sync::ConfigSync;
 use crate::tenant::{DatabaseUrl, TenantId};
@@ -174,12 +174,14 @@ impl TenantOps {
         }
         // It must be reachable, and writable by a tenant again if an earlier move out of it
         // left its guard.
-        crate::moving::lift_guard(database, &self.schema).await.map_err(|e| {
-            OpError::Invalid(vec![FieldError::new(
-                "database",
-                format!("cannot be used: {e:#}"),
-            )])
-        })?;
+        crate::moving::lift_guard(database, &self.schema)
+            .await
+            .map_err(|e| {
+                OpError::Invalid(vec![FieldError::new(
+                    "database",
+                    format!("cannot be used: {e:#}"),
+                )])
+            })?;
         Ok(())
     }
 

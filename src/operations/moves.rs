@@ -142,7 +142,10 @@ impl TenantOps {
         let (target, provisioned) = match to {
             Isolation::Shared => {
                 let registered = shared.register(id).await?;
-                if !registered && !made_before("target_registered") && shared.has_rows(id, &self.schema).await? {
+                if !registered
+                    && !made_before("target_registered")
+                    && shared.has_rows(id, &self.schema).await?
+                {
                     return Err(OpError::Conflict(format!(
                         "the shared database holds rows of tenant '{id}' that no tenant owns; \
                          delete them first (DELETE /admin/leftovers/{id})"
@@ -185,7 +188,8 @@ impl TenantOps {
                 (made.database, true)
             }
         };
-        let (source, rows) = Source::lock(current.isolation, &current.database, id, &self.schema).await?;
+        let (source, rows) =
+            Source::lock(current.isolation, &current.database, id, &self.schema).await?;
         // The version check before anything destructive: nothing changed the tenant since
         // it was read (the operation lock keeps other writers of this tenant out; this
         // catches one that bypassed it).

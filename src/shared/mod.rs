@@ -299,7 +299,6 @@ pub async fn scope_tx(conn: &mut PgConnection, scope: &str) -> Result<(), sqlx::
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

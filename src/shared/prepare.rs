@@ -83,7 +83,11 @@ impl SharedDb {
                 match citus_kind(&mut tx, table).await? {
                     CitusKind::Reference => {}
                     CitusKind::Plain => {
-                        run(&mut tx, &format!("SELECT create_reference_table('{table}')")).await?;
+                        run(
+                            &mut tx,
+                            &format!("SELECT create_reference_table('{table}')"),
+                        )
+                        .await?;
                         forget_local_rows(&mut tx, table).await?;
                     }
                     other => anyhow::bail!(
@@ -313,7 +317,6 @@ impl SharedDb {
         tx.commit().await.context("committing the distribution")?;
         Ok(done)
     }
-
 }
 
 /// Distributing a table copies its rows into the shards and leaves the originals on the
@@ -334,4 +337,3 @@ async fn run(conn: &mut PgConnection, sql: &str) -> anyhow::Result<()> {
         .with_context(|| sql.to_string())?;
     Ok(())
 }
-

@@ -127,4 +127,3 @@ impl DerefMut for TenantConn {
         &mut self.conn
     }
 }
-

@@ -22,7 +22,9 @@ pub(crate) async fn run(settings: &Settings, jobs: usize) -> anyhow::Result<Exit
         let url = settings
             .shared_database()
             .context("shared tenants exist, but no shared database is configured")?;
-        let prepared = SharedDb::connect_lazy(&url).prepare(&tenant_router_server::schema::schema()).await?;
+        let prepared = SharedDb::connect_lazy(&url)
+            .prepare(&tenant_router_server::schema::schema())
+            .await?;
         println!(
             "shared database ({} shared tenants): migrated{}",
             shared.len(),

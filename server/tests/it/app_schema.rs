@@ -88,7 +88,11 @@ async fn an_apps_own_tables_are_prepared_moved_and_purged(backend: Backend) {
     let (users, items, directory): (bool, bool, bool) = (
         scalar(&url, "SELECT to_regclass('shared.users') IS NOT NULL").await,
         scalar(&url, "SELECT to_regclass('shared.items') IS NOT NULL").await,
-        scalar(&url, "SELECT to_regprocedure('shared.tenant_router_enter(text)') IS NOT NULL").await,
+        scalar(
+            &url,
+            "SELECT to_regprocedure('shared.tenant_router_enter(text)') IS NOT NULL",
+        )
+        .await,
     );
     assert_eq!((users, items, directory), (false, true, true));
 
@@ -100,7 +104,12 @@ async fn an_apps_own_tables_are_prepared_moved_and_purged(backend: Backend) {
     let left: i64 = scalar(&url, "SELECT count(*) FROM shared.items").await;
     assert_eq!(left, 0);
     let (tenants, _) = control.load_all().await.unwrap();
-    let own = tenants.iter().find(|t| t.id == id).unwrap().database.clone();
+    let own = tenants
+        .iter()
+        .find(|t| t.id == id)
+        .unwrap()
+        .database
+        .clone();
     let moved: Vec<i64> = {
         let mut conn = PgConnection::connect_with(&own.connect_options())
             .await
@@ -113,7 +122,10 @@ async fn an_apps_own_tables_are_prepared_moved_and_purged(backend: Backend) {
     assert_eq!(moved, first);
     // New rows there take ids after the copied ones.
     let later = write_items(&router, &["four"]).await;
-    assert!(later[0] > *first.iter().max().unwrap(), "{later:?} after {first:?}");
+    assert!(
+        later[0] > *first.iter().max().unwrap(),
+        "{later:?} after {first:?}"
+    );
 
     let back = ops.move_tenant(&id, Isolation::Shared).await.unwrap();
     let copied: Vec<_> = back.copied.iter().map(|c| (c.table, c.rows)).collect();

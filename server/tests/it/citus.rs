@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use sqlx::{Connection as _, PgConnection};
 use tenant_router::control::ControlDb;
 use tenant_router::shared::SharedDb;
-use tenant_router_server::schema::{SHARED_MIGRATOR, TABLE_NAMES as TENANT_TABLES};
 use tenant_router::tenant::DatabaseUrl;
+use tenant_router_server::schema::{SHARED_MIGRATOR, TABLE_NAMES as TENANT_TABLES};
 
 use crate::harness::{TestApp, citus_cluster, citus_database, shared_spec};
 
@@ -240,7 +240,14 @@ async fn a_shared_database_the_previous_version_left_local_is_distributed_by_mig
     assert!(note["id"].as_i64().unwrap() > 40, "{note}");
     assert_eq!(rows_on_worker(&url, "notes", "old").await.1, 41);
     // A second run changes nothing.
-    assert!(shared.prepare(&tenant_router_server::schema::schema()).await.unwrap().distributed.is_empty());
+    assert!(
+        shared
+            .prepare(&tenant_router_server::schema::schema())
+            .await
+            .unwrap()
+            .distributed
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -138,7 +138,8 @@ pub fn unique_name(prefix: &str) -> String {
 /// A fresh, migrated database on `pg`.
 pub async fn tenant_database(pg: &LocalPostgres, prefix: &str) -> DatabaseUrl {
     let url = pg.create_database(&unique_name(prefix)).await.unwrap();
-    let outcome = provision::migrate_tenant_with(&url, &tenant_router_server::schema::TENANT_MIGRATOR).await;
+    let outcome =
+        provision::migrate_tenant_with(&url, &tenant_router_server::schema::TENANT_MIGRATOR).await;
     assert!(
         matches!(outcome, provision::MigrationOutcome::Migrated(_)),
         "{outcome:?}"
@@ -259,7 +260,10 @@ impl TestApp {
     /// `control_url` (which is also the control database).
     pub async fn spawn_shared_on(control_url: DatabaseUrl, tenants: &[(&str, &str)]) -> TestApp {
         let shared = SharedDb::connect_lazy(&control_url);
-        shared.prepare(&tenant_router_server::schema::schema()).await.unwrap();
+        shared
+            .prepare(&tenant_router_server::schema::schema())
+            .await
+            .unwrap();
         let specs = tenants
             .iter()
             .map(|(id, host)| shared_spec(id, &[host], control_url.clone()))

@@ -13,7 +13,10 @@ plain_and_citus!(every_key_of_a_tenant_table_includes_tenant_id);
 async fn every_key_of_a_tenant_table_includes_tenant_id(backend: Backend) {
     let url = backend.database("catalog").await;
     let shared = SharedDb::connect_lazy(&url);
-    let first = shared.prepare(&tenant_router_server::schema::schema()).await.unwrap();
+    let first = shared
+        .prepare(&tenant_router_server::schema::schema())
+        .await
+        .unwrap();
     assert_eq!(first.citus, backend == Backend::Citus);
     // Citus: the directory made a reference table, every tenant table distributed.
     let calls = if backend == Backend::Citus {
@@ -23,7 +26,10 @@ async fn every_key_of_a_tenant_table_includes_tenant_id(backend: Backend) {
     };
     assert_eq!(first.distributed.len(), calls, "{first:?}");
     // Idempotent, and safe to run again.
-    let again = shared.prepare(&tenant_router_server::schema::schema()).await.unwrap();
+    let again = shared
+        .prepare(&tenant_router_server::schema::schema())
+        .await
+        .unwrap();
     assert!(again.distributed.is_empty(), "{again:?}");
 
     let tables: Vec<String> = TENANT_TABLES.iter().map(|t| t.to_string()).collect();

@@ -1,0 +1,301 @@
+//! A pool: its idle connections and its cap, the way back of a connection, and retirement.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use sqlx::postgres::PgConnectOptions;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::time::Instant;
+
+use super::budget::{Budget, Member};
+use super::conn::PooledConn;
+use super::connector::Connector;
+use super::stats::PoolStats;
+
+/// After closing a connection, how long its permit is kept: the server needs a moment to
+/// end the backend, and `pg_stat_activity` must never show more than the budget.
+pub(super) const CLOSE_GRACE: Duration = Duration::from_millis(2);
+
+/// One tenant's pool (or the shared database's), at most `max_connections` open, all
+/// counted against the [`Budget`].
+pub struct TenantPool {
+    pool: Arc<Pool<PgConnectOptions>>,
+}
+
+impl TenantPool {
+    /// A pool (opening nothing yet), registered with `budget`.
+    pub fn new(
+        label: &str,
+        budget: &Arc<Budget>,
+        options: PgConnectOptions,
+        max_connections: usize,
+        idle_timeout: Duration,
+        acquire_timeout: Duration,
+    ) -> Arc<Self> {
+        Self::with_max_lifetime(
+            label,
+            budget,
+            options,
+            max_connections,
+            idle_timeout,
+            acquire_timeout,
+            Duration::from_secs(1800),
+        )
+    }
+
+    /// [`Self::new`], with connections reused for at most `max_lifetime`.
+    pub fn with_max_lifetime(
+        label: &str,
+        budget: &Arc<Budget>,
+        options: PgConnectOptions,
+        max_connections: usize,
+        idle_timeout: Duration,
+        acquire_timeout: Duration,
+        max_lifetime: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            pool: Pool::new(
+                label,
+                budget,
+                options,
+                max_connections,
+                idle_timeout,
+                acquire_timeout,
+                max_lifetime,
+            ),
+        })
+    }
+
+    /// Its figures.
+    pub fn stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    /// A connection: an idle one, a new one within the pool's cap and the budget (closing
+    /// another pool's idle connection if the budget is spent, see the module's rules), or,
+    /// after waiting up to the acquire timeout, `PoolTimedOut`.
+    pub async fn acquire(&self) -> Result<PooledConn, sqlx::Error> {
+        self.pool.acquire().await.map(PooledConn)
+    }
+
+    /// Retires the pool: idle connections close now, in-use ones when they come back.
+    pub fn close(&self) {
+        self.pool.close();
+    }
+}
+
+/// A connection waiting in its pool for the next request.
+pub(super) struct IdleConn<C> {
+    pub(super) conn: C,
+    pub(super) permit: OwnedSemaphorePermit,
+    /// Idle since.
+    pub(super) since: Instant,
+    /// Opened at.
+    pub(super) born: Instant,
+}
+
+/// A pool's connections, under its lock.
+pub(super) struct Conns<C> {
+    /// Oldest first: reuse takes the newest, eviction the oldest.
+    pub(super) idle: Vec<IdleConn<C>>,
+    /// In the budget's `with_idle` list.
+    listed: bool,
+    /// Counting those being opened.
+    pub(super) open: usize,
+    pub(super) in_use: usize,
+}
+
+/// A pool over any [`Connector`]: for PostgreSQL, what a [`TenantPool`] is; in the unit
+/// tests, the same pool over stand-in connections.
+pub(super) struct Pool<K: Connector> {
+    label: String,
+    pub(super) budget: Arc<Budget>,
+    pub(super) connector: K,
+    pub(super) cap: usize,
+    idle_timeout: Duration,
+    pub(super) acquire_timeout: Duration,
+    /// A connection older than this is closed when it comes back, not reused.
+    max_lifetime: Duration,
+    conns: Mutex<Conns<K::Conn>>,
+    /// Rung when a connection comes back.
+    pub(super) returned: Notify,
+    pub(super) closed: AtomicBool,
+}
+
+impl<K: Connector> Pool<K> {
+    /// A pool (opening nothing yet), registered with `budget`.
+    pub(super) fn new(
+        label: &str,
+        budget: &Arc<Budget>,
+        connector: K,
+        max_connections: usize,
+        idle_timeout: Duration,
+        acquire_timeout: Duration,
+        max_lifetime: Duration,
+    ) -> Arc<Self> {
+        let pool = Arc::new(Self {
+            label: label.to_string(),
+            budget: Arc::clone(budget),
+            connector,
+            cap: max_connections.max(1),
+            idle_timeout,
+            acquire_timeout,
+            max_lifetime,
+            conns: Mutex::new(Conns {
+                idle: Vec::new(),
+                listed: false,
+                open: 0,
+                in_use: 0,
+            }),
+            returned: Notify::new(),
+            closed: AtomicBool::new(false),
+        });
+        let member: Weak<dyn Member> = Arc::downgrade(&pool) as Weak<Self>;
+        budget.register(member);
+        pool
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, Conns<K::Conn>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes the connection, then gives the permit back after [`CLOSE_GRACE`].
+    fn budget_close(&self, conn: K::Conn, permit: OwnedSemaphorePermit) {
+        let budget = Arc::clone(&self.budget);
+        budget.closing.fetch_add(1, Ordering::Relaxed);
+        // Without a runtime (shutting down), the socket closes and the permit comes back
+        // right here.
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            budget.closing.fetch_sub(1, Ordering::Relaxed);
+            return;
+        };
+        handle.spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(2), K::close(conn)).await;
+            tokio::time::sleep(CLOSE_GRACE).await;
+            drop(permit);
+            budget.closing.fetch_sub(1, Ordering::Relaxed);
+            budget.closed.fetch_add(1, Ordering::Relaxed);
+            budget.released.notify_waiters();
+        });
+    }
+
+    /// Takes a connection back: idle for reuse, or closed when the pool is retired.
+    pub(super) fn put_back(
+        self: &Arc<Self>,
+        conn: K::Conn,
+        permit: OwnedSemaphorePermit,
+        born: Instant,
+    ) {
+        if born.elapsed() >= self.max_lifetime {
+            // Old enough: a new one replaces it on demand.
+            self.discard(conn, permit);
+            self.returned.notify_one();
+            return;
+        }
+        if self.closed.load(Ordering::Relaxed) {
+            self.discard(conn, permit);
+            return;
+        }
+        let list = {
+            let mut c = self.lock();
+            c.in_use -= 1;
+            c.idle.push(IdleConn {
+                conn,
+                permit,
+                since: Instant::now(),
+                born,
+            });
+            !std::mem::replace(&mut c.listed, true)
+        };
+        if list {
+            let member: Weak<dyn Member> = Arc::downgrade(self) as Weak<Self>;
+            self.budget.list_with_idle(member);
+        }
+        self.returned.notify_one();
+    }
+
+    /// Forgets a connection that cannot be reused.
+    pub(super) fn discard(&self, conn: K::Conn, permit: OwnedSemaphorePermit) {
+        {
+            let mut c = self.lock();
+            c.in_use -= 1;
+            c.open -= 1;
+        }
+        self.budget_close(conn, permit);
+    }
+
+    /// Retires the pool: idle connections close now, in-use ones when they come back.
+    pub(super) fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        let idle: Vec<IdleConn<K::Conn>> = {
+            let mut c = self.lock();
+            let idle = std::mem::take(&mut c.idle);
+            c.open -= idle.len();
+            idle
+        };
+        for i in idle {
+            self.budget_close(i.conn, i.permit);
+        }
+    }
+}
+
+impl<K: Connector> Member for Pool<K> {
+    fn stats(&self) -> PoolStats {
+        let c = self.lock();
+        PoolStats {
+            pool: self.label.clone(),
+            open: c.open,
+            idle: c.idle.len(),
+            in_use: c.in_use,
+            max_connections: self.cap,
+        }
+    }
+
+    fn usage(&self) -> (usize, usize) {
+        let c = self.lock();
+        (c.idle.len(), c.in_use)
+    }
+
+    fn oldest_idle_or_unlist(&self) -> Option<Instant> {
+        let mut c = self.lock();
+        let oldest = c.idle.first().map(|i| i.since);
+        if oldest.is_none() {
+            c.listed = false;
+        }
+        oldest
+    }
+
+    fn evict_oldest(&self, min_idle: Duration) -> bool {
+        let victim = {
+            let mut c = self.lock();
+            if c.idle.first().is_none_or(|i| i.since.elapsed() < min_idle) {
+                return false;
+            }
+            c.open -= 1;
+            c.idle.remove(0)
+        };
+        self.budget.evictions.fetch_add(1, Ordering::Relaxed);
+        self.budget_close(victim.conn, victim.permit);
+        true
+    }
+
+    fn reap(&self) {
+        let expired: Vec<IdleConn<K::Conn>> = {
+            let mut c = self.lock();
+            let retired = self.closed.load(Ordering::Relaxed);
+            let (old, keep): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut c.idle).into_iter().partition(|i| {
+                    retired
+                        || i.since.elapsed() >= self.idle_timeout
+                        || i.born.elapsed() >= self.max_lifetime
+                });
+            c.idle = keep;
+            c.open -= old.len();
+            old
+        };
+        for i in expired {
+            self.budget_close(i.conn, i.permit);
+        }
+    }
+}

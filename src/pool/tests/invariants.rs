@@ -1,0 +1,166 @@
+//! The invariants of the module's doc, under load and when requests go away.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Budget, Check, MS, Member as _, StandIn, counts, pool, settle};
+
+#[tokio::test(start_paused = true)]
+async fn the_budget_holds_with_many_concurrent_acquirers() {
+    let budget = Budget::with_cold_after(5, 20 * MS);
+    let db = StandIn::new();
+    let pools: Vec<_> = (0..12)
+        .map(|i| pool(&format!("p{i}"), &budget, &db, 3, Duration::from_secs(10)))
+        .collect();
+    let tasks: Vec<_> = (0..40)
+        .map(|t| {
+            let pools = pools.clone();
+            tokio::spawn(async move {
+                for j in 0..25 {
+                    let conn = pools[(t * 7 + j * 3) % 12].acquire().await.unwrap();
+                    tokio::time::sleep(((t + j) % 4 + 1) as u32 * MS).await;
+                    drop(conn);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(db.max_live() <= 5, "the server saw {}", db.max_live());
+    assert_eq!(db.max_live(), 5, "the load did use the budget");
+
+    settle().await;
+    let s = budget.stats();
+    assert_eq!(
+        (s.in_use, s.idle, s.refusals_total),
+        (0, s.open, 0),
+        "{s:?}"
+    );
+    assert_eq!(s.opened_total - s.closed_total, s.open as u64, "{s:?}");
+    assert_eq!(db.live(), s.open);
+    assert_eq!(budget.queued.load(Ordering::Relaxed), 0);
+    assert_eq!(budget.closing.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_working_set_that_fits_the_budget_does_not_churn() {
+    let budget = Budget::with_cold_after(6, Duration::from_secs(3600));
+    let db = StandIn::new();
+    let pools: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|l| pool(l, &budget, &db, 5, Duration::from_secs(10)))
+        .collect();
+    for p in &pools {
+        drop(p.acquire().await.unwrap());
+    }
+    let tasks: Vec<_> = (0..8)
+        .map(|task| {
+            let pools = pools.clone();
+            tokio::spawn(async move {
+                for i in 0..150 {
+                    let conn = pools[(task + i) % 4].acquire().await.unwrap();
+                    tokio::time::sleep(MS).await;
+                    drop(conn);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let s = budget.stats();
+    assert!(s.waits_total > 0, "there was pressure: {s:?}");
+    assert_eq!(s.evictions_total, 0, "{s:?}");
+    assert!(s.opened_total <= 6, "{s:?}");
+    for p in &pools {
+        assert!(counts(p).0 >= 1, "{:?}", p.stats());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_acquire_dropped_while_queued_leaves_nothing_counted() {
+    let budget = Budget::new(1);
+    let db = StandIn::new();
+    let [a, b, c] = ["a", "b", "c"].map(|l| pool(l, &budget, &db, 1, 1000 * MS));
+    let held = a.acquire().await.unwrap();
+    let gone = tokio::time::timeout(50 * MS, b.acquire()).await;
+    assert!(gone.is_err(), "the budget is spent");
+    assert_eq!(counts(&b), (0, 0, 0));
+    assert_eq!(budget.queued.load(Ordering::Relaxed), 0);
+
+    // Its place in the queue is gone with it: the next empty pool gets the next permit.
+    drop(held);
+    settle().await;
+    let start = Instant::now();
+    let _conn = c.acquire().await.unwrap();
+    assert!(start.elapsed() < 50 * MS, "{:?}", start.elapsed());
+    let s = budget.stats();
+    assert_eq!((s.waits_total, s.refusals_total), (2, 0), "{s:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_acquire_dropped_mid_connect_leaves_its_connection_to_the_next_one() {
+    let budget = Budget::new(1);
+    let db = StandIn::slow(100 * MS);
+    let p = pool("p", &budget, &db, 1, 1000 * MS);
+    let gone = tokio::time::timeout(50 * MS, p.acquire()).await;
+    assert!(gone.is_err(), "the connect should still be pending");
+    tokio::time::sleep(100 * MS).await;
+    assert_eq!(counts(&p), (1, 1, 0));
+    assert_eq!(budget.stats().open, 1);
+
+    let conn = p.acquire().await.unwrap();
+    assert_eq!((conn.id, db.connects()), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_broken_mid_request_never_reaches_the_next_request() {
+    let budget = Budget::new(2);
+    let db = StandIn::new();
+    let p = pool("p", &budget, &db, 1, 1000 * MS);
+    let mut conn = p.acquire().await.unwrap();
+    let first = conn.id;
+    conn.broken = true;
+    drop(conn);
+
+    let next = p.acquire().await.unwrap();
+    assert_ne!(next.id, first);
+    settle().await;
+    assert_eq!((db.connects(), db.live()), (2, 1));
+    assert_eq!(budget.stats().closed_total, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_returned_connection_is_checked_by_what_its_request_left_open() {
+    let budget = Budget::new(1);
+    let db = StandIn::new();
+    let p = pool("p", &budget, &db, 1, 1000 * MS);
+    drop(p.acquire().await.unwrap());
+    settle().await;
+    let mut conn = p.acquire().await.unwrap();
+    conn.set_dirty(true);
+    drop(conn);
+    settle().await;
+    let mut conn = p.acquire().await.unwrap();
+    conn.set_dirty(true);
+    conn.report_uncommitted("acme");
+    drop(conn);
+    settle().await;
+    let mut conn = p.acquire().await.unwrap();
+    conn.report_uncommitted("acme");
+    drop(conn);
+    settle().await;
+    assert_eq!(
+        *db.0.checks.lock().unwrap(),
+        [
+            Check::Ping,
+            Check::Rollback,
+            Check::RollbackReporting("acme".into()),
+            Check::Ping
+        ]
+    );
+    assert_eq!(db.connects(), 1);
+}
