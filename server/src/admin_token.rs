@@ -1,9 +1,10 @@
 //! The admin API token: shown once when made, stored only as an argon2id hash.
 
 use argon2::Argon2;
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use rand::RngCore;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use rand::TryRng;
+use rand::rngs::SysRng;
 
 use tenant_router::tenant::InvalidValue;
 
@@ -11,15 +12,17 @@ use tenant_router::tenant::InvalidValue;
 /// scanner) and its argon2id PHC hash, the only form that should be stored.
 pub fn generate() -> (String, AdminTokenHash) {
     let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    SysRng
+        .try_fill_bytes(&mut bytes)
+        .expect("the OS random number generator failed");
     let token = format!(
         "tra_{}",
         bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
     );
-    let salt = SaltString::generate(&mut OsRng);
+    // `hash_password` draws the salt from the OS CSPRNG (getrandom).
     let hash = Argon2::default()
-        .hash_password(token.as_bytes(), &salt)
-        .expect("hashing a fresh token cannot fail")
+        .hash_password(token.as_bytes())
+        .expect("hashing a fresh token fails only if the OS random number generator does")
         .to_string();
     (token, AdminTokenHash(hash))
 }
@@ -75,6 +78,19 @@ mod tests {
         assert!(!parsed.verify(""));
         let (other, _) = generate();
         assert!(!parsed.verify(&other));
+    }
+
+    /// A token and its hash as `generate` made them with argon2 0.5: configured hashes must
+    /// keep working after the upgrade.
+    #[test]
+    fn a_token_hashed_by_argon2_0_5_still_verifies() {
+        let token = "tra_b69d6886023a54f1e61e104a952940e57f37f8f78bb63a64df6f3f0f7c407a02";
+        let hash = AdminTokenHash::parse(
+            "$argon2id$v=19$m=19456,t=2,p=1$xGodIuBKIUJu265Adzu2EA$tCmqdI6smJIhh3DkS3StpatGDry3LIZg8d+jZO0TW2s",
+        )
+        .unwrap();
+        assert!(hash.verify(token));
+        assert!(!hash.verify(&token.replace("7a02", "7a03")));
     }
 
     #[test]

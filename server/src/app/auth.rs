@@ -3,12 +3,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Argon2, password_hash::rand_core::OsRng};
+use argon2::Argon2;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
-use rand::RngCore;
+use rand::TryRng;
+use rand::rngs::SysRng;
 use sha2::{Digest, Sha256};
 
 use tenant_router::middleware::CurrentTenant;
@@ -259,10 +261,10 @@ fn overloaded() -> ApiError {
     ApiError::Overloaded("too many password checks at once; retry in a moment".into())
 }
 
+/// The salt comes from the OS CSPRNG: `hash_password` draws it with getrandom.
 fn hash_password(password: &str) -> Result<String, ApiError> {
-    let salt = SaltString::generate(&mut OsRng);
     crate::argon::Argon2Reusing
-        .hash_password(password.as_bytes(), &salt)
+        .hash_password(password.as_bytes())
         .map(|h| h.to_string())
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("hashing a password: {e}")))
 }
@@ -283,9 +285,8 @@ fn verify_password(password: &str, hash: Option<String>) -> Result<bool, ApiErro
 fn dummy_hash() -> &'static str {
     static HASH: OnceLock<String> = OnceLock::new();
     HASH.get_or_init(|| {
-        let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
-            .hash_password(b"no user has this password", &salt)
+            .hash_password(b"no user has this password")
             .expect("hashing a constant")
             .to_string()
     })
@@ -294,7 +295,9 @@ fn dummy_hash() -> &'static str {
 /// A new random token (256 bits, hex) and the SHA-256 under which it is stored.
 pub fn new_token() -> (String, Vec<u8>) {
     let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    SysRng
+        .try_fill_bytes(&mut bytes)
+        .expect("the OS random number generator failed");
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let hash = token_hash(&token);
     (token, hash)
