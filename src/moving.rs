@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::{Connection as _, PgConnection};
 
-use crate::schema::TenantSchema;
+use crate::schema::{TenantSchema, Unlisted};
 use crate::shared::{SharedDb, lock_tenant_exclusively, scope_tx};
 use crate::tenant::{DatabaseUrl, Isolation, TenantId};
 
@@ -190,6 +190,7 @@ impl Source {
         database: &DatabaseUrl,
         id: &TenantId,
         schema: &TenantSchema,
+        owned: bool,
     ) -> anyhow::Result<(Self, Vec<Value>)> {
         match isolation {
             Isolation::Dedicated => {
@@ -204,6 +205,12 @@ impl Source {
                 .execute(&mut conn)
                 .await
                 .context("locking the tenant's tables")?;
+                let unlisted = if owned {
+                    Unlisted::NoTable
+                } else {
+                    Unlisted::Allowed
+                };
+                crate::schema::check_catalog(&mut conn, schema, unlisted).await?;
                 // A guard left by a move that was killed before its switch: lifted here,
                 // under the lock, and set again by `guard` (or never, on `abandon`).
                 for t in schema.tables() {
@@ -249,6 +256,7 @@ impl Source {
                     .await
                     .with_context(|| format!("locking the tenant's {table}"))?;
                 }
+                crate::schema::check_catalog(&mut conn, schema, Unlisted::NoTenantTable).await?;
                 let rows = read_rows(&mut conn, id.as_str(), schema).await?;
                 Ok((Self::Shared(conn), rows))
             }

@@ -112,6 +112,80 @@ impl TenantSchema {
     }
 }
 
+/// Which tables a database may hold besides the listed ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unlisted {
+    /// Any: a dedicated database given by hand, which the router never drops.
+    Allowed,
+    /// None but sqlx's: a dedicated database the router made, and drops after a move out.
+    NoTable,
+    /// None with a `tenant_id` but the directory: the shared schema.
+    NoTenantTable,
+}
+
+/// Refuses a description that does not match the database `conn` is in (its current
+/// schema): a listed table missing, or whose columns are not exactly the listed ones plus
+/// `tenant_id`; or a tenant table that is not listed (in a dedicated database, any table but
+/// sqlx's; in the shared schema, any with a `tenant_id` but the directory). Moves copy, and
+/// purges delete, only what the description lists: whatever else there is would be lost
+/// with a dropped source or left for the next tenant of the id.
+pub(crate) async fn check_catalog(
+    conn: &mut sqlx::PgConnection,
+    schema: &TenantSchema,
+    unlisted: Unlisted,
+) -> anyhow::Result<()> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.table_name::text, c.column_name::text
+         FROM information_schema.columns c
+         JOIN information_schema.tables t
+           ON t.table_schema = c.table_schema AND t.table_name = c.table_name
+         WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE'",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut tables: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (table, column) in rows {
+        tables.entry(table).or_default().insert(column);
+    }
+    for t in schema.tables() {
+        let Some(actual) = tables.remove(t.name) else {
+            anyhow::bail!("the app's tenant table {} does not exist here", t.name);
+        };
+        let listed: BTreeSet<String> = t
+            .columns
+            .iter()
+            .map(|c| c.to_string())
+            .chain([String::from("tenant_id")])
+            .collect();
+        if actual != listed {
+            let unlisted: Vec<_> = actual.difference(&listed).collect();
+            let missing: Vec<_> = listed.difference(&actual).collect();
+            anyhow::bail!(
+                "table {} does not match the app's TenantSchema (columns not listed: {unlisted:?}; \
+                 listed but missing: {missing:?}); nothing was moved or deleted",
+                t.name
+            );
+        }
+    }
+    let unlisted: Vec<&String> = tables
+        .iter()
+        .filter(|(name, columns)| match unlisted {
+            _ if name.starts_with("_sqlx") => false,
+            Unlisted::Allowed => false,
+            Unlisted::NoTable => true,
+            Unlisted::NoTenantTable => name.as_str() != "tenants" && columns.contains("tenant_id"),
+        })
+        .map(|(name, _)| name)
+        .collect();
+    anyhow::ensure!(
+        unlisted.is_empty(),
+        "tables {unlisted:?} hold tenant data but are not in the app's TenantSchema; nothing \
+         was moved or deleted"
+    );
+    Ok(())
+}
+
 fn check_identifier(name: &str) -> Result<(), InvalidSchema> {
     let mut chars = name.chars();
     let ok = name.len() <= 63

@@ -188,8 +188,14 @@ impl TenantOps {
                 (made.database, true)
             }
         };
-        let (source, rows) =
-            Source::lock(current.isolation, &current.database, id, &self.schema).await?;
+        let (source, rows) = Source::lock(
+            current.isolation,
+            &current.database,
+            id,
+            &self.schema,
+            source_provisioned,
+        )
+        .await?;
         // The version check before anything destructive: nothing changed the tenant since
         // it was read (the operation lock keeps other writers of this tenant out; this
         // catches one that bypassed it).

@@ -21,12 +21,6 @@ impl PooledConn {
     pub fn set_dirty(&mut self, dirty: bool) {
         self.0.set_dirty(dirty);
     }
-
-    /// The open transaction, if it wrote anything, is reported as `tenant`'s lost writes
-    /// when it is rolled back.
-    pub(crate) fn report_uncommitted(&mut self, tenant: &str) {
-        self.0.report_uncommitted(tenant);
-    }
 }
 
 impl Deref for PooledConn {
@@ -47,9 +41,6 @@ pub(super) struct Pooled<K: Connector> {
     inner: Option<(K::Conn, OwnedSemaphorePermit)>,
     pool: Arc<Pool<K>>,
     dirty: bool,
-    /// Set when a tenant's transaction is dropped open: whose, to name it in a warning if
-    /// it had written anything (those writes are rolled back).
-    uncommitted: Option<Box<str>>,
     born: Instant,
 }
 
@@ -64,19 +55,12 @@ impl<K: Connector> Pooled<K> {
             inner: Some((conn, permit)),
             pool: Arc::clone(pool),
             dirty: false,
-            uncommitted: None,
             born,
         }
     }
 
     pub(super) fn set_dirty(&mut self, dirty: bool) {
         self.dirty = dirty;
-    }
-
-    pub(super) fn report_uncommitted(&mut self, tenant: &str) {
-        if self.dirty {
-            self.uncommitted = Some(tenant.into());
-        }
     }
 }
 
@@ -101,10 +85,10 @@ impl<K: Connector> Drop for Pooled<K> {
         // Checked before reuse, off the request's path: a connection whose server went away,
         // or whose query was abandoned half-way, must not reach the next request. An open
         // transaction is rolled back, which checks it too.
-        let check = match (self.dirty, self.uncommitted.take()) {
-            (false, _) => Check::Ping,
-            (true, None) => Check::Rollback,
-            (true, Some(tenant)) => Check::RollbackReporting(tenant),
+        let check = if self.dirty {
+            Check::Rollback
+        } else {
+            Check::Ping
         };
         let born = self.born;
         let pool = Arc::clone(&self.pool);

@@ -1,8 +1,9 @@
 //! What a pool connects to. PostgreSQL in the library; the pool's unit tests put a stand-in
 //! here, so that they run the real pool and its acquire on a paused clock.
 
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgTransactionManager};
 use sqlx::{Connection as _, Executor as _};
+use sqlx_core::transaction::TransactionManager as _;
 
 /// Opens, checks and closes a pool's connections.
 pub(super) trait Connector: Send + Sync + 'static {
@@ -23,13 +24,23 @@ pub(super) trait Connector: Send + Sync + 'static {
 /// How a connection that came back is checked, by what its request left open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Check {
-    /// Nothing: a ping, which finds a connection whose server went away.
+    /// Nothing known to be open.
     Ping,
-    /// A transaction: rolled back, which checks the connection too.
+    /// A transaction.
     Rollback,
-    /// A tenant's transaction: rolled back, with a warning naming the tenant if it wrote.
-    RollbackReporting(Box<str>),
 }
+
+/// What makes a returned connection the session it was when opened, in the one round trip
+/// that also checks it: the next request may be another tenant's (the shared pool serves
+/// them all), so nothing a handler left may survive: an open transaction, cursors, settings
+/// made with `SET` (the role, `search_path`), `LISTEN`s, session advisory locks, temporary
+/// tables, sequence state. Settings given when connecting (timeouts, the application name,
+/// the shared `search_path`) are what `RESET ALL` returns to. Not `DISCARD ALL`: it would
+/// also drop sqlx's prepared statements. The `ROLLBACK` ends a transaction sqlx does not
+/// know of (a raw `BEGIN`); warnings are off while it runs, since usually there is none.
+const RESET_SESSION: &str = "SET client_min_messages = error; ROLLBACK; CLOSE ALL; \
+     RESET ALL; RESET ROLE; RESET SESSION AUTHORIZATION; UNLISTEN *; \
+     SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
 
 impl Connector for PgConnectOptions {
     type Conn = PgConnection;
@@ -38,37 +49,18 @@ impl Connector for PgConnectOptions {
         PgConnection::connect_with(self).await
     }
 
-    async fn check(conn: &mut PgConnection, check: Check) -> sqlx::Result<()> {
-        match check {
-            Check::Ping => conn.ping().await,
-            Check::Rollback => conn.execute("ROLLBACK").await.map(drop),
-            Check::RollbackReporting(tenant) => rollback_reporting_writes(conn, &tenant).await,
+    async fn check(conn: &mut PgConnection, _: Check) -> sqlx::Result<()> {
+        // The transactions sqlx tracks (the tenant's, and savepoints a handler nested in it)
+        // are rolled back by sqlx itself, so that it counts none open for the next request;
+        // those rollbacks go out with the reset, in the same round trip. A failed
+        // transaction rolls back like any other, and the connection stays.
+        while PgTransactionManager::get_transaction_depth(conn) > 0 {
+            PgTransactionManager::start_rollback(conn);
         }
+        conn.execute(RESET_SESSION).await.map(drop)
     }
 
     async fn close(conn: PgConnection) {
         let _ = conn.close().await;
     }
-}
-
-/// Rolls back, and warns when the transaction had written: a handler that forgot to commit.
-/// One round trip, like a plain `ROLLBACK`.
-async fn rollback_reporting_writes(conn: &mut PgConnection, tenant: &str) -> sqlx::Result<()> {
-    use futures_util::TryStreamExt as _;
-    use sqlx::Row as _;
-    let mut wrote = false;
-    let mut results =
-        sqlx::raw_sql("SELECT txid_current_if_assigned() IS NOT NULL; ROLLBACK").fetch_many(conn);
-    while let Some(step) = results.try_next().await? {
-        if let sqlx::Either::Right(row) = step {
-            wrote = row.try_get::<bool, _>(0)?;
-        }
-    }
-    if wrote {
-        tracing::warn!(
-            tenant.id = tenant,
-            "a tenant connection with writes was dropped without commit(); its writes were rolled back"
-        );
-    }
-    Ok(())
 }

@@ -173,6 +173,8 @@ impl SharedDb {
     /// Whether any of `schema`'s tables holds a row of tenant `id`.
     pub async fn has_rows(&self, id: &TenantId, schema: &TenantSchema) -> anyhow::Result<bool> {
         let mut tx = self.pool.begin().await?;
+        crate::schema::check_catalog(&mut tx, schema, crate::schema::Unlisted::NoTenantTable)
+            .await?;
         scope_tx(&mut tx, id.as_str()).await?;
         let mut found = false;
         for table in schema.tables().iter().map(|t| t.name) {
@@ -196,6 +198,8 @@ impl SharedDb {
     pub async fn purge(&self, id: &TenantId, schema: &TenantSchema) -> anyhow::Result<u64> {
         let mut tx = self.pool.begin().await?;
         lock_tenant_exclusively(&mut tx, id.as_str()).await?;
+        crate::schema::check_catalog(&mut tx, schema, crate::schema::Unlisted::NoTenantTable)
+            .await?;
         scope_tx(&mut tx, id.as_str()).await?;
         let mut rows = 0;
         for table in schema.tables().iter().rev().map(|t| t.name) {

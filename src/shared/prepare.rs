@@ -51,6 +51,11 @@ impl SharedDb {
     pub async fn prepare(&self, schema: &TenantSchema) -> anyhow::Result<Prepared> {
         self.make_objects(Some(schema.shared_migrations())).await?;
         self.check_row_security(schema).await?;
+        {
+            let mut conn = self.pool.acquire().await?;
+            crate::schema::check_catalog(&mut conn, schema, crate::schema::Unlisted::NoTenantTable)
+                .await?;
+        }
         let citus = self.has_citus().await?;
         let distributed = if citus {
             self.allow_role_login().await?;

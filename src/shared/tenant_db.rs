@@ -3,11 +3,13 @@
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use sqlx::PgConnection;
+use sqlx::postgres::PgTransactionManager;
+use sqlx::{AssertSqlSafe, PgConnection, SqlSafeStr as _};
+use sqlx_core::transaction::TransactionManager as _;
 
 use super::{quote_literal, scope_sql};
 use crate::pool::{PooledConn, TenantPool};
-use crate::tenant::{Isolation, Tenant, TenantId};
+use crate::tenant::{Isolation, Tenant};
 
 /// A tenant's database, as handlers and jobs use it: [`Self::conn`] and [`Self::scope`].
 pub struct TenantDb<'a> {
@@ -27,10 +29,11 @@ impl<'a> TenantDb<'a> {
     }
 
     /// A connection for this tenant, in a transaction: writes last only after
-    /// [`TenantConn::commit`]; dropped without it, everything rolls back (and a warning names
-    /// the tenant if anything was written). Dedicated and shared tenants behave the same, so
-    /// a handler tested on one kind cannot lose writes on the other. For a shared tenant the
-    /// transaction is also scoped to it (role and `app.tenant_id` set locally).
+    /// [`TenantConn::commit`]; dropped without it, everything rolls back. Dedicated and shared
+    /// tenants behave the same, so a handler tested on one kind cannot lose writes on the
+    /// other. For a shared tenant the transaction is also scoped to it (role and
+    /// `app.tenant_id` set locally). sqlx knows the transaction is open, so a handler's own
+    /// `conn.begin()` is a savepoint inside it, never a transaction of its own.
     pub async fn conn(&self) -> Result<TenantConn, sqlx::Error> {
         self.begin().await
     }
@@ -41,7 +44,7 @@ impl<'a> TenantDb<'a> {
         conn.set_dirty(true);
         match self.tenant.isolation {
             Isolation::Dedicated => {
-                sqlx::query("BEGIN").execute(&mut *conn).await?;
+                PgTransactionManager::begin(&mut conn, None).await?;
             }
             // Two round trips: the tenant's lock and check (shared migration 0004) with the
             // role, then the tenant's `SET LOCAL`, which must travel alone (see `scope_sql`).
@@ -61,19 +64,15 @@ impl<'a> TenantDb<'a> {
                         "; SET LOCAL idle_in_transaction_session_timeout = {ms}"
                     ));
                 }
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("BEGIN; {enter}; {role}{own}")))
-                    .execute(&mut *conn)
+                let begin = format!("BEGIN; {enter}; {role}{own}");
+                PgTransactionManager::begin(&mut conn, Some(AssertSqlSafe(begin).into_sql_str()))
                     .await?;
                 sqlx::raw_sql(sqlx::AssertSqlSafe(tenant))
                     .execute(&mut *conn)
                     .await?;
             }
         }
-        Ok(TenantConn {
-            conn,
-            in_tx: true,
-            tenant: self.tenant.id.clone(),
-        })
+        Ok(TenantConn { conn, in_tx: true })
     }
 }
 
@@ -82,14 +81,17 @@ impl<'a> TenantDb<'a> {
 pub struct TenantConn {
     conn: PooledConn,
     in_tx: bool,
-    tenant: TenantId,
 }
 
 impl TenantConn {
-    /// Commits the transaction.
+    /// Commits the transaction. An error when it failed earlier (a statement of it was
+    /// refused, even one the handler went past): PostgreSQL would answer that `COMMIT` with
+    /// a rollback and no error, and the writes would be lost without a word.
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
         if self.in_tx {
-            sqlx::query("COMMIT").execute(&mut *self.conn).await?;
+            // In a failed transaction every statement is refused (25P02).
+            sqlx::raw_sql("SELECT 1").execute(&mut *self.conn).await?;
+            PgTransactionManager::commit(&mut self.conn).await?;
             self.conn.set_dirty(false);
             self.in_tx = false;
         }
@@ -99,19 +101,11 @@ impl TenantConn {
     /// Rolls the transaction back now (dropping does the same, off the request's path).
     pub async fn rollback(mut self) -> Result<(), sqlx::Error> {
         if self.in_tx {
-            sqlx::query("ROLLBACK").execute(&mut *self.conn).await?;
+            PgTransactionManager::rollback(&mut self.conn).await?;
             self.conn.set_dirty(false);
             self.in_tx = false;
         }
         Ok(())
-    }
-}
-
-impl Drop for TenantConn {
-    fn drop(&mut self) {
-        if self.in_tx {
-            self.conn.report_uncommitted(self.tenant.as_str());
-        }
     }
 }
 

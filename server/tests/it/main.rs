@@ -22,3 +22,4 @@ mod routing;
 mod serve;
 mod shared;
 mod tenant_handle;
+mod tenant_safety;
