@@ -85,7 +85,13 @@ impl<K: Connector> Drop for Pooled<K> {
         // Checked before reuse, off the request's path: a connection whose server went away,
         // or whose query was abandoned half-way, must not reach the next request. An open
         // transaction is rolled back, which checks it too.
-        let check = if self.dirty {
+        let check = if self
+            .pool
+            .reset_sessions
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            Check::Reset
+        } else if self.dirty {
             Check::Rollback
         } else {
             Check::Ping

@@ -28,6 +28,8 @@ pub(super) enum Check {
     Ping,
     /// A transaction.
     Rollback,
+    /// Whatever it is: the pool serves several tenants, so the session is reset.
+    Reset,
 }
 
 /// What makes a returned connection the session it was when opened, in the one round trip
@@ -49,15 +51,31 @@ impl Connector for PgConnectOptions {
         PgConnection::connect_with(self).await
     }
 
-    async fn check(conn: &mut PgConnection, _: Check) -> sqlx::Result<()> {
+    async fn check(conn: &mut PgConnection, check: Check) -> sqlx::Result<()> {
         // The transactions sqlx tracks (the tenant's, and savepoints a handler nested in it)
-        // are rolled back by sqlx itself, so that it counts none open for the next request;
-        // those rollbacks go out with the reset, in the same round trip. A failed
-        // transaction rolls back like any other, and the connection stays.
-        while PgTransactionManager::get_transaction_depth(conn) > 0 {
-            PgTransactionManager::start_rollback(conn);
+        // are rolled back by sqlx itself, so that it counts none open for the next request.
+        // A failed transaction rolls back like any other, and the connection stays.
+        match check {
+            Check::Reset => {
+                // Those rollbacks go out with the reset, in the same round trip.
+                while PgTransactionManager::get_transaction_depth(conn) > 0 {
+                    PgTransactionManager::start_rollback(conn);
+                }
+                conn.execute(RESET_SESSION).await.map(drop)
+            }
+            Check::Rollback if PgTransactionManager::get_transaction_depth(conn) == 0 => {
+                conn.execute("ROLLBACK").await.map(drop)
+            }
+            Check::Rollback | Check::Ping => {
+                if PgTransactionManager::get_transaction_depth(conn) == 0 {
+                    return conn.ping().await;
+                }
+                while PgTransactionManager::get_transaction_depth(conn) > 0 {
+                    PgTransactionManager::rollback(conn).await?;
+                }
+                Ok(())
+            }
         }
-        conn.execute(RESET_SESSION).await.map(drop)
     }
 
     async fn close(conn: PgConnection) {

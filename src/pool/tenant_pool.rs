@@ -83,6 +83,14 @@ impl TenantPool {
     pub fn close(&self) {
         self.pool.close();
     }
+
+    /// Resets the session of every connection that comes back (temporary tables, `SET`s,
+    /// cursors, locks, `LISTEN`s), for a pool whose next request may be another tenant's.
+    /// A pool of one tenant only rolls back: what one request of a tenant leaves, only a
+    /// request of the same tenant can see.
+    pub fn reset_sessions_on_return(&self) {
+        self.pool.reset_sessions.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A connection waiting in its pool for the next request.
@@ -121,6 +129,9 @@ pub(super) struct Pool<K: Connector> {
     /// Rung when a connection comes back.
     pub(super) returned: Notify,
     pub(super) closed: AtomicBool,
+    /// Whether a returned connection's session is reset, not only rolled back: the pool
+    /// serves several tenants (the shared database's).
+    pub(super) reset_sessions: AtomicBool,
 }
 
 impl<K: Connector> Pool<K> {
@@ -150,6 +161,7 @@ impl<K: Connector> Pool<K> {
             }),
             returned: Notify::new(),
             closed: AtomicBool::new(false),
+            reset_sessions: AtomicBool::new(false),
         });
         let member: Weak<dyn Member> = Arc::downgrade(&pool) as Weak<Self>;
         budget.register(member);

@@ -49,7 +49,7 @@ impl LazyPool {
                     ("statement_timeout", statement.to_string()),
                     ("idle_in_transaction_session_timeout", idle.to_string()),
                 ]);
-            TenantPool::with_max_lifetime(
+            let pool = TenantPool::with_max_lifetime(
                 &self.label,
                 &self.budget,
                 options,
@@ -57,7 +57,11 @@ impl LazyPool {
                 self.settings.idle_timeout(),
                 self.acquire_timeout,
                 self.limits.max_lifetime,
-            )
+            );
+            if self.shared {
+                pool.reset_sessions_on_return();
+            }
+            pool
         })
     }
 
