@@ -223,7 +223,7 @@ impl CurrentTenant {
                 "CurrentTenant::redis called, but the TenantLayer has no Redis (with_redis)"
             ))
         })?;
-        Ok(side.namespace.tenant(side.pool.clone(), self.id()))
+        Ok(side.namespace.tenant(side.pool.clone(), self.tenant()))
     }
 }
 

@@ -1,7 +1,9 @@
 //! Each tenant's own Redis keys.
 //!
 //! Everything of a tenant in Redis lives under `<prefix>t:<tenant id>:`; an app's own keys
-//! (cache entries, counters) under `<prefix>t:<tenant id>:ns:`. Handlers and jobs get a
+//! (cache entries, counters) under `<prefix>t:<tenant id>:<incarnation>:ns:`. The incarnation
+//! is new each time the id is created again, so a key written late for a removed tenant (by
+//! a job or a request still running during its purge) is never the next tenant's. Handlers and jobs get a
 //! [`TenantRedis`] that builds keys only there, so an app's keys cannot cross tenants, and
 //! [`purge`] (run when a tenant is removed with purge) deletes them all.
 
@@ -37,16 +39,21 @@ impl RedisNamespace {
         format!("{}t:{tenant}:", self.prefix)
     }
 
-    /// The prefix of the keys an app writes for `tenant` (see [`TenantRedis::key`]).
-    pub fn app_prefix(&self, tenant: &TenantId) -> String {
-        format!("{}t:{tenant}:ns:", self.prefix)
+    /// The prefix of the keys an app writes for incarnation `incarnation` of `tenant` (see
+    /// [`TenantRedis::key`]).
+    pub fn app_prefix(&self, tenant: &TenantId, incarnation: i64) -> String {
+        format!("{}t:{tenant}:{incarnation}:ns:", self.prefix)
     }
 
     /// A handle on `tenant`'s app keys.
-    pub fn tenant(&self, pool: deadpool_redis::Pool, tenant: &TenantId) -> TenantRedis {
+    pub fn tenant(
+        &self,
+        pool: deadpool_redis::Pool,
+        tenant: &crate::tenant::Tenant,
+    ) -> TenantRedis {
         TenantRedis {
             pool,
-            prefix: self.app_prefix(tenant),
+            prefix: self.app_prefix(&tenant.id, tenant.incarnation),
         }
     }
 }
@@ -150,9 +157,12 @@ mod tests {
         let ns = RedisNamespace::new("app*:");
         let a = TenantId::parse("tenant-1").unwrap();
         let b = TenantId::parse("tenant-10").unwrap();
-        assert_eq!(ns.app_prefix(&a), "app*:t:tenant-1:ns:");
+        assert_eq!(ns.app_prefix(&a, 3), "app*:t:tenant-1:3:ns:");
+        // Every incarnation's keys are under the tenant's prefix, which its purge deletes.
+        assert!(ns.app_prefix(&a, 4).starts_with(&ns.tenant_prefix(&a)));
+        assert_ne!(ns.app_prefix(&a, 3), ns.app_prefix(&a, 4));
         // The trailing `:` keeps tenant-1's purge pattern off tenant-10's keys.
-        assert!(!ns.app_prefix(&b).starts_with(&ns.tenant_prefix(&a)));
+        assert!(!ns.app_prefix(&b, 3).starts_with(&ns.tenant_prefix(&a)));
         assert_eq!(escape_glob(&ns.tenant_prefix(&a)), "app\\*:t:tenant-1:");
     }
 }

@@ -187,7 +187,7 @@ impl JobContext {
         worker: Arc<str>,
         files_root: Arc<std::path::Path>,
     ) -> Self {
-        let namespace = keys.namespace(&envelope.tenant_id);
+        let namespace = keys.namespace(&envelope.tenant_id, entry.tenant().incarnation);
         Self {
             entry,
             envelope,

@@ -234,9 +234,20 @@ async fn a_handlers_redis_keys_are_its_tenants_own_and_go_with_its_purge() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let one: Option<i64> = redis.get("tr:t:ns-1:ns:visits").await.unwrap();
-    let two: Option<i64> = redis.get("tr:t:ns-2:ns:visits").await.unwrap();
+    let (tenants, _) = cluster.control.load_all().await.unwrap();
+    let key = |id: &str| {
+        let t = tenants.iter().find(|t| t.id.as_str() == id).unwrap();
+        format!("tr:t:{id}:{}:ns:visits", t.incarnation)
+    };
+    let (key1, key2) = (key("ns-1"), key("ns-2"));
+    let one: Option<i64> = redis.get(&key1).await.unwrap();
+    let two: Option<i64> = redis.get(&key2).await.unwrap();
     assert_eq!((one, two), (Some(2), Some(1)));
+    // A request of the first incarnation still running when the tenant is removed.
+    let entry = router.registry().resolve("ns-1.test.com").unwrap();
+    let late = router
+        .redis_namespace()
+        .tenant(router.redis().unwrap().clone(), entry.tenant());
 
     let out = cluster
         .command(&["tenants", "remove", "ns-1", "--drop-database"])
@@ -247,8 +258,24 @@ async fn a_handlers_redis_keys_are_its_tenants_own_and_go_with_its_purge() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let one: Option<i64> = redis.get("tr:t:ns-1:ns:visits").await.unwrap();
-    let two: Option<i64> = redis.get("tr:t:ns-2:ns:visits").await.unwrap();
+    let one: Option<i64> = redis.get(&key1).await.unwrap();
+    let two: Option<i64> = redis.get(&key2).await.unwrap();
     assert_eq!((one, two), (None, Some(1)));
+
+    // It writes after the purge; then the id is created again, for another customer.
+    let mut conn = late.conn().await.unwrap();
+    let _: () = conn.set(late.key("visits"), 99).await.unwrap();
+    let out = cluster
+        .command(&["tenants", "add", "ns-1", "--host", "ns-1.test.com"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    router.sync().catch_up().await.unwrap();
+    // The new tenant's first visit is its first: the late write is not its.
+    assert_eq!(hit("ns-1.test.com").await, "1");
     router.shutdown().await;
 }

@@ -54,8 +54,8 @@ impl Keys {
 
     /// The prefix of keys a tenant's jobs may use: the tenant's app namespace, the same
     /// one its requests get (see [`crate::namespace`]).
-    pub fn namespace(&self, tenant: &TenantId) -> String {
-        self.redis_namespace().app_prefix(tenant)
+    pub fn namespace(&self, tenant: &TenantId, incarnation: i64) -> String {
+        self.redis_namespace().app_prefix(tenant, incarnation)
     }
 
     /// The namespace these keys live in.

@@ -194,10 +194,10 @@ async fn count(db: &DatabaseUrl, sql: &'static str) -> i64 {
 async fn diag_runs(cluster: &Cluster, tenant: &str) -> Vec<String> {
     let redis = redis::Client::open(cluster.redis.url()).unwrap();
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-    let key = format!(
-        "{}diag:runs",
-        Keys::default().namespace(&TenantId::parse(tenant).unwrap())
-    );
+    let id = TenantId::parse(tenant).unwrap();
+    let (tenants, _) = cluster.control.load_all().await.unwrap();
+    let incarnation = tenants.iter().find(|t| t.id == id).unwrap().incarnation;
+    let key = format!("{}diag:runs", Keys::default().namespace(&id, incarnation));
     redis::AsyncCommands::lrange(&mut conn, key, 0, -1)
         .await
         .unwrap()
