@@ -20,7 +20,9 @@ pub struct Removal {
     pub version: i64,
     /// Whether its database was dropped (or its shared rows deleted).
     pub database_dropped: bool,
-    /// Whether everything else of it was deleted: Redis keys, jobs, files.
+    /// Whether everything else of it was deleted: Redis keys, jobs, files. False when no
+    /// Redis is configured here: its Redis keys, if it had any, are still there (remove it
+    /// again where Redis is configured, or `tenants purge` there).
     pub purged: bool,
     /// What the purge removed from Redis.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -28,6 +30,16 @@ pub struct Removal {
 }
 
 impl TenantOps {
+    /// Whether the Redis part of a purge happened; says so in the log when it could not.
+    fn redis_purged(&self, id: &TenantId, redis: &Option<crate::namespace::Purged>) -> bool {
+        if redis.is_none() && self.redis.is_none() {
+            tracing::warn!(tenant.id = %id,
+                "no Redis is configured here: the removed tenant's Redis keys, if any, were not deleted");
+            return false;
+        }
+        true
+    }
+
     /// Removes a tenant. Without `purge`, everything of it stays (its database or shared
     /// rows, Redis keys, jobs, files) as a [`Leftover`] that only an explicit adopt brings
     /// back. With `purge`, all of it is deleted: a database only when the router created it,
@@ -129,7 +141,7 @@ impl TenantOps {
             id: id.clone(),
             version,
             database_dropped,
-            purged: true,
+            purged: self.redis_purged(id, &redis),
             redis,
         })
     }
@@ -174,7 +186,7 @@ impl TenantOps {
                 id: id.clone(),
                 version: leftover.removed_version,
                 database_dropped,
-                purged: true,
+                purged: self.redis_purged(id, &redis),
                 redis,
             })
         }

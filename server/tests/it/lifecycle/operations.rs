@@ -304,3 +304,29 @@ async fn a_writer_without_a_base_domain_cannot_take_a_wildcard_host() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A removal with everything of it, run where no Redis is configured, cannot delete the
+/// tenant's Redis keys, and says so instead of answering "purged".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_without_redis_does_not_claim_the_keys_are_gone() {
+    let cluster = Cluster::new().await;
+    let id = uid("noredis");
+    let host = format!("{id}.example.org");
+    let out = cli(&cluster, &["tenants", "add", &id, "--host", &host]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cluster
+        .command(&["tenants", "remove", &id, "--drop-database"])
+        .env_remove("TENANT_ROUTER_REDIS_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let removal: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(removal["database_dropped"], true, "{removal}");
+    assert_eq!(removal["purged"], false, "{removal}");
+    assert!(stderr.contains("Redis keys"), "{stderr}");
+}
