@@ -25,7 +25,7 @@ use tenant_router::control::ControlDb;
 use tenant_router::jobs::{JobQueue, Keys};
 use tenant_router::middleware::TenantLayer;
 use tenant_router::problem::problem_response;
-use tenant_router::registry::{Registry, RegistryOptions};
+use tenant_router::registry::Registry;
 use tenant_router::sync::{BusState, ConfigSync};
 
 /// What the non-tenant routes need.
@@ -141,21 +141,7 @@ pub struct Application {
 impl Application {
     /// Migrates the control database, loads every tenant and binds the listener.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
-        let mut builder = TenantRouter::builder(settings.require_database_url()?.clone())
-            .registry_options(RegistryOptions {
-                base_domain: settings.base_domain.clone(),
-                acquire_timeout: settings.acquire_timeout,
-                shared_database: settings.shared_database(),
-                max_total_connections: settings.max_total_connections,
-                connection_limits: settings.connection_limits,
-                default_rate_limit: settings.default_rate_limit,
-            })
-            .channel(settings.redis_channel.clone())
-            .reconcile_interval(settings.reconcile_interval);
-        if let Some(url) = &settings.redis_url {
-            builder = builder.redis(url.clone());
-        }
-        let tenants = builder.start().await?;
+        let tenants = settings.tenant_router()?.start().await?;
         let registry = Arc::clone(tenants.registry());
         let sync = Arc::clone(tenants.sync());
         let control = sync.control().clone();

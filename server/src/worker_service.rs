@@ -7,7 +7,6 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 
 use crate::config::Settings;
-use tenant_router::TenantRouter;
 use tenant_router::jobs::{JobKinds, JobQueue, Keys, Worker};
 use tenant_router::registry::RegistryOptions;
 
@@ -23,18 +22,13 @@ pub async fn run_worker(
         .redis_url
         .clone()
         .context("the worker needs Redis: set TENANT_ROUTER_REDIS_URL")?;
-    let tenants = TenantRouter::builder(settings.require_database_url()?.clone())
+    // The worker resolves no hosts, so it needs no base domain.
+    let tenants = settings
+        .tenant_router()?
         .registry_options(RegistryOptions {
             base_domain: None,
-            acquire_timeout: settings.acquire_timeout,
-            shared_database: settings.shared_database(),
-            max_total_connections: settings.max_total_connections,
-            connection_limits: settings.connection_limits,
-            default_rate_limit: settings.default_rate_limit,
+            ..settings.registry_options()
         })
-        .redis(redis_url.clone())
-        .channel(settings.redis_channel.clone())
-        .reconcile_interval(settings.reconcile_interval)
         .start()
         .await?;
     let sync = Arc::clone(tenants.sync());

@@ -18,7 +18,6 @@ use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use tenant_router::TenantRouter;
 use tenant_router::bus::{Hint, HintOp, Publisher};
 use tenant_router::control::{ControlDb, TenantSpec, WriteMode};
 use tenant_router::middleware::CurrentTenant;
@@ -247,21 +246,14 @@ async fn load(
 async fn serve(settings: &Settings, shared_url: &DatabaseUrl, pool: PgPool) -> anyhow::Result<()> {
     prepare(&pool, shared_url).await?;
     pool.close().await;
-    let mut builder = TenantRouter::builder(settings.require_database_url()?.clone())
+    let tenants = settings
+        .tenant_router()?
         .registry_options(RegistryOptions {
-            base_domain: settings.base_domain.clone(),
-            acquire_timeout: settings.acquire_timeout,
             shared_database: Some(shared_url.clone()),
-            max_total_connections: settings.max_total_connections,
-            connection_limits: settings.connection_limits,
-            default_rate_limit: settings.default_rate_limit,
+            ..settings.registry_options()
         })
-        .channel(settings.redis_channel.clone())
-        .reconcile_interval(settings.reconcile_interval);
-    if let Some(url) = &settings.redis_url {
-        builder = builder.redis(url.clone());
-    }
-    let tenants = builder.start().await?;
+        .start()
+        .await?;
     let app = Router::new()
         .route("/api/campaigns", get(campaigns))
         .layer(tenants.layer());

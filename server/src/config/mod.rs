@@ -133,6 +133,32 @@ impl Settings {
 }
 
 impl Settings {
+    /// The registry options the settings describe.
+    pub fn registry_options(&self) -> tenant_router::registry::RegistryOptions {
+        tenant_router::registry::RegistryOptions {
+            base_domain: self.base_domain.clone(),
+            acquire_timeout: self.acquire_timeout,
+            shared_database: self.shared_database(),
+            max_total_connections: self.max_total_connections,
+            connection_limits: self.connection_limits,
+            default_rate_limit: self.default_rate_limit,
+        }
+    }
+
+    /// A router as the settings describe it: the control database, the registry options,
+    /// Redis (when set), its channel and the reconcile interval.
+    pub fn tenant_router(&self) -> anyhow::Result<tenant_router::Builder> {
+        let mut builder =
+            tenant_router::TenantRouter::builder(self.require_database_url()?.clone())
+                .registry_options(self.registry_options())
+                .channel(self.redis_channel.clone())
+                .reconcile_interval(self.reconcile_interval);
+        if let Some(url) = &self.redis_url {
+            builder = builder.redis(url.clone());
+        }
+        Ok(builder)
+    }
+
     /// Operations as the settings describe them: the provisioning server, migrations, the
     /// bus, the shared database, the base domain's wildcard hosts, and what a purge deletes
     /// (the jobs' Redis keys and files).
