@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use deadpool_redis::redis::AsyncCommands as _;
 use serde::{Deserialize, Serialize};
 
+use crate::RedisEndpoint;
 use crate::tenant::TenantId;
 
 /// The channel hints are published on unless configured otherwise.
@@ -62,20 +63,11 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// A publisher for Redis at `url` (connections are opened on first use).
-    pub fn new(url: &str, channel: &str) -> anyhow::Result<Self> {
-        let mut config = deadpool_redis::Config::from_url(url);
-        config.pool = Some(deadpool_redis::PoolConfig {
-            max_size: 4,
-            timeouts: deadpool_redis::Timeouts {
-                wait: Some(PUBLISH_TIMEOUT),
-                create: Some(PUBLISH_TIMEOUT),
-                recycle: Some(PUBLISH_TIMEOUT),
-            },
-            ..Default::default()
-        });
-        let pool = config
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+    /// A publisher for Redis at `redis` (connections are opened on first use).
+    pub fn new(redis: impl Into<RedisEndpoint>, channel: &str) -> anyhow::Result<Self> {
+        let pool = redis
+            .into()
+            .pool(4, PUBLISH_TIMEOUT)
             .context("configuring the Redis pool (check TENANT_ROUTER_REDIS_URL)")?;
         Ok(Self {
             pool,

@@ -42,6 +42,7 @@ pub mod operations;
 pub mod pool;
 pub mod problem;
 pub mod provision;
+pub mod redis_endpoint;
 pub mod registry;
 pub mod router;
 pub mod schema;
@@ -51,4 +52,5 @@ pub mod tenant;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use redis_endpoint::RedisEndpoint;
 pub use router::{Builder, TenantRouter};

@@ -15,6 +15,7 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::RedisEndpoint;
 use crate::bus::DEFAULT_CHANNEL;
 use crate::control::ControlDb;
 use crate::middleware::TenantLayer;
@@ -28,7 +29,7 @@ use crate::tenant::{DatabaseUrl, RateLimit};
 #[must_use = "a builder does nothing until `start` is awaited"]
 pub struct Builder {
     control: DatabaseUrl,
-    redis_url: Option<String>,
+    redis: Option<RedisEndpoint>,
     channel: String,
     namespace: RedisNamespace,
     registry: RegistryOptions,
@@ -39,8 +40,8 @@ pub struct Builder {
 impl Builder {
     /// Redis: the configuration bus (changes arrive within milliseconds instead of at the
     /// next reconcile) and each tenant's key namespace ([`crate::middleware::CurrentTenant::redis`]).
-    pub fn redis(mut self, url: impl Into<String>) -> Self {
-        self.redis_url = Some(url.into());
+    pub fn redis(mut self, redis: impl Into<RedisEndpoint>) -> Self {
+        self.redis = Some(redis.into());
         self
     }
 
@@ -123,11 +124,11 @@ impl Builder {
             control.migrate().await?;
         }
         let redis = self
-            .redis_url
-            .as_deref()
-            .map(|url| {
-                deadpool_redis::Config::from_url(url)
-                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .redis
+            .as_ref()
+            .map(|redis| {
+                redis
+                    .pool(16, Duration::from_secs(2))
                     .context("the Redis URL")
             })
             .transpose()?;
@@ -136,8 +137,8 @@ impl Builder {
         sync.full_load()
             .await
             .context("loading the tenants from the control database")?;
-        let bus = self.redis_url.map(|url| BusConfig {
-            url,
+        let bus = self.redis.map(|redis| BusConfig {
+            redis,
             channel: self.channel,
         });
         let (stop, stopped) = watch::channel(false);
@@ -185,7 +186,7 @@ impl TenantRouter {
     pub fn builder(control: DatabaseUrl) -> Builder {
         Builder {
             control,
-            redis_url: None,
+            redis: None,
             channel: DEFAULT_CHANNEL.to_string(),
             namespace: RedisNamespace::default(),
             registry: RegistryOptions::default(),

@@ -76,8 +76,8 @@ pub struct ConfigSync {
 /// Where the subscriber listens.
 #[derive(Debug, Clone)]
 pub struct BusConfig {
-    /// Redis URL.
-    pub url: String,
+    /// Redis.
+    pub redis: crate::RedisEndpoint,
     /// Channel name.
     pub channel: String,
 }
@@ -240,7 +240,7 @@ impl ConfigSync {
                 }
             }
         };
-        let client = match redis::Client::open(bus.url.as_str()) {
+        let client = match bus.redis.client() {
             Ok(c) => c,
             Err(e) => {
                 // Settings validate the URL at start-up; this is a last resort.

@@ -84,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
         receivers.push(registry.watch_version());
         tokio::spawn(Arc::clone(&sync).run(
             Some(BusConfig {
-                url: redis.url(),
+                redis: redis.url().into(),
                 channel: CHANNEL.into(),
             }),
             Duration::from_secs(3600),
@@ -98,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // Instance A: commit, then announce.
-    let bus = Publisher::new(&redis.url(), CHANNEL)?;
+    let bus = Publisher::new(redis.url(), CHANNEL)?;
     let tenants = 50;
     let spec = |n: usize, round: usize| TenantSpec {
         id: TenantId::parse(&format!("t-{n}")).expect("id"),

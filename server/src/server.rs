@@ -167,11 +167,10 @@ impl Application {
             );
         }
         let jobs = settings
-            .redis_url
-            .as_deref()
-            .map(|url| {
+            .redis()?
+            .map(|redis| {
                 JobQueue::new(
-                    url,
+                    redis,
                     Keys::default(),
                     crate::reference_jobs::kinds_for(settings.diagnostic_jobs),
                 )

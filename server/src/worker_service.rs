@@ -3,7 +3,6 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use tokio::sync::watch;
 
 use crate::config::Settings;
@@ -18,10 +17,7 @@ pub async fn run_worker(
     kinds: JobKinds,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let redis_url = settings
-        .redis_url
-        .clone()
-        .context("the worker needs Redis: set TENANT_ROUTER_REDIS_URL")?;
+    let redis = settings.require_redis("the worker")?;
     // The worker resolves no hosts, so it needs no base domain.
     let tenants = settings
         .tenant_router()?
@@ -37,10 +33,10 @@ pub async fn run_worker(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let queue = JobQueue::new(&redis_url, Keys::default(), kinds)?;
+    let queue = JobQueue::new(&redis, Keys::default(), kinds)?;
     let worker = Worker::new(queue, sync, settings.worker.clone());
     tracing::info!(worker = worker.name(), limits = %worker_limits(&settings.worker), "starting");
-    let result = worker.run(&redis_url, stop_rx).await;
+    let result = worker.run(&redis, stop_rx).await;
     tenants.shutdown().await;
     result
 }

@@ -17,3 +17,14 @@ pub use kit::{TestKit, TestKitBuilder, process_postgres, process_redis};
 pub use postgres::LocalPostgres;
 pub use redis_server::LocalRedis;
 pub use supervisor::free_port;
+
+/// A server certificate for a throwaway server with TLS, made by the caller from its own CA.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// The server's certificate chain (PEM).
+    pub certificate_pem: String,
+    /// The server's private key (PEM).
+    pub private_key_pem: String,
+    /// The CA that signed it (PEM): what clients verify against.
+    pub ca_pem: String,
+}

@@ -113,6 +113,46 @@ impl LocalPostgres {
         Self::init_and_start(root, None, true, settings).await
     }
 
+    /// A throwaway server that speaks only TLS with `tls`'s certificate: `ssl=on`, and its
+    /// `pg_hba.conf` rejects every connection without TLS.
+    pub async fn start_ephemeral_tls(tls: &super::ServerTls) -> anyhow::Result<Self> {
+        let root = tempfile::Builder::new()
+            .prefix("tenant-router-pg-tls-")
+            .tempdir()
+            .context("creating a temporary directory")?
+            .keep();
+        let files = root.join("tls");
+        std::fs::create_dir(&files)?;
+        let write = |name: &str, text: &str, mode: u32| -> anyhow::Result<PathBuf> {
+            use std::os::unix::fs::PermissionsExt as _;
+            let path = files.join(name);
+            std::fs::write(&path, text)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+            Ok(path)
+        };
+        let cert = write("server.crt", &tls.certificate_pem, 0o644)?;
+        // PostgreSQL refuses a key that others can read.
+        let key = write("server.key", &tls.private_key_pem, 0o600)?;
+        let hba = write(
+            "pg_hba.conf",
+            "hostssl all all 127.0.0.1/32 trust\nhostnossl all all all reject\n",
+            0o644,
+        )?;
+        if let Some((uid, gid)) = postgres_account()? {
+            for path in [&files, &cert, &key, &hba] {
+                std::os::unix::fs::chown(path, Some(uid.as_raw()), Some(gid.as_raw()))?;
+            }
+        }
+        let path = |p: &Path| p.display().to_string();
+        let settings = vec![
+            ("ssl".to_string(), "on".to_string()),
+            ("ssl_cert_file".to_string(), path(&cert)),
+            ("ssl_key_file".to_string(), path(&key)),
+            ("hba_file".to_string(), path(&hba)),
+        ];
+        Self::init_and_start(root, None, true, settings).await
+    }
+
     /// Opens the persistent server in `dir`, initialising it on first use. Its port is chosen
     /// once and kept in `dir/port`, since tenant database URLs name it.
     pub async fn open(dir: &Path) -> anyhow::Result<Self> {

@@ -227,8 +227,8 @@ async fn load(
         last = Some(written.tenant);
     }
     println!("{} companies registered as tenants", ids.len());
-    if let (Some(url), Some(tenant)) = (settings.redis_url.as_deref(), last) {
-        let _ = Publisher::new(url, &settings.redis_channel)?
+    if let (Some(redis), Some(tenant)) = (settings.redis()?, last) {
+        let _ = Publisher::new(redis, &settings.redis_channel)?
             .publish(&Hint {
                 op: HintOp::Upsert,
                 tenant_id: tenant.id,

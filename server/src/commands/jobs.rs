@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::Subcommand;
 use tenant_router::problem::FieldError;
 use tenant_router::tenant::TenantId;
@@ -48,12 +47,9 @@ pub(crate) enum LettersCommand {
 
 pub(crate) async fn run(settings: &Settings, command: JobsCommand) -> anyhow::Result<ExitCode> {
     use tenant_router::jobs::{JobQueue, Keys, Letters};
-    let url = settings
-        .redis_url
-        .as_deref()
-        .context("jobs live in Redis: set TENANT_ROUTER_REDIS_URL")?;
+    let redis = settings.require_redis("jobs live in Redis, so this")?;
     let queue = JobQueue::new(
-        url,
+        redis,
         Keys::default(),
         tenant_router_server::reference_jobs::kinds_for(true),
     )?;

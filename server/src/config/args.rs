@@ -32,6 +32,9 @@ pub struct SettingsArgs {
         hide_env_values = true
     )]
     pub redis_url: Option<String>,
+    /// PEM file of CA certificates trusted for a `rediss://` Redis, beside the system's.
+    #[arg(long, env = "TENANT_ROUTER_REDIS_CA_FILE", global = true)]
+    pub redis_ca_file: Option<PathBuf>,
     /// Server where tenant databases are created [default: the control database's server].
     #[arg(
         long,

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use tenant_router::RedisEndpoint;
 use tenant_router::control::ControlDb;
 use tenant_router::operations::TenantOps;
 use tenant_router::tenant::DatabaseUrl;
@@ -33,6 +34,8 @@ pub struct Settings {
     pub database_url: Option<DatabaseUrl>,
     /// Redis, for the configuration bus.
     pub redis_url: Option<String>,
+    /// Extra CA certificates (PEM) trusted for a `rediss://` Redis, beside the system's.
+    pub redis_ca_file: Option<PathBuf>,
     /// Provisioning server; `None` means the control database's server.
     pub provision_url: Option<DatabaseUrl>,
     /// Argon2 hash of the admin token.
@@ -97,14 +100,32 @@ impl Settings {
         Self::resolve(args, FileSettings::default())
     }
 
+    /// Redis, when configured: its URL and the CA file's certificates.
+    pub fn redis(&self) -> anyhow::Result<Option<RedisEndpoint>> {
+        let Some(url) = &self.redis_url else {
+            return Ok(None);
+        };
+        let endpoint = RedisEndpoint::new(url.as_str());
+        Ok(Some(match &self.redis_ca_file {
+            Some(path) => endpoint
+                .with_ca_file(path)
+                .context("redis_ca_file (TENANT_ROUTER_REDIS_CA_FILE)")?,
+            None => endpoint,
+        }))
+    }
+
+    /// Redis, or an error saying what needs it.
+    pub fn require_redis(&self, what: &str) -> anyhow::Result<RedisEndpoint> {
+        self.redis()?
+            .with_context(|| format!("{what} needs Redis: set TENANT_ROUTER_REDIS_URL"))
+    }
+
     /// The bus to subscribe to, when Redis is configured.
-    pub fn bus(&self) -> Option<tenant_router::sync::BusConfig> {
-        self.redis_url
-            .as_ref()
-            .map(|url| tenant_router::sync::BusConfig {
-                url: url.clone(),
-                channel: self.redis_channel.clone(),
-            })
+    pub fn bus(&self) -> anyhow::Result<Option<tenant_router::sync::BusConfig>> {
+        Ok(self.redis()?.map(|redis| tenant_router::sync::BusConfig {
+            redis,
+            channel: self.redis_channel.clone(),
+        }))
     }
 
     /// The shared database: the configured one, else the control database.
@@ -153,8 +174,8 @@ impl Settings {
                 .registry_options(self.registry_options())
                 .channel(self.redis_channel.clone())
                 .reconcile_interval(self.reconcile_interval);
-        if let Some(url) = &self.redis_url {
-            builder = builder.redis(url.clone());
+        if let Some(redis) = self.redis()? {
+            builder = builder.redis(redis);
         }
         Ok(builder)
     }
@@ -165,15 +186,15 @@ impl Settings {
     pub fn tenant_ops(&self, control: ControlDb) -> anyhow::Result<TenantOps> {
         let settings = self;
         let control = control.with_base_domain(settings.base_domain.as_deref());
-        let publisher = settings
-            .redis_url
-            .as_deref()
-            .map(|url| tenant_router::bus::Publisher::new(url, &settings.redis_channel))
+        let redis_endpoint = settings.redis()?;
+        let publisher = redis_endpoint
+            .as_ref()
+            .map(|redis| tenant_router::bus::Publisher::new(redis, &settings.redis_channel))
             .transpose()?;
-        let redis = match settings.redis_url.as_deref() {
-            Some(url) => Some((
-                deadpool_redis::Config::from_url(url)
-                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        let redis = match &redis_endpoint {
+            Some(redis) => Some((
+                redis
+                    .pool(16, Duration::from_secs(2))
                     .context("the Redis URL")?,
                 tenant_router::namespace::RedisNamespace::default(),
             )),
@@ -228,7 +249,9 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert!(s.admin_token_hash.is_none() && s.redis_url.is_none() && s.bus().is_none());
+        assert!(
+            s.admin_token_hash.is_none() && s.redis_url.is_none() && s.bus().unwrap().is_none()
+        );
         assert_eq!(s.reconcile_interval, Duration::from_secs(30));
 
         let err = |args: SettingsArgs| format!("{:#}", Settings::from_args(&args).unwrap_err());
@@ -253,7 +276,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let bus = s.bus().unwrap();
+        let bus = s.bus().unwrap().unwrap();
         assert_eq!(bus.channel, "tenant-router:tenants");
         assert_eq!(s.reconcile_interval, Duration::from_secs(5));
     }

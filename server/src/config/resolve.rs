@@ -20,6 +20,7 @@ pub(super) struct FileSettings {
     admin_listen: Option<SocketAddr>,
     database_url: Option<String>,
     redis_url: Option<String>,
+    redis_ca_file: Option<PathBuf>,
     provision_url: Option<String>,
     admin_token_hash: Option<String>,
     data_dir: Option<PathBuf>,
@@ -72,7 +73,7 @@ impl Settings {
         if let Some(d) = &base_domain {
             tenant_router::tenant::TenantHost::parse(d).context("base_domain")?;
         }
-        Ok(Self {
+        let settings = Self {
             listen: args
                 .listen
                 .or(file.listen)
@@ -99,6 +100,7 @@ impl Settings {
                 }
                 None => None,
             },
+            redis_ca_file: args.redis_ca_file.clone().or(file.redis_ca_file),
             provision_url: url(
                 "provision_url (TENANT_ROUTER_PROVISION_URL)",
                 args.provision_url.clone().or(file.provision_url),
@@ -348,7 +350,15 @@ impl Settings {
                 );
                 n
             },
-        })
+        };
+        // A CA file that cannot be read, holds no certificate, or comes without rediss://
+        // stops the start here, named, rather than at the first connection.
+        if let Some(redis) = settings.redis()? {
+            redis
+                .client()
+                .context("redis_ca_file (TENANT_ROUTER_REDIS_CA_FILE)")?;
+        }
+        Ok(settings)
     }
 }
 

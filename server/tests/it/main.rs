@@ -23,3 +23,4 @@ mod serve;
 mod shared;
 mod tenant_handle;
 mod tenant_safety;
+mod tls;

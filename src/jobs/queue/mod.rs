@@ -85,19 +85,13 @@ pub struct JobQueue {
 }
 
 impl JobQueue {
-    /// A queue on Redis at `url` for these kinds.
-    pub fn new(url: &str, keys: Keys, kinds: JobKinds) -> anyhow::Result<Self> {
-        let mut config = deadpool_redis::Config::from_url(url);
-        config.pool = Some(deadpool_redis::PoolConfig {
-            max_size: 16,
-            timeouts: deadpool_redis::Timeouts {
-                wait: Some(Duration::from_secs(2)),
-                create: Some(Duration::from_secs(2)),
-                recycle: Some(Duration::from_secs(2)),
-            },
-            ..Default::default()
-        });
-        let pool = config.create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+    /// A queue on Redis at `redis` for these kinds.
+    pub fn new(
+        redis: impl Into<crate::RedisEndpoint>,
+        keys: Keys,
+        kinds: JobKinds,
+    ) -> anyhow::Result<Self> {
+        let pool = redis.into().pool(16, Duration::from_secs(2))?;
         Ok(Self {
             pool,
             keys,

@@ -27,10 +27,10 @@ impl Worker {
     /// pending and is reclaimed by another worker.
     pub async fn run(
         self,
-        redis_url: &str,
+        redis: impl Into<crate::RedisEndpoint>,
         mut shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
-        let client = redis::Client::open(redis_url).context("the Redis URL")?;
+        let client = redis.into().client().context("the Redis URL")?;
         let config =
             redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
         let reader_conn = client

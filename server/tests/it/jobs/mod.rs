@@ -205,7 +205,7 @@ async fn diag_runs(cluster: &Cluster, tenant: &str) -> Vec<String> {
 
 fn queue(cluster: &Cluster) -> JobQueue {
     JobQueue::new(
-        &cluster.redis.url(),
+        cluster.redis.url(),
         Keys::default(),
         reference::kinds_with_diagnostics(),
     )

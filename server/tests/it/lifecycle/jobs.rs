@@ -94,7 +94,7 @@ async fn jobs_keys_and_files_of_a_removed_tenant_never_reach_the_next_one() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let queue = JobQueue::new(&cluster.redis.url(), Keys::default(), reference::kinds()).unwrap();
+    let queue = JobQueue::new(cluster.redis.url(), Keys::default(), reference::kinds()).unwrap();
     let stray = queue
         .submit_raw(
             &TenantId::parse(&id).unwrap(),

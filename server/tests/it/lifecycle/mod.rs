@@ -167,7 +167,7 @@ async fn delayed_members(cluster: &Cluster) -> Vec<String> {
 }
 
 async fn job_status(cluster: &Cluster, id: &str, job: &str) -> Option<String> {
-    let queue = JobQueue::new(&cluster.redis.url(), Keys::default(), reference::kinds()).unwrap();
+    let queue = JobQueue::new(cluster.redis.url(), Keys::default(), reference::kinds()).unwrap();
     queue
         .status(&TenantId::parse(id).unwrap(), job)
         .await
