@@ -39,9 +39,23 @@ pub struct Hint {
     pub tenant_id: TenantId,
     /// The version the control database gave the change.
     pub version: i64,
+    /// When it was published (Unix milliseconds), for the propagation-lag histogram. Set by
+    /// [`Publisher::publish`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at_ms: Option<i64>,
 }
 
 impl Hint {
+    /// A hint of `op` on `tenant_id` at `version`.
+    pub fn new(op: HintOp, tenant_id: TenantId, version: i64) -> Self {
+        Self {
+            op,
+            tenant_id,
+            version,
+            sent_at_ms: None,
+        }
+    }
+
     /// Parses a payload; `None` (logged) for anything else, which a subscriber then treats
     /// as "something changed" and catches up anyway.
     pub fn parse(payload: &[u8]) -> Option<Self> {
@@ -78,7 +92,10 @@ impl Publisher {
     /// Publishes a hint. Failure is logged and returned, never retried: the change is in the
     /// control database already and every instance reconciles against it.
     pub async fn publish(&self, hint: &Hint) -> anyhow::Result<()> {
-        let payload = serde_json::to_string(hint).expect("a hint serialises");
+        let mut hint = hint.clone();
+        hint.sent_at_ms
+            .get_or_insert_with(crate::telemetry::unix_ms);
+        let payload = serde_json::to_string(&hint).expect("a hint serialises");
         let result = tokio::time::timeout(PUBLISH_TIMEOUT, async {
             let mut conn = self.pool.get().await.context("connecting to Redis")?;
             let _receivers: i64 = conn
@@ -107,11 +124,7 @@ mod tests {
 
     #[test]
     fn a_hint_is_three_fields_and_nothing_else() {
-        let hint = Hint {
-            op: HintOp::Remove,
-            tenant_id: TenantId::parse("acme").unwrap(),
-            version: 42,
-        };
+        let hint = Hint::new(HintOp::Remove, TenantId::parse("acme").unwrap(), 42);
         let json = serde_json::to_string(&hint).unwrap();
         assert_eq!(json, r#"{"op":"remove","tenant_id":"acme","version":42}"#);
         assert_eq!(Hint::parse(json.as_bytes()), Some(hint));

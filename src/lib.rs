@@ -48,6 +48,7 @@ pub mod router;
 pub mod schema;
 pub mod shared;
 pub mod sync;
+pub mod telemetry;
 pub mod tenant;
 #[cfg(feature = "testing")]
 pub mod testing;

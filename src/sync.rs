@@ -304,10 +304,17 @@ impl ConfigSync {
                     let Some(message) = message else {
                         return Ended::Lost("the Redis connection closed".into());
                     };
-                    let newer = Hint::parse(message.get_payload_bytes())
+                    let hint = Hint::parse(message.get_payload_bytes());
+                    let newer = hint
+                        .as_ref()
                         .is_none_or(|h| h.version > self.registry.version());
                     if newer {
                         behind = self.catch_up_logged().await.is_err();
+                    }
+                    if let Some(sent) = hint.and_then(|h| h.sent_at_ms).filter(|_| !behind) {
+                        metrics::histogram!(crate::telemetry::PROPAGATION_LAG).record(
+                            crate::telemetry::ms_between(sent, crate::telemetry::unix_ms()),
+                        );
                     }
                 }
                 _ = retry.tick(), if behind => {

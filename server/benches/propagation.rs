@@ -130,11 +130,7 @@ async fn main() -> anyhow::Result<()> {
         };
         let committed = Instant::now();
         let _ = bus
-            .publish(&Hint {
-                op,
-                tenant_id: spec(n, round).id,
-                version,
-            })
+            .publish(&Hint::new(op, spec(n, round).id, version))
             .await;
         let (rx_b, rx_c) = receivers.split_at_mut(1);
         let (b, c) = tokio::join!(

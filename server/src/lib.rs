@@ -12,5 +12,6 @@ pub mod process;
 pub mod reference_jobs;
 pub mod schema;
 pub mod server;
+pub mod telemetry;
 pub mod tenants_file;
 pub mod worker_service;

@@ -46,7 +46,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tenant_router_server::process::init_tracing();
+    if let Err(code) = tenant_router_server::process::init_tracing() {
+        return code;
+    }
     let cli = Cli::parse();
     tenant_router_server::process::run(run(cli))
 }

@@ -7,14 +7,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::extract::Request;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tower_http::trace::TraceLayer;
 
 use crate::admin::{self, AdminState};
 use crate::app::apex::ApexState;
@@ -70,8 +68,9 @@ pub fn app_with_apex(
 }
 
 /// What every router of ours gets around it: problem responses for unknown routes and
-/// methods, the body limit, and a debug-level span per request (the tenant layer fills in
-/// `tenant.id`). Failures are logged where they are understood (`ApiError`), not again here.
+/// methods, the body limit, and the access log: an `info` span per request (the tenant
+/// layer fills in `tenant.id`), one line when it is answered, and the latency histogram.
+/// Failures are logged where they are understood (`ApiError`), not again here.
 pub fn with_common_layers(router: Router, max_body_bytes: usize) -> Router {
     router
         .fallback(|| async { problem_response(StatusCode::NOT_FOUND, "no such route") })
@@ -82,18 +81,7 @@ pub fn with_common_layers(router: Router, max_body_bytes: usize) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|req: &Request<_>| {
-                    tracing::debug_span!(
-                        "request",
-                        method = %req.method(),
-                        path = req.uri().path(),
-                        tenant.id = tracing::field::Empty,
-                    )
-                })
-                .on_failure(()),
-        )
+        .layer(axum::middleware::from_fn(crate::telemetry::access_log))
 }
 
 async fn healthz() -> Response {
@@ -141,6 +129,7 @@ pub struct Application {
 impl Application {
     /// Migrates the control database, loads every tenant and binds the listener.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        crate::telemetry::prometheus();
         let tenants = settings.tenant_router()?.start().await?;
         let registry = Arc::clone(tenants.registry());
         let sync = Arc::clone(tenants.sync());

@@ -214,13 +214,7 @@ impl TenantOps {
     /// Publishes the hint, then brings this instance's registry up to date.
     async fn announce(&self, op: HintOp, id: &TenantId, version: i64) {
         if let Some(publisher) = &self.publisher {
-            let _ = publisher
-                .publish(&Hint {
-                    op,
-                    tenant_id: id.clone(),
-                    version,
-                })
-                .await;
+            let _ = publisher.publish(&Hint::new(op, id.clone(), version)).await;
         }
         if let Some(sync) = &self.local
             && let Err(e) = sync.catch_up().await

@@ -76,7 +76,12 @@ impl TenantPool {
     /// another pool's idle connection if the budget is spent, see the module's rules), or,
     /// after waiting up to the acquire timeout, `PoolTimedOut`.
     pub async fn acquire(&self) -> Result<PooledConn, sqlx::Error> {
-        self.pool.acquire().await.map(PooledConn)
+        let started = std::time::Instant::now();
+        let result = self.pool.acquire().await.map(PooledConn);
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::histogram!(crate::telemetry::POOL_ACQUIRE_WAIT, "outcome" => outcome)
+            .record(started.elapsed());
+        result
     }
 
     /// Retires the pool: idle connections close now, in-use ones when they come back.

@@ -348,11 +348,7 @@ impl TestKit {
         // failed publish is logged, and theirs reconcile.
         let _ = self
             .publisher
-            .publish(&Hint {
-                op: HintOp::Upsert,
-                tenant_id: id,
-                version: written.tenant.version,
-            })
+            .publish(&Hint::new(HintOp::Upsert, id, written.tenant.version))
             .await;
         self.catch_up().await?;
         Ok(written.tenant)

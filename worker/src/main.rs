@@ -20,7 +20,9 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    tenant_router_server::process::init_tracing();
+    if let Err(code) = tenant_router_server::process::init_tracing() {
+        return code;
+    }
     let cli = Cli::parse();
     tenant_router_server::process::run(async {
         let settings = Settings::load(&cli.settings)?;

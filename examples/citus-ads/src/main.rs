@@ -74,7 +74,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tenant_router_server::process::init_tracing();
+    if let Err(code) = tenant_router_server::process::init_tracing() {
+        return code;
+    }
     let cli = Cli::parse();
     tenant_router_server::process::run(async {
         run(cli).await?;
@@ -229,11 +231,11 @@ async fn load(
     println!("{} companies registered as tenants", ids.len());
     if let (Some(redis), Some(tenant)) = (settings.redis()?, last) {
         let _ = Publisher::new(redis, &settings.redis_channel)?
-            .publish(&Hint {
-                op: HintOp::Upsert,
-                tenant_id: tenant.id,
-                version: control.max_version().await?,
-            })
+            .publish(&Hint::new(
+                HintOp::Upsert,
+                tenant.id,
+                control.max_version().await?,
+            ))
             .await;
     }
     Ok(())

@@ -28,7 +28,7 @@ pub(super) async fn pools(State(state): State<AdminState>) -> Json<PoolsView> {
     })
 }
 
-/// The same figures in the Prometheus text format. Per-tenant series exist only for the
+/// The same figures in the Prometheus text format, then the recorder's histograms. Per-tenant series exist only for the
 /// busiest [`TOP_POOLS`] pools, so the label cardinality stays bounded whatever the number
 /// of tenants.
 pub(super) async fn metrics(State(state): State<AdminState>) -> Response {
@@ -126,5 +126,7 @@ pub(super) async fn metrics(State(state): State<AdminState>) -> Response {
             p.pool, p.open
         );
     }
+    // The histograms (requests, pool waits, jobs, propagation) from the metrics recorder.
+    out.push_str(&crate::telemetry::prometheus().render());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -16,6 +16,9 @@ pub struct SettingsArgs {
     /// Address of the admin listener [default: 127.0.0.1:9501].
     #[arg(long, env = "TENANT_ROUTER_ADMIN_LISTEN", global = true)]
     pub admin_listen: Option<SocketAddr>,
+    /// Where the worker serves `/metrics` (behind the admin token) [default: not served].
+    #[arg(long, env = "TENANT_ROUTER_WORKER_METRICS_LISTEN", global = true)]
+    pub worker_metrics_listen: Option<SocketAddr>,
     /// URL of the control database, the source of truth for tenants.
     #[arg(
         long,

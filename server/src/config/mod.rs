@@ -30,6 +30,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Admin listener.
     pub admin_listen: SocketAddr,
+    /// The worker's `/metrics` listener (behind the admin token); `None`: not served.
+    pub worker_metrics_listen: Option<SocketAddr>,
     /// Control database.
     pub database_url: Option<DatabaseUrl>,
     /// Redis, for the configuration bus.

@@ -18,6 +18,7 @@ use crate::admin_token::AdminTokenHash;
 pub(super) struct FileSettings {
     listen: Option<SocketAddr>,
     admin_listen: Option<SocketAddr>,
+    worker_metrics_listen: Option<SocketAddr>,
     database_url: Option<String>,
     redis_url: Option<String>,
     redis_ca_file: Option<PathBuf>,
@@ -78,6 +79,7 @@ impl Settings {
                 .listen
                 .or(file.listen)
                 .unwrap_or_else(|| "127.0.0.1:9500".parse().expect("literal")),
+            worker_metrics_listen: args.worker_metrics_listen.or(file.worker_metrics_listen),
             admin_listen: args
                 .admin_listen
                 .or(file.admin_listen)

@@ -17,6 +17,7 @@ mod lifecycle;
 mod local;
 mod migrate;
 mod notes;
+mod observability;
 mod propagation;
 mod routing;
 mod serve;

@@ -133,7 +133,15 @@ impl Worker {
                         running.spawn(async move {
                             let stream_id = d.stream_id.clone();
                             let tenant = d.envelope.tenant_id.clone();
-                            worker.run_one(d).await;
+                            // Every log line of the delivery, warnings and errors included,
+                            // carries its tenant.
+                            let span = tracing::info_span!(
+                                "job",
+                                tenant.id = %tenant,
+                                job.id = %d.envelope.job_id,
+                                job.kind = %d.envelope.kind,
+                            );
+                            tracing::Instrument::instrument(worker.run_one(d), span).await;
                             (tenant, stream_id)
                         });
                         idle_turns = 0;

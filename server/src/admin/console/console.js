@@ -247,6 +247,7 @@
     try {
       say(await work());
     } catch (err) {
+      if (err.status === 412) err.message += '. The list was reloaded; try again.';
       fail(err, failure);
     } finally {
       buttons.forEach((b) => { b.disabled = false; });

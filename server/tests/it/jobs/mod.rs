@@ -23,15 +23,15 @@ mod delivery;
 mod limits;
 mod tenancy;
 
-struct Site {
-    host: String,
-    db: DatabaseUrl,
-    token: String,
+pub(crate) struct Site {
+    pub(crate) host: String,
+    pub(crate) db: DatabaseUrl,
+    pub(crate) token: String,
     /// Where its notes are: `notes` of its own database, or its rows of the shared schema.
     notes: String,
 }
 
-async fn add_tenant(cluster: &Cluster, server: &Instance, id: &str) -> Site {
+pub(crate) async fn add_tenant(cluster: &Cluster, server: &Instance, id: &str) -> Site {
     let db = tenant_database(shared_postgres().await, id).await;
     add_site(
         cluster,
@@ -113,7 +113,7 @@ async fn add_site(
     }
 }
 
-async fn submit(
+pub(crate) async fn submit(
     cluster: &Cluster,
     server: &Instance,
     site: &Site,
@@ -156,7 +156,7 @@ async fn status(cluster: &Cluster, server: &Instance, site: &Site, job_id: &str)
     r.json().await.unwrap()
 }
 
-async fn wait_for(
+pub(crate) async fn wait_for(
     cluster: &Cluster,
     server: &Instance,
     site: &Site,

@@ -102,6 +102,13 @@ impl Worker {
                 .finish(&envelope, &stream_id, Finish::Dead(error))
                 .await;
         }
+        if envelope.attempt == 0 {
+            let due = envelope.run_at.unwrap_or(0).max(envelope.enqueued_at);
+            metrics::histogram!(crate::telemetry::JOB_QUEUE_WAIT).record(
+                crate::telemetry::ms_between(due, crate::telemetry::unix_ms()),
+            );
+        }
+        let started = std::time::Instant::now();
         let ctx = JobContext::new(
             entry,
             envelope.clone(),
@@ -120,7 +127,8 @@ impl Worker {
                 envelope.kind
             ))),
             Some(fut) => {
-                let handle = tokio::spawn(fut);
+                // The job's own logs carry this delivery's span (its tenant and job).
+                let handle = tokio::spawn(tracing::Instrument::in_current_span(fut));
                 let heartbeat = self.heartbeat(&tenant, &stream_id);
                 tokio::pin!(heartbeat);
                 tokio::pin!(handle);
@@ -147,6 +155,17 @@ impl Worker {
             }
             Err(e) => Finish::Dead(e.message),
         };
+        let outcome = match &finish {
+            Finish::Succeeded(_) => "succeeded",
+            Finish::Retry(..) => "retry",
+            _ => "dead",
+        };
+        metrics::histogram!(
+            crate::telemetry::JOB_RUN,
+            "kind" => envelope.kind.clone(),
+            "outcome" => outcome
+        )
+        .record(started.elapsed());
         self.finish(&envelope, &stream_id, finish).await
     }
 

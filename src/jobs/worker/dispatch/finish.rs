@@ -205,13 +205,12 @@ impl Worker {
                 Ended::Unrecorded
             }
             (Finish::Parked(reason), Ok(())) => {
-                tracing::warn!(tenant.id = %envelope.tenant_id,
-                    job_id = %envelope.job_id, reason = %reason, "job parked");
+                // The delivery's span names the tenant and the job.
+                tracing::warn!(reason = %reason, "job parked");
                 Ended::Parked
             }
             (Finish::Dead(error), Ok(())) => {
-                tracing::warn!(tenant.id = %envelope.tenant_id,
-                    job_id = %envelope.job_id, error = %error, "job dead");
+                tracing::warn!(error = %error, "job dead");
                 Ended::Dead
             }
             (Finish::Succeeded(_), Ok(())) => Ended::Succeeded,

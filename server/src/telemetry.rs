@@ -1,0 +1,111 @@
+//! Logs and metrics around every request: one `info` access line per request, inside a
+//! `request` span that the tenant layer fills with `tenant.id` (so every warning or error
+//! logged while serving it names its tenant), and the request-latency histogram. The
+//! Prometheus recorder behind `/metrics` is installed here, once per process.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing::Instrument as _;
+
+/// Request latency by route (the matched pattern, never the raw path) and status class.
+pub const HTTP_REQUEST_DURATION: &str = "tenant_router_http_request_duration_seconds";
+
+/// Seconds: from half a millisecond to ten seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Jobs run longer: up to ten minutes.
+const JOB_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 600.0,
+];
+
+/// The process's Prometheus handle, installing the recorder on first use. When another
+/// recorder was installed first (an embedding app's), ours renders nothing recorded
+/// elsewhere, and the app's own exporter has the figures.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(LATENCY_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(tenant_router::telemetry::JOB_RUN.into()),
+                    JOB_BUCKETS,
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(tenant_router::telemetry::JOB_QUEUE_WAIT.into()),
+                    JOB_BUCKETS,
+                )
+            })
+            .expect("the bucket lists are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_ok() {
+            tenant_router::telemetry::describe();
+            metrics::describe_histogram!(
+                HTTP_REQUEST_DURATION,
+                metrics::Unit::Seconds,
+                "Time to answer a request, by route and status class."
+            );
+        }
+        // Histogram samples wait in buffers until an upkeep folds them in; without a scrape
+        // they would pile up.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let handle = handle.clone();
+            runtime.spawn(async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+                loop {
+                    every.tick().await;
+                    handle.run_upkeep();
+                }
+            });
+        }
+        handle
+    })
+}
+
+/// The access log and latency histogram, as a middleware (`axum::middleware::from_fn`).
+pub async fn access_log(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route_str = route.as_ref().map_or("(no route)", MatchedPath::as_str);
+    let span = tracing::info_span!(
+        "request",
+        method = %method,
+        route = route_str,
+        tenant.id = tracing::field::Empty,
+    );
+    let response = next.run(req).instrument(span.clone()).await;
+    let latency = started.elapsed();
+    let status = response.status();
+    span.in_scope(|| {
+        tracing::info!(
+            target: "tenant_router::access",
+            status = status.as_u16(),
+            latency_ms = latency.as_secs_f64() * 1000.0,
+            "request"
+        );
+    });
+    let class = match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::histogram!(
+        HTTP_REQUEST_DURATION,
+        "route" => route.map_or_else(|| "(no route)".to_string(), |r| r.as_str().to_string()),
+        "status" => class
+    )
+    .record(latency);
+    response
+}
