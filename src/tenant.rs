@@ -167,9 +167,28 @@ impl DatabaseUrl {
     }
 
     /// Connection options for sqlx.
+    ///
+    /// TLS as the URL's `sslmode` (or `PGSSLMODE`) says, with `sslrootcert` for `verify-ca`
+    /// and `verify-full`. When neither says, the connection is plain: sqlx's default,
+    /// `prefer`, unlike libpq's, does not fall back to plain when the handshake fails, and a
+    /// server with a certificate rustls cannot read (Citus nodes make X.509 v1 ones) would
+    /// refuse every connection.
     pub fn connect_options(&self) -> PgConnectOptions {
         // Parsed once already in `parse`, so this cannot fail.
-        PgConnectOptions::from_str(&self.0).expect("validated in DatabaseUrl::parse")
+        let options = PgConnectOptions::from_str(&self.0).expect("validated in DatabaseUrl::parse");
+        if self.names_ssl_mode() || std::env::var_os("PGSSLMODE").is_some() {
+            options
+        } else {
+            options.ssl_mode(sqlx::postgres::PgSslMode::Disable)
+        }
+    }
+
+    fn names_ssl_mode(&self) -> bool {
+        self.0.split_once('?').is_some_and(|(_, query)| {
+            query
+                .split('&')
+                .any(|pair| matches!(pair.split('=').next(), Some("sslmode" | "ssl-mode")))
+        })
     }
 
     /// The database name in the URL's path, if any.
@@ -495,5 +514,35 @@ mod tests {
         let bare = DatabaseUrl::parse("postgres://h:1").unwrap();
         assert_eq!(bare.with_database("x").expose(), "postgres://h:1/x");
         assert!(DatabaseUrl::parse("mysql://h/x").is_err());
+    }
+
+    #[test]
+    fn tls_is_what_the_url_asks_for_and_plain_when_it_is_silent() {
+        use sqlx::postgres::PgSslMode;
+        let mode = |s: &str| {
+            DatabaseUrl::parse(s)
+                .unwrap()
+                .connect_options()
+                .get_ssl_mode()
+        };
+        if std::env::var_os("PGSSLMODE").is_none() {
+            assert!(matches!(mode("postgres://h/db"), PgSslMode::Disable));
+            assert!(matches!(
+                mode("postgres://h/db?application_name=x"),
+                PgSslMode::Disable
+            ));
+        }
+        assert!(matches!(
+            mode("postgres://h/db?sslmode=require"),
+            PgSslMode::Require
+        ));
+        assert!(matches!(
+            mode("postgres://h/db?x=1&sslmode=verify-full&sslrootcert=/ca.pem"),
+            PgSslMode::VerifyFull
+        ));
+        assert!(matches!(
+            mode("postgres://h/db?ssl-mode=prefer"),
+            PgSslMode::Prefer
+        ));
     }
 }

@@ -33,12 +33,19 @@ impl ControlDb {
         &self,
         after: Option<&TenantId>,
         limit: i64,
+        search: Option<&str>,
     ) -> anyhow::Result<Vec<Tenant>> {
+        // `search`: a substring of the id or of one of the hosts (compared literally, no
+        // wildcards).
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{SELECT_TENANTS} WHERE t.id > $1 GROUP BY t.id ORDER BY t.id LIMIT $2"
+            "{SELECT_TENANTS} WHERE t.id > $1 AND ($3 = '' OR strpos(t.id, $3) > 0
+                 OR EXISTS (SELECT 1 FROM tenant_hosts s
+                            WHERE s.tenant_id = t.id AND strpos(s.host, $3) > 0))
+             GROUP BY t.id ORDER BY t.id LIMIT $2"
         )))
         .bind(after.map_or("", TenantId::as_str))
         .bind(limit)
+        .bind(search.unwrap_or(""))
         .fetch_all(&self.pool)
         .await
         .context("listing tenants")?;

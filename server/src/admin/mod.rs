@@ -1,6 +1,6 @@
 //! The admin API, on its own listener, every route behind `Authorization: Bearer <token>`
 //! checked against the configured argon2 hash: tenants (list, show, create, change, remove)
-//! and this instance's registry.
+//! and this instance's registry. The console (`/`) is served beside it, without the token.
 
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +15,7 @@ use tenant_router::registry::Registry;
 use tenant_router::sync::ConfigSync;
 
 mod auth;
+mod console;
 mod instance;
 mod jobs;
 mod leftovers;
@@ -92,4 +93,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
+        // The console's page and assets hold no data: they are served without the token.
+        .route("/", get(console::index))
+        .route("/console.js", get(console::script))
+        .route("/console.css", get(console::style))
 }

@@ -57,9 +57,12 @@ impl From<&Tenant> for TenantView {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
     limit: Option<i64>,
     cursor: Option<String>,
+    /// Tenants whose id or one of whose hosts contains this (case-insensitive).
+    q: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -82,9 +85,18 @@ pub(super) async fn list_tenants(
         .map(|c| TenantId::parse(&c))
         .transpose()
         .map_err(|_| ApiError::invalid("cursor", "is not a cursor this API returned"))?;
+    let search = q.q.map(|s| s.trim().to_ascii_lowercase());
+    if let Some(s) = &search
+        && (s.len() > 253 || s.chars().any(char::is_control))
+    {
+        return Err(ApiError::invalid(
+            "q",
+            "must be at most 253 characters, without control characters",
+        ));
+    }
     let mut tenants = state
         .control
-        .list_tenants(after.as_ref(), limit + 1)
+        .list_tenants(after.as_ref(), limit + 1, search.as_deref())
         .await?;
     let next_cursor = if tenants.len() as i64 > limit {
         tenants.truncate(limit as usize);
