@@ -7,6 +7,7 @@ mod app_schema;
 mod budget;
 mod citus;
 mod cluster;
+mod console;
 mod demo;
 mod edge;
 mod embed;
