@@ -305,10 +305,16 @@ impl LocalPostgres {
         self.port
     }
 
-    /// A URL for database `db` on this server.
+    /// A URL for database `db` on this server (with `sslmode=require` for a server started
+    /// by [`LocalPostgres::start_ephemeral_tls`]).
     pub fn url(&self, db: &str) -> DatabaseUrl {
-        DatabaseUrl::parse(&format!("postgres://postgres@127.0.0.1:{}/{db}", self.port))
-            .expect("a well-formed URL")
+        let tls = self.settings.iter().any(|(k, v)| k == "ssl" && v == "on");
+        let query = if tls { "?sslmode=require" } else { "" };
+        DatabaseUrl::parse(&format!(
+            "postgres://postgres@127.0.0.1:{}/{db}{query}",
+            self.port
+        ))
+        .expect("a well-formed URL")
     }
 
     /// Creates a database unless it exists.

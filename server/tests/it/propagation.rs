@@ -433,12 +433,24 @@ async fn cli_writes_reach_a_running_instance() {
             s == StatusCode::UNAUTHORIZED
         })
         .await;
-    // The hint is three fields and no secret.
+    // The hint is four fields and no secret: what, which tenant, the version, and when it
+    // was sent (for the propagation-lag histogram).
     let hint = tokio::time::timeout(Duration::from_secs(5), hints.next())
         .await
         .unwrap()
         .unwrap();
-    let payload: Value = serde_json::from_slice(hint.get_payload_bytes()).unwrap();
+    let mut payload: Value = serde_json::from_slice(hint.get_payload_bytes()).unwrap();
+    let sent = payload
+        .as_object_mut()
+        .unwrap()
+        .remove("sent_at_ms")
+        .and_then(|v| v.as_i64())
+        .expect("a sent_at_ms");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!((now - 60_000..=now).contains(&sent), "{sent} vs {now}");
     let version = cluster.control.max_version().await.unwrap();
     assert_eq!(
         payload,

@@ -103,6 +103,48 @@ async fn tenants_are_listed_page_by_page_without_passwords() {
         StatusCode::UNPROCESSABLE_ENTITY,
     )
     .await;
+
+    // Search: a substring of the id or a host, any case, literal (no wildcards), paged.
+    let ids = |q: &'static str| {
+        let app = &app;
+        async move {
+            let page: Value = app
+                .admin_get(&format!("/admin/tenants?limit=1000&q={q}"), None)
+                .await
+                .json()
+                .await
+                .unwrap();
+            page["tenants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(ids("B-2.EXAMPLE").await, ["b-2"]);
+    assert_eq!(ids("-3").await, ["c-3"]);
+    assert_eq!(ids("example.org").await, ["a-1", "b-2", "c-3"]);
+    assert!(ids("%25").await.is_empty(), "% is not a wildcard");
+    assert!(ids("_").await.is_empty(), "_ is not a wildcard");
+    let page: Value = app
+        .admin_get("/admin/tenants?limit=1&q=example&cursor=a-1", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["tenants"][0]["id"], "b-2");
+    assert_eq!(page["next_cursor"], "b-2");
+    problem(
+        app.admin_get("/admin/tenants?q=%00", None).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    problem(
+        app.admin_get("/admin/tenants?search=a", None).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
 }
 
 #[tokio::test]
