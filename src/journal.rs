@@ -18,6 +18,7 @@ use crate::control::ControlDb;
 use crate::tenant::{DatabaseUrl, TenantId};
 
 /// A journal row.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct Journaled {
     /// Its id.

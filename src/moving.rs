@@ -29,6 +29,7 @@ use crate::shared::{SharedDb, lock_tenant_exclusively, scope_tx};
 use crate::tenant::{DatabaseUrl, Isolation, TenantId};
 
 /// Rows copied per table.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Copied {
     /// Table.

@@ -125,6 +125,7 @@ pub async fn purge(
 }
 
 /// What a tenant's purge removed from Redis.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, serde::Serialize, PartialEq, Eq)]
 pub struct Purged {
     /// Keys of the tenant's namespace: its stream, job statuses and app keys.

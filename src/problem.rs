@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// One invalid field of a request body, named so a client can show it next to the input.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct FieldError {
     /// The field's name, as in the request.
@@ -153,14 +154,22 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
     }
 }
 
-#[derive(Serialize)]
-struct ProblemBody<'a> {
-    r#type: &'static str,
-    title: &'a str,
-    status: u16,
-    detail: String,
+/// The body of every error response, as `application/problem+json` (RFC 9457).
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Problem {
+    /// Always `about:blank`: the status says what kind of problem it is.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    /// The status's reason phrase.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong, for a person.
+    pub detail: String,
+    /// With 422: each invalid field and what is wrong with it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    errors: Option<&'a [FieldError]>,
+    pub errors: Option<Vec<FieldError>>,
 }
 
 /// Builds a problem response with any status; for middleware that has no `ApiError`.
@@ -169,12 +178,12 @@ pub fn problem_response(status: StatusCode, detail: impl Into<String>) -> Respon
 }
 
 fn render(status: StatusCode, detail: String, errors: Option<&[FieldError]>) -> Response {
-    let body = ProblemBody {
-        r#type: "about:blank",
-        title: status.canonical_reason().unwrap_or("Error"),
+    let body = Problem {
+        problem_type: "about:blank".into(),
+        title: status.canonical_reason().unwrap_or("Error").into(),
         status: status.as_u16(),
         detail,
-        errors,
+        errors: errors.map(<[FieldError]>::to_vec),
     };
     let mut response = (status, Json(body)).into_response();
     response.headers_mut().insert(

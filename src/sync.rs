@@ -35,6 +35,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// The bus as this instance sees it, for `/readyz`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BusState {
@@ -49,6 +50,7 @@ pub enum BusState {
 }
 
 /// A report on the bus and the last synchronisation.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct BusReport {
     /// The state.

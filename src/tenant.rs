@@ -20,6 +20,11 @@ fn invalid(msg: impl Into<String>) -> InvalidValue {
 /// neither starting nor ending with `-` (the shape of one DNS label).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(value_type = String, example = "acme")
+)]
 pub struct TenantId(Box<str>);
 
 impl TenantId {
@@ -253,6 +258,7 @@ impl<'de> Deserialize<'de> for DatabaseUrl {
 
 /// How many requests a tenant may make: a token bucket refilled at `requests_per_second`,
 /// holding at most `burst`. Beyond it, the tenant's requests get a 429 with `Retry-After`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
@@ -278,6 +284,7 @@ impl RateLimit {
 }
 
 /// Connection pool settings of one tenant.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSettings {
@@ -349,6 +356,7 @@ impl Default for PoolSettings {
 }
 
 /// Whether a tenant is served.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum TenantState {
@@ -381,6 +389,7 @@ impl FromStr for TenantState {
 }
 
 /// Where a tenant's rows live.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Isolation {

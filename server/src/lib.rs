@@ -8,6 +8,7 @@ pub mod app;
 pub mod argon;
 pub mod config;
 pub mod listener;
+pub mod openapi;
 pub mod process;
 pub mod reference_jobs;
 pub mod schema;

@@ -56,6 +56,8 @@ pub fn app_with_apex(
     let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(crate::openapi::app_document))
+        .merge(crate::openapi::docs_router("/docs", "/openapi.json", false))
         .with_state(state)
         .merge(tenant_routes);
     if let Some(apex) = apex {

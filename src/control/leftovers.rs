@@ -12,6 +12,7 @@ use crate::tenant::{DatabaseUrl, Isolation, TenantId};
 
 /// The data a removal kept: a removed incarnation's database (or rows in the shared
 /// schema), Redis keys and files.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct Leftover {
     /// The removed tenant's id.
@@ -22,6 +23,7 @@ pub struct Leftover {
     pub isolation: Isolation,
     /// Its database (shown redacted).
     #[serde(serialize_with = "redacted")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub database: DatabaseUrl,
     /// Whether the router created that database.
     pub provisioned: bool,

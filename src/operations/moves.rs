@@ -11,6 +11,7 @@ use crate::provision;
 use crate::tenant::{DatabaseUrl, Isolation, TenantId};
 
 /// What a move did.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct MoveReport {
     /// The tenant.

@@ -12,6 +12,7 @@ use crate::provision;
 use crate::tenant::{Isolation, TenantId};
 
 /// What a removal did.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct Removal {
     /// The removed tenant.

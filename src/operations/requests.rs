@@ -10,6 +10,7 @@ use crate::tenant::{
 };
 
 /// A tenant to create, as a client sends it. Every field is checked; see [`NewTenant`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewTenantRequest {
@@ -34,6 +35,7 @@ pub struct NewTenantRequest {
 
 /// Pool settings as a client sends them; omitted fields keep their current (or default)
 /// values.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolRequest {
@@ -57,6 +59,7 @@ fn some_or_null<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
 }
 
 /// A change to a tenant, as a client sends it; omitted fields are left alone.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantPatchRequest {

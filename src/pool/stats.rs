@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 /// Counters and gauges of a budget.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct BudgetStats {
     /// The budget.
@@ -28,6 +29,7 @@ pub struct BudgetStats {
 }
 
 /// One pool's figures.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct PoolStats {
     /// The tenant (or `shared`).

@@ -10,7 +10,7 @@ use tenant_router::tenant::TenantId;
 
 use super::AdminState;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct RegistryView {
     version: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -18,12 +18,14 @@ pub(super) struct RegistryView {
     tenants: Vec<RegistryTenant>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct RegistryTenant {
     id: TenantId,
     version: i64,
 }
 
+#[utoipa::path(get, path = "/admin/shards", tag = "instance", security(("bearer" = [])),
+    responses((status = 200, description = "Citus nodes, tables, placements and tenant statistics, or that Citus is not installed", body = Object), (status = 404, description = "No shared database is configured", body = tenant_router::problem::Problem, content_type = "application/problem+json"), crate::openapi::AdminProblems))]
 /// The shared database's topology (Citus nodes, tables, placements, tenant statistics), or
 /// a plain statement that Citus is not installed.
 pub(super) async fn shards(
@@ -37,6 +39,8 @@ pub(super) async fn shards(
     Ok(Json(shared.topology().await?))
 }
 
+#[utoipa::path(get, path = "/admin/registry", tag = "instance", security(("bearer" = [])),
+    responses((status = 200, description = "This instance's version, bus and tenants", body = RegistryView), crate::openapi::AdminProblems))]
 /// This instance's applied version and each tenant's, to check convergence from outside.
 pub(super) async fn registry(State(state): State<AdminState>) -> Json<RegistryView> {
     let snapshot = state.registry.snapshot();

@@ -10,13 +10,23 @@ use tenant_router::tenant::TenantId;
 
 use super::AdminState;
 
-pub(super) async fn list_leftovers(
-    State(state): State<AdminState>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let leftovers = state.control.leftovers().await?;
-    Ok(Json(serde_json::json!({ "leftovers": leftovers })))
+/// What removals kept.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct Leftovers {
+    leftovers: Vec<tenant_router::control::Leftover>,
 }
 
+#[utoipa::path(get, path = "/admin/leftovers", tag = "tenants", security(("bearer" = [])),
+    responses((status = 200, description = "What removals kept", body = Leftovers), crate::openapi::AdminProblems))]
+pub(super) async fn list_leftovers(
+    State(state): State<AdminState>,
+) -> Result<Json<Leftovers>, ApiError> {
+    let leftovers = state.control.leftovers().await?;
+    Ok(Json(Leftovers { leftovers }))
+}
+
+#[utoipa::path(delete, path = "/admin/leftovers/{id}", tag = "tenants", params(("id" = String, Path, description = "The tenant's id")), security(("bearer" = [])),
+    responses((status = 200, description = "Its kept data deleted", body = tenant_router::operations::Removal), (status = 404, description = "No kept data of that tenant", body = tenant_router::problem::Problem, content_type = "application/problem+json"), (status = 409, description = "An operation runs", body = tenant_router::problem::Problem, content_type = "application/problem+json"), crate::openapi::AdminProblems))]
 pub(super) async fn discard_leftover(
     State(state): State<AdminState>,
     ApiPath(id): ApiPath<String>,
@@ -27,16 +37,24 @@ pub(super) async fn discard_leftover(
     Ok(Json(removal).into_response())
 }
 
-#[derive(Serialize)]
-struct OperationView {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct OperationView {
     #[serde(flatten)]
     operation: tenant_router::journal::Journaled,
     running: bool,
 }
 
+/// Operations that did not finish.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct Operations {
+    operations: Vec<OperationView>,
+}
+
+#[utoipa::path(get, path = "/admin/operations", tag = "tenants", security(("bearer" = [])),
+    responses((status = 200, description = "Operations running or interrupted", body = Operations), crate::openapi::AdminProblems))]
 pub(super) async fn list_operations(
     State(state): State<AdminState>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Operations>, ApiError> {
     let open: Vec<OperationView> = state
         .control
         .unfinished_operations()
@@ -44,5 +62,5 @@ pub(super) async fn list_operations(
         .into_iter()
         .map(|(operation, running)| OperationView { operation, running })
         .collect();
-    Ok(Json(serde_json::json!({ "operations": open })))
+    Ok(Json(Operations { operations: open }))
 }

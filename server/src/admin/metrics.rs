@@ -11,13 +11,15 @@ use super::AdminState;
 /// How many tenants `/admin/pools` and `/metrics` list one by one (the busiest).
 const TOP_POOLS: usize = 20;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct PoolsView {
     #[serde(flatten)]
     totals: tenant_router::pool::BudgetStats,
     top: Vec<tenant_router::pool::PoolStats>,
 }
 
+#[utoipa::path(get, path = "/admin/pools", tag = "instance", security(("bearer" = [])),
+    responses((status = 200, description = "Connections in total and of the busiest pools", body = PoolsView), crate::openapi::AdminProblems))]
 /// Connections per pool (the busiest [`TOP_POOLS`]) and in total, the budget, and the
 /// eviction, wait and refusal counts.
 pub(super) async fn pools(State(state): State<AdminState>) -> Json<PoolsView> {
@@ -28,6 +30,8 @@ pub(super) async fn pools(State(state): State<AdminState>) -> Json<PoolsView> {
     })
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "instance", security(("bearer" = [])),
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"), crate::openapi::AdminProblems))]
 /// The same figures in the Prometheus text format, then the recorder's histograms. Per-tenant series exist only for the
 /// busiest [`TOP_POOLS`] pools, so the label cardinality stays bounded whatever the number
 /// of tenants.

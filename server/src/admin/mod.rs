@@ -9,6 +9,7 @@ use axum::middleware;
 use axum::routing::get;
 
 use crate::admin_token::AdminTokenHash;
+use crate::openapi::BearerAuth;
 use tenant_router::control::ControlDb;
 use tenant_router::operations::TenantOps;
 use tenant_router::registry::Registry;
@@ -33,6 +34,25 @@ use tenants::{
 
 pub use auth::TokenChecks;
 pub use tenants::TenantView;
+
+/// The admin API, as OpenAPI 3.1 (served at `/admin/openapi.json`, behind the token).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "tenant-router admin API",
+        description = "Tenants, this instance, and dead and parked jobs. Every route takes `Authorization: Bearer <admin token>`; errors are `application/problem+json`."
+    ),
+    paths(
+        tenants::list_tenants, tenants::create_tenant, tenants::show_tenant,
+        tenants::update_tenant, tenants::remove_tenant, tenants::move_tenant,
+        leftovers::list_leftovers, leftovers::discard_leftover, leftovers::list_operations,
+        jobs::list_letters, jobs::delete_tenant_letters, jobs::delete_letter, jobs::retry_letter,
+        instance::registry, instance::shards, metrics::pools, metrics::metrics,
+    ),
+    modifiers(&BearerAuth),
+    tags((name = "tenants"), (name = "instance"), (name = "jobs")),
+)]
+pub struct ApiDoc;
 
 /// What the admin routes need.
 #[derive(Clone)]
@@ -91,10 +111,17 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/shards", get(shards))
         .route("/admin/pools", get(pools))
         .route("/metrics", get(metrics))
+        .route("/admin/openapi.json", get(crate::openapi::admin_document))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
         // The console's page and assets hold no data: they are served without the token.
         .route("/", get(console::index))
         .route("/console.js", get(console::script))
         .route("/console.css", get(console::style))
+        // The docs page holds no data; it fetches the document with the console's token.
+        .merge(crate::openapi::docs_router(
+            "/admin/docs",
+            "/admin/openapi.json",
+            true,
+        ))
 }

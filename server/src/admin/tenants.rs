@@ -12,7 +12,7 @@ use tenant_router::tenant::{Isolation, PoolSettings, Tenant, TenantId, TenantSta
 use super::AdminState;
 
 /// A tenant as the admin API shows it: the database URL with its password masked.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TenantView {
     /// Id.
     pub id: TenantId,
@@ -56,7 +56,8 @@ impl From<&Tenant> for TenantView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
     limit: Option<i64>,
@@ -65,12 +66,15 @@ pub(super) struct ListQuery {
     q: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct TenantPage {
     tenants: Vec<TenantView>,
     next_cursor: Option<TenantId>,
 }
 
+/// Tenants by id, a page at a time (keyset: stable under concurrent writes).
+#[utoipa::path(get, path = "/admin/tenants", tag = "tenants", params(ListQuery), security(("bearer" = [])),
+    responses((status = 200, description = "A page", body = TenantPage), (status = 422, description = "A bad limit, cursor or q", body = tenant_router::problem::Problem, content_type = "application/problem+json"), crate::openapi::AdminProblems))]
 pub(super) async fn list_tenants(
     State(state): State<AdminState>,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -123,6 +127,9 @@ fn parse_id(raw: &str) -> Result<TenantId, ApiError> {
     TenantId::parse(raw).map_err(|_| ApiError::NotFound(format!("no tenant '{raw}'")))
 }
 
+/// One tenant, its version as the `ETag`, and an unfinished operation if any.
+#[utoipa::path(get, path = "/admin/tenants/{id}", tag = "tenants", params(("id" = String, Path, description = "The tenant's id")), security(("bearer" = [])),
+    responses((status = 200, description = "The tenant", body = TenantView), (status = 404, description = "No such tenant", body = tenant_router::problem::Problem, content_type = "application/problem+json"), crate::openapi::AdminProblems))]
 pub(super) async fn show_tenant(
     State(state): State<AdminState>,
     ApiPath(id): ApiPath<String>,
@@ -142,6 +149,11 @@ pub(super) async fn show_tenant(
     Ok(response)
 }
 
+/// Creates a tenant: without `database`, its database is created and migrated first.
+#[utoipa::path(post, path = "/admin/tenants", tag = "tenants", request_body = tenant_router::operations::NewTenantRequest, security(("bearer" = [])),
+    responses((status = 201, description = "Created", body = TenantView),
+        (status = 409, description = "The id or a host is taken, data is already there (adopt it), or an operation runs", body = tenant_router::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, each named", body = tenant_router::problem::Problem, content_type = "application/problem+json"), crate::openapi::AdminProblems))]
 pub(super) async fn create_tenant(
     State(state): State<AdminState>,
     ApiJson(request): ApiJson<NewTenantRequest>,
@@ -169,6 +181,13 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     text.parse::<i64>().map(Some).map_err(|_| bad())
 }
 
+/// Changes a tenant; omitted fields are left alone. `If-Match: "<version>"` makes it
+/// conditional.
+#[utoipa::path(patch, path = "/admin/tenants/{id}", tag = "tenants", request_body = tenant_router::operations::TenantPatchRequest,
+    params(("id" = String, Path, description = "The tenant's id"), ("If-Match" = Option<String>, Header, description = "The version it must still be, as in its ETag")), security(("bearer" = [])),
+    responses((status = 200, description = "The tenant, changed", body = TenantView), (status = 404, description = "No such tenant", body = tenant_router::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A host is taken, or an operation runs", body = tenant_router::problem::Problem, content_type = "application/problem+json"), (status = 412, description = "The tenant is no longer that version", body = tenant_router::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, each named", body = tenant_router::problem::Problem, content_type = "application/problem+json"), crate::openapi::AdminProblems))]
 pub(super) async fn update_tenant(
     State(state): State<AdminState>,
     ApiPath(id): ApiPath<String>,
@@ -181,12 +200,17 @@ pub(super) async fn update_tenant(
     Ok(tenant_response(StatusCode::OK, &tenant))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MoveBody {
+    /// `dedicated` or `shared`.
     to: String,
 }
 
+/// Moves a tenant to its own database or to the shared one, copying its rows.
+#[utoipa::path(post, path = "/admin/tenants/{id}/move", tag = "tenants", request_body = MoveBody, params(("id" = String, Path, description = "The tenant's id")), security(("bearer" = [])),
+    responses((status = 200, description = "Moved (or already there)", body = tenant_router::operations::MoveReport),
+        (status = 404, description = "No such tenant", body = tenant_router::problem::Problem, content_type = "application/problem+json"), (status = 409, description = "An operation runs, or the move was refused", body = tenant_router::problem::Problem, content_type = "application/problem+json"), (status = 422, description = "A bad `to`", body = tenant_router::problem::Problem, content_type = "application/problem+json"), crate::openapi::AdminProblems))]
 pub(super) async fn move_tenant(
     State(state): State<AdminState>,
     ApiPath(id): ApiPath<String>,
@@ -201,13 +225,20 @@ pub(super) async fn move_tenant(
     Ok(Json(report).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RemoveQuery {
+    /// Also drop its database (or delete its shared rows), Redis keys, jobs and files;
+    /// without it they are kept as a leftover.
     #[serde(default)]
     drop_database: bool,
 }
 
+/// Removes a tenant; its data is kept as a leftover unless `drop_database=true`.
+#[utoipa::path(delete, path = "/admin/tenants/{id}", tag = "tenants", params(("id" = String, Path, description = "The tenant's id"), RemoveQuery), security(("bearer" = [])),
+    responses((status = 200, description = "Removed", body = tenant_router::operations::Removal),
+        (status = 404, description = "No such tenant", body = tenant_router::problem::Problem, content_type = "application/problem+json"), (status = 409, description = "An operation runs", body = tenant_router::problem::Problem, content_type = "application/problem+json"), crate::openapi::AdminProblems))]
 pub(super) async fn remove_tenant(
     State(state): State<AdminState>,
     ApiPath(id): ApiPath<String>,

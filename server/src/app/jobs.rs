@@ -13,7 +13,7 @@ use tenant_router::jobs::{JobQueue, JobStatus, KindError, QueueError};
 use tenant_router::middleware::CurrentTenant;
 use tenant_router::problem::{ApiError, ApiJson, ApiPath, FieldError};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SubmitBody {
     kind: String,
@@ -27,8 +27,8 @@ fn empty_object() -> Value {
     Value::Object(Default::default())
 }
 
-#[derive(Serialize)]
-struct Submitted {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Submitted {
     job_id: String,
     status_url: String,
 }
@@ -108,6 +108,11 @@ pub(super) async fn submit_as(
     Ok(response)
 }
 
+/// Submits a job for this tenant, run by a worker in this tenant's context.
+#[utoipa::path(post, path = "/api/jobs", tag = "jobs", request_body = SubmitBody, security(("bearer" = [])),
+    responses((status = 202, description = "Queued; `Location` is its status", body = Submitted), (status = 401, description = "No valid bearer token", body = tenant_router::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "No such job kind", body = tenant_router::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, each named", body = tenant_router::problem::Problem, content_type = "application/problem+json"), crate::openapi::TenantProblems))]
 pub(super) async fn submit(
     State(config): State<AppConfig>,
     tenant: CurrentTenant,
@@ -142,6 +147,10 @@ fn parse_run_at(text: &str) -> Result<i64, ApiError> {
     Ok(at)
 }
 
+#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "The job's id")), security(("bearer" = [])),
+    responses((status = 200, description = "The job's status", body = tenant_router::jobs::JobStatus), (status = 401, description = "No valid bearer token", body = tenant_router::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job of this user", body = tenant_router::problem::Problem, content_type = "application/problem+json"),
+        crate::openapi::TenantProblems))]
 /// A job's status; 404 for a job of another tenant (it is not in this tenant's namespace)
 /// or of another user.
 pub(super) async fn status(

@@ -9,11 +9,30 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 
+use crate::openapi::BearerAuth;
+
 pub mod apex;
 pub mod auth;
-mod jobs;
+pub(crate) mod jobs;
 mod notes;
 mod users;
+
+/// The reference app's API, as OpenAPI 3.1 (served at `/openapi.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "tenant-router reference app",
+        description = "The reference app's API. Every route answers on a tenant's host (the `Host` header picks the tenant); errors are `application/problem+json`."
+    ),
+    paths(
+        users::register, users::login,
+        notes::list, notes::create, notes::show, notes::update, notes::remove,
+        jobs::submit, jobs::status,
+    ),
+    modifiers(&BearerAuth),
+    tags((name = "users"), (name = "notes"), (name = "jobs")),
+)]
+pub struct ApiDoc;
 
 /// Settings of the reference app.
 #[derive(Clone)]

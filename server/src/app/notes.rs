@@ -14,7 +14,7 @@ use tenant_router::problem::{ApiError, ApiJson, ApiPath, ApiQuery};
 
 const MAX_CONTENT_CHARS: usize = 10_000;
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub(super) struct Note {
     id: i64,
     content: String,
@@ -22,20 +22,21 @@ pub(super) struct Note {
     updated_at: DateTime<Utc>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
     limit: Option<i64>,
     cursor: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct NotePage {
     notes: Vec<Note>,
     /// Pass as `cursor` to get the next page; absent on the last page.
     next_cursor: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(default)]
 pub(super) struct NoteBody {
     content: String,
@@ -70,6 +71,8 @@ struct SessionNote {
     updated_at: Option<DateTime<Utc>>,
 }
 
+#[utoipa::path(get, path = "/api/notes", tag = "notes", params(ListQuery), security(("bearer" = [])),
+    responses((status = 200, description = "The user's notes, newest first", body = NotePage), (status = 401, description = "No valid bearer token", body = tenant_router::problem::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid fields, each named", body = tenant_router::problem::Problem, content_type = "application/problem+json"), crate::openapi::TenantProblems))]
 /// The hottest route, so it checks the token and reads the page in one round trip: no row
 /// means no valid session (401); a row with no note means an empty page.
 #[tracing::instrument(level = "debug", skip_all, fields(tenant.id = %tenant.id()))]
@@ -133,7 +136,8 @@ pub(super) async fn list(
     Ok(Json(NotePage { notes, next_cursor }))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateQuery {
     /// `?async=true`: create the note through a background job and answer 202.
@@ -141,6 +145,8 @@ pub(super) struct CreateQuery {
     run_async: bool,
 }
 
+#[utoipa::path(post, path = "/api/notes", tag = "notes", params(CreateQuery), request_body = NoteBody, security(("bearer" = [])),
+    responses((status = 201, description = "Created", body = Note), (status = 202, description = "With ?async=true: queued as a job", body = crate::app::jobs::Submitted), (status = 401, description = "No valid bearer token", body = tenant_router::problem::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid fields, each named", body = tenant_router::problem::Problem, content_type = "application/problem+json"), crate::openapi::TenantProblems))]
 #[tracing::instrument(level = "debug", skip_all, fields(tenant.id = %tenant.id(), user.id = user.user_id))]
 pub(super) async fn create(
     State(config): State<AppConfig>,
@@ -170,6 +176,8 @@ pub(super) async fn create(
     Ok((StatusCode::CREATED, Json(note)).into_response())
 }
 
+#[utoipa::path(get, path = "/api/notes/{id}", tag = "notes", params(("id" = i64, Path, description = "The note's id")), security(("bearer" = [])),
+    responses((status = 200, description = "The note", body = Note), (status = 401, description = "No valid bearer token", body = tenant_router::problem::Problem, content_type = "application/problem+json"), (status = 404, description = "No such note of this user (or no tenant with this host)", body = tenant_router::problem::Problem, content_type = "application/problem+json"), crate::openapi::TenantProblems))]
 #[tracing::instrument(level = "debug", skip_all, fields(tenant.id = %tenant.id(), user.id = user.user_id))]
 pub(super) async fn show(
     tenant: CurrentTenant,
@@ -191,6 +199,8 @@ pub(super) async fn show(
     .ok_or_else(not_found)
 }
 
+#[utoipa::path(put, path = "/api/notes/{id}", tag = "notes", params(("id" = i64, Path, description = "The note's id")), request_body = NoteBody, security(("bearer" = [])),
+    responses((status = 200, description = "The note, changed", body = Note), (status = 401, description = "No valid bearer token", body = tenant_router::problem::Problem, content_type = "application/problem+json"), (status = 404, description = "No such note of this user (or no tenant with this host)", body = tenant_router::problem::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid fields, each named", body = tenant_router::problem::Problem, content_type = "application/problem+json"), crate::openapi::TenantProblems))]
 #[tracing::instrument(level = "debug", skip_all, fields(tenant.id = %tenant.id(), user.id = user.user_id))]
 pub(super) async fn update(
     tenant: CurrentTenant,
@@ -216,6 +226,8 @@ pub(super) async fn update(
     note.map(Json).ok_or_else(not_found)
 }
 
+#[utoipa::path(delete, path = "/api/notes/{id}", tag = "notes", params(("id" = i64, Path, description = "The note's id")), security(("bearer" = [])),
+    responses((status = 204, description = "Deleted"), (status = 401, description = "No valid bearer token", body = tenant_router::problem::Problem, content_type = "application/problem+json"), (status = 404, description = "No such note of this user (or no tenant with this host)", body = tenant_router::problem::Problem, content_type = "application/problem+json"), crate::openapi::TenantProblems))]
 #[tracing::instrument(level = "debug", skip_all, fields(tenant.id = %tenant.id(), user.id = user.user_id))]
 pub(super) async fn remove(
     tenant: CurrentTenant,

@@ -12,7 +12,7 @@ use tenant_router::middleware::CurrentTenant;
 use tenant_router::problem::{ApiError, ApiJson, FieldError};
 use tenant_router::shared::violates;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(default)]
 pub(super) struct RegisterBody {
     username: String,
@@ -20,7 +20,7 @@ pub(super) struct RegisterBody {
     password: String,
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub(super) struct UserBody {
     id: i64,
     username: String,
@@ -70,6 +70,14 @@ fn is_email(s: &str) -> bool {
         })
 }
 
+/// Registers a user of this tenant (username 3–32 of `[A-Za-z0-9_.-]`, an email, a
+/// password of 8 to 1024 characters).
+#[utoipa::path(post, path = "/api/register", tag = "users", request_body = RegisterBody,
+    responses(
+        (status = 201, description = "Registered", body = UserBody),
+        (status = 409, description = "The username or email is taken", body = tenant_router::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, each named", body = tenant_router::problem::Problem, content_type = "application/problem+json"),
+        crate::openapi::TenantProblems))]
 #[tracing::instrument(level = "debug", skip_all, fields(tenant.id = %tenant.id()))]
 pub(super) async fn register(
     State(config): State<AppConfig>,
@@ -107,19 +115,26 @@ pub(super) async fn register(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(default)]
 pub(super) struct LoginBody {
     email: String,
     password: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct TokenBody {
     token: String,
     expires_at: DateTime<Utc>,
 }
 
+/// Logs a user in: a bearer token for this tenant's API.
+#[utoipa::path(post, path = "/api/login", tag = "users", request_body = LoginBody,
+    responses(
+        (status = 200, description = "A token", body = TokenBody),
+        (status = 401, description = "Wrong email or password", body = tenant_router::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, each named", body = tenant_router::problem::Problem, content_type = "application/problem+json"),
+        crate::openapi::TenantProblems))]
 #[tracing::instrument(level = "debug", skip_all, fields(tenant.id = %tenant.id()))]
 pub(super) async fn login(
     State(config): State<AppConfig>,

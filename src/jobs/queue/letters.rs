@@ -28,6 +28,7 @@ impl Letters {
 }
 
 /// One dead or parked job, as the admin API lists it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Letter {
     /// Its entry in the stream (also the listing's cursor).

@@ -10,6 +10,7 @@ use super::{JobQueue, QueueError};
 use crate::tenant::TenantId;
 
 /// A job's status, as `GET /api/jobs/{id}` shows it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct JobStatus {
     /// Id.
