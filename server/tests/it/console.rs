@@ -1,7 +1,8 @@
 //! The admin console in a real browser: Debian's chromium, headless, driven over WebDriver
 //! by chromedriver, with every host name but 127.0.0.1 unresolvable (the network is off
 //! for it). Sign-in with a wrong token and the right one, the list and its search, add,
-//! suspend and the instance panel; a screenshot is kept in `target/console.png`.
+//! suspend and the instance panel; a screenshot is kept in `target/console.png`. Then the
+//! Swagger UI pages of both OpenAPI documents.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -280,5 +281,41 @@ async fn the_console_signs_in_lists_adds_and_suspends_in_a_real_browser() {
     let png = c.screenshot().await.unwrap();
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console.png");
     std::fs::write(&out, png).unwrap();
+
+    // The docs pages render from this origin alone, with the network off: the admin one
+    // fetches its document with the token the console keeps in this tab.
+    let app_origin = format!("http://127.0.0.1:{}", server.port);
+    for (page, title, operations) in [
+        (
+            format!("{origin}/admin/docs"),
+            "tenant-router admin API",
+            17,
+        ),
+        (
+            format!("{app_origin}/docs"),
+            "tenant-router reference app",
+            9,
+        ),
+    ] {
+        c.goto(&page).await.unwrap();
+        wait_text(&c, ".swagger-ui .info .title", title).await;
+        let shown = c
+            .execute(
+                "return document.querySelectorAll('.opblock').length",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert!(shown.as_u64().unwrap_or(0) >= operations, "{page}: {shown}");
+        let foreign = c
+            .execute(
+                "return performance.getEntriesByType('resource').map(e => e.name)
+                     .filter(n => !n.startsWith(location.origin))",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(foreign, json!([]), "{page}");
+    }
     c.close().await.unwrap();
 }

@@ -19,6 +19,7 @@ mod local;
 mod migrate;
 mod notes;
 mod observability;
+mod openapi;
 mod propagation;
 mod routing;
 mod serve;
