@@ -188,11 +188,14 @@ impl DatabaseUrl {
         }
     }
 
+    /// Whether the query names a TLS mode, read as sqlx reads it (percent-escapes decoded),
+    /// so `?%73slmode=verify-full` is never taken for silence.
+    /// Whether the query names a TLS mode, read as sqlx reads it (percent-escapes decoded),
+    /// so `?%73slmode=verify-full` is never taken for silence.
     fn names_ssl_mode(&self) -> bool {
-        self.0.split_once('?').is_some_and(|(_, query)| {
-            query
-                .split('&')
-                .any(|pair| matches!(pair.split('=').next(), Some("sslmode" | "ssl-mode")))
+        url::Url::parse(&self.0).is_ok_and(|u| {
+            u.query_pairs()
+                .any(|(key, _)| key == "sslmode" || key == "ssl-mode")
         })
     }
 
@@ -552,6 +555,11 @@ mod tests {
         assert!(matches!(
             mode("postgres://h/db?ssl-mode=prefer"),
             PgSslMode::Prefer
+        ));
+        // Percent-escaped keys are what sqlx decodes: never silence.
+        assert!(matches!(
+            mode("postgres://h/db?%73slmode=verify-full"),
+            PgSslMode::VerifyFull
         ));
     }
 }

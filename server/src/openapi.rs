@@ -5,7 +5,6 @@
 
 use std::sync::{Arc, OnceLock};
 
-use axum::extract::Path;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use tenant_router::problem::Problem;
@@ -131,13 +130,24 @@ pub(crate) fn docs_router<S: Clone + Send + Sync + 'static>(
         )
         .route(
             &format!("{base}/{{*file}}"),
-            axum::routing::get(move |Path(file): Path<String>| {
-                docs_file(file, Arc::clone(&config))
-            }),
+            axum::routing::get(
+                move |tenant_router::problem::ApiPath(file): tenant_router::problem::ApiPath<
+                    String,
+                >| { docs_file(file, Arc::clone(&config)) },
+            ),
         )
 }
 
 async fn docs_file(file: String, config: Arc<utoipa_swagger_ui::Config<'static>>) -> Response {
+    // Plain file names of the bundle only: not its unfilled initializer template (ours is
+    // served by its own route), nothing with a directory or a leading dot.
+    let plain = !file.starts_with('.')
+        && file
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !plain || file == "swagger-initializer.js" {
+        return tenant_router::problem::problem_response(StatusCode::NOT_FOUND, "no such file");
+    }
     match utoipa_swagger_ui::serve(&file, config) {
         Ok(Some(f)) => {
             let content_type = f.content_type.clone();

@@ -34,11 +34,23 @@ impl TenantOps {
     /// where the tenant is already does nothing; a move killed anywhere is completed by
     /// retrying it.
     pub async fn move_tenant(&self, id: &TenantId, to: Isolation) -> Result<MoveReport, OpError> {
+        self.move_tenant_if(id, to, None).await
+    }
+
+    /// [`TenantOps::move_tenant`], only while the tenant is at version `expected` (when
+    /// given), checked under the tenant's operation lock ([`OpError::Stale`] otherwise). A
+    /// retry of an interrupted move completes it whatever the version.
+    pub async fn move_tenant_if(
+        &self,
+        id: &TenantId,
+        to: Isolation,
+        expected: Option<i64>,
+    ) -> Result<MoveReport, OpError> {
         let mut op = self
             .control
             .begin_operation(id, "move", serde_json::json!({"to": to.as_str()}))
             .await?;
-        let result = self.move_locked(id, to, &mut op).await;
+        let result = self.move_locked(id, to, expected, &mut op).await;
         match &result {
             Ok(_) => op.finish("done").await,
             Err(e) if op.is_clean() => op.finish(&format!("failed: {e}")).await,
@@ -55,6 +67,7 @@ impl TenantOps {
         &self,
         id: &TenantId,
         to: Isolation,
+        expected: Option<i64>,
         op: &mut Operation,
     ) -> Result<MoveReport, OpError> {
         use crate::moving::{Source, copy_to_dedicated, copy_to_shared};
@@ -78,6 +91,14 @@ impl TenantOps {
             .get_tenant(id)
             .await?
             .ok_or_else(|| OpError::NotFound(id.to_string()))?;
+        if let Some(expected) = expected
+            && resumed.is_none()
+            && current.version != expected
+        {
+            return Err(OpError::Stale {
+                current: current.version,
+            });
+        }
         if current.isolation == to {
             // Where it should be. A move killed after its switch left the source's rows:
             // delete them now (the journal knows where they are).

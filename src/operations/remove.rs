@@ -47,6 +47,19 @@ impl TenantOps {
     /// once no instance holds a connection to it, or after [`DROP_WAIT`](super::DROP_WAIT).
     /// A removal killed half-way is completed by retrying it.
     pub async fn remove(&self, id: &TenantId, purge: bool) -> Result<Removal, OpError> {
+        self.remove_if(id, purge, None).await
+    }
+
+    /// [`TenantOps::remove`], only while the tenant is at version `expected` (when given):
+    /// checked under the tenant's operation lock, so a tenant removed and created again
+    /// since the caller looked is not the one removed ([`OpError::Stale`]). A retry of an
+    /// interrupted removal completes it whatever the version.
+    pub async fn remove_if(
+        &self,
+        id: &TenantId,
+        purge: bool,
+        expected: Option<i64>,
+    ) -> Result<Removal, OpError> {
         let mut op = self
             .control
             .begin_operation(id, "remove", serde_json::json!({"purge": purge}))
@@ -57,11 +70,15 @@ impl TenantOps {
                 .as_ref()
                 .is_some_and(|r| r.detail.get("purge") == Some(&serde_json::Value::Bool(true)));
         let resuming = resumed.is_some();
-        let result = self.remove_locked(id, purge, resuming, &mut op).await;
+        let result = self
+            .remove_locked(id, purge, resuming, expected, &mut op)
+            .await;
         match &result {
             Ok(_) => op.finish("done").await,
             // Nothing was done: the journal closes. Anything half-done leaves it open.
-            Err(e @ (OpError::NotFound(_) | OpError::Conflict(_))) if !resuming => {
+            Err(e @ (OpError::NotFound(_) | OpError::Conflict(_) | OpError::Stale { .. }))
+                if !resuming =>
+            {
                 op.finish(&format!("refused: {e}")).await
             }
             Err(e) => {
@@ -78,9 +95,15 @@ impl TenantOps {
         id: &TenantId,
         purge: bool,
         resuming: bool,
+        expected: Option<i64>,
         op: &mut Operation,
     ) -> Result<Removal, OpError> {
         let current = self.control.get_tenant(id).await?;
+        if let (Some(t), Some(expected), false) = (&current, expected, resuming)
+            && t.version != expected
+        {
+            return Err(OpError::Stale { current: t.version });
+        }
         let version = match &current {
             Some(t) => {
                 if purge

@@ -50,7 +50,7 @@ impl Default for TokenChecks {
 
 impl TokenChecks {
     /// Takes one of `client`'s checks, or tells how long until it has one.
-    fn take(&self, client: std::net::IpAddr) -> Result<(), std::time::Duration> {
+    pub(crate) fn take(&self, client: std::net::IpAddr) -> Result<(), std::time::Duration> {
         use governor::clock::Clock as _;
         if self.per_client.len() > Self::MAX_CLIENTS {
             self.per_client.retain_recent();
@@ -61,7 +61,7 @@ impl TokenChecks {
     }
 
     /// The lock under which `client`'s checks run one at a time.
-    fn lock_for(&self, client: std::net::IpAddr) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn lock_for(&self, client: std::net::IpAddr) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self
             .one_per_client
             .lock()

@@ -208,20 +208,22 @@ pub(super) struct MoveBody {
 }
 
 /// Moves a tenant to its own database or to the shared one, copying its rows.
-#[utoipa::path(post, path = "/admin/tenants/{id}/move", tag = "tenants", request_body = MoveBody, params(("id" = String, Path, description = "The tenant's id")), security(("bearer" = [])),
+#[utoipa::path(post, path = "/admin/tenants/{id}/move", tag = "tenants", request_body = MoveBody, params(("id" = String, Path, description = "The tenant's id"), ("If-Match" = Option<String>, Header, description = "The version it must still be, as in its ETag")), security(("bearer" = [])),
     responses((status = 200, description = "Moved (or already there)", body = tenant_router::operations::MoveReport),
-        (status = 404, description = "No such tenant", body = tenant_router::problem::Problem, content_type = "application/problem+json"), (status = 409, description = "An operation runs, or the move was refused", body = tenant_router::problem::Problem, content_type = "application/problem+json"), (status = 422, description = "A bad `to`", body = tenant_router::problem::Problem, content_type = "application/problem+json"), crate::openapi::AdminProblems))]
+        (status = 404, description = "No such tenant", body = tenant_router::problem::Problem, content_type = "application/problem+json"), (status = 409, description = "An operation runs, or the move was refused", body = tenant_router::problem::Problem, content_type = "application/problem+json"), (status = 412, description = "The tenant is no longer that version", body = tenant_router::problem::Problem, content_type = "application/problem+json"), (status = 422, description = "A bad `to`", body = tenant_router::problem::Problem, content_type = "application/problem+json"), crate::openapi::AdminProblems))]
 pub(super) async fn move_tenant(
     State(state): State<AdminState>,
     ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<MoveBody>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
+    let expected = if_match(&headers)?;
     let to: Isolation = body
         .to
         .parse()
         .map_err(|e: tenant_router::tenant::InvalidValue| ApiError::invalid("to", e.0))?;
-    let report = state.ops.move_tenant(&id, to).await?;
+    let report = state.ops.move_tenant_if(&id, to, expected).await?;
     Ok(Json(report).into_response())
 }
 
@@ -236,15 +238,17 @@ pub(super) struct RemoveQuery {
 }
 
 /// Removes a tenant; its data is kept as a leftover unless `drop_database=true`.
-#[utoipa::path(delete, path = "/admin/tenants/{id}", tag = "tenants", params(("id" = String, Path, description = "The tenant's id"), RemoveQuery), security(("bearer" = [])),
+#[utoipa::path(delete, path = "/admin/tenants/{id}", tag = "tenants", params(("id" = String, Path, description = "The tenant's id"), RemoveQuery, ("If-Match" = Option<String>, Header, description = "The version it must still be, as in its ETag")), security(("bearer" = [])),
     responses((status = 200, description = "Removed", body = tenant_router::operations::Removal),
-        (status = 404, description = "No such tenant", body = tenant_router::problem::Problem, content_type = "application/problem+json"), (status = 409, description = "An operation runs", body = tenant_router::problem::Problem, content_type = "application/problem+json"), crate::openapi::AdminProblems))]
+        (status = 404, description = "No such tenant", body = tenant_router::problem::Problem, content_type = "application/problem+json"), (status = 409, description = "An operation runs", body = tenant_router::problem::Problem, content_type = "application/problem+json"), (status = 412, description = "The tenant is no longer that version", body = tenant_router::problem::Problem, content_type = "application/problem+json"), crate::openapi::AdminProblems))]
 pub(super) async fn remove_tenant(
     State(state): State<AdminState>,
     ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
     ApiQuery(q): ApiQuery<RemoveQuery>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let removal = state.ops.remove(&id, q.drop_database).await?;
+    let expected = if_match(&headers)?;
+    let removal = state.ops.remove_if(&id, q.drop_database, expected).await?;
     Ok(Json(removal).into_response())
 }

@@ -239,6 +239,32 @@ async fn metrics_has_histograms_of_requests_pools_jobs_and_propagation() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _) = scrape(&cluster, &url, Some("not-the-token")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // A flood of wrong tokens from one address is rationed (429) and does not keep the
+    // scrape, from another, out.
+    let mut limited = 0;
+    for i in 0..15 {
+        let (status, _) = scrape(&cluster, &url, Some(&format!("wrong-{i}"))).await;
+        assert!(
+            [StatusCode::UNAUTHORIZED, StatusCode::TOO_MANY_REQUESTS].contains(&status),
+            "{status}"
+        );
+        limited += usize::from(status == StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert!(
+        limited >= 1,
+        "15 wrong tokens from one address were never rationed"
+    );
+    let other = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let r = other
+        .get(&url)
+        .bearer_auth(&cluster.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (status, text) = scrape(&cluster, &url, Some(&cluster.token)).await;

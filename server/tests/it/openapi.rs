@@ -6,7 +6,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::harness::TestApp;
+use crate::harness::{TestApp, problem};
 
 /// Every (method, path) of a document, with path parameters filled in.
 fn operations(doc: &Value) -> Vec<(Method, String)> {
@@ -111,6 +111,14 @@ async fn the_documents_describe_only_routes_that_exist() {
         init.contains("url: '/openapi.json'") && init.contains("validatorUrl: null"),
         "{init}"
     );
+    // Only the bundle's plain files: not its unfilled initializer, however spelled.
+    for path in ["/docs/swagger%2Dinitializer.js", "/docs/..%2Fopenapi.json"] {
+        let r = app.get("nobody.example.org", path, None).await;
+        problem(r, StatusCode::NOT_FOUND).await;
+    }
+    let r = app.get("nobody.example.org", "/docs/%ff", None).await;
+    assert!(r.status().is_client_error());
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
     let r = app
         .client
         .get(format!("http://{}/admin/docs/", app.admin_addr))

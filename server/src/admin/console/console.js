@@ -272,7 +272,8 @@
     const to = t.isolation === 'shared' ? 'dedicated' : 'shared';
     return act(row, `Moving tenant "${t.id}" to ${to}… (its rows are copied; this can take a while)`,
       `Moving tenant "${t.id}" failed`, async () => {
-        const r = await api('POST', `${tenantPath(t.id)}/move`, { body: { to } });
+        const r = await api('POST', `${tenantPath(t.id)}/move`,
+          { body: { to }, headers: { 'If-Match': `"${t.version}"` } });
         const rows = (r.copied || []).reduce((sum, c) => sum + c.rows, 0);
         return `Tenant "${r.id}" moved from ${r.from} to ${r.to} (${fmt(rows)} rows copied, version ${r.version}).`;
       });
@@ -297,7 +298,8 @@
     if (!ok) return;
     const path = tenantPath(t.id) + (drop ? '?drop_database=true' : '');
     await act(row, `Removing tenant "${t.id}"…`, `Removing tenant "${t.id}" failed`, async () => {
-      const r = await api('DELETE', path);
+      // Only the tenant this row shows: not one removed and created again since.
+      const r = await api('DELETE', path, { headers: { 'If-Match': `"${t.version}"` } });
       if (!drop) return `Removed tenant "${r.id}"; its data is kept.`;
       let text = `Removed tenant "${r.id}"` +
         (r.database_dropped ? ' and deleted its data.' : '; it had no data left to delete.');

@@ -410,3 +410,82 @@ async fn writes_need_the_token_too() {
     );
     assert!(!database_exists("tenant_x").await);
 }
+
+/// `If-Match` on a removal and a move: an admin acting on a stale view (the tenant was
+/// removed and created again under the same id since) removes or moves nothing.
+#[tokio::test]
+async fn a_removal_or_move_with_a_stale_version_changes_nothing() {
+    let app = TestApp::spawn(vec![]).await;
+    let pg = shared_postgres().await;
+    let create = |db: String| {
+        let app = &app;
+        async move {
+            let r = app
+                .admin_send(
+                    Method::POST,
+                    "/admin/tenants",
+                    Some(json!({"id": "racey", "hosts": ["racey.example.org"], "database": db})),
+                )
+                .await;
+            assert_eq!(r.status(), StatusCode::CREATED);
+            r.json::<Value>().await.unwrap()["version"]
+                .as_i64()
+                .unwrap()
+        }
+    };
+    let seen = create(tenant_database(pg, "racey").await.expose().to_string()).await;
+    let send = |method: Method, path: &'static str, version: i64, body: Option<Value>| {
+        let app = &app;
+        async move {
+            let mut req = app
+                .client
+                .request(method, format!("http://{}{path}", app.admin_addr))
+                .bearer_auth(&app.admin_token)
+                .header("If-Match", format!("\"{version}\""));
+            if let Some(body) = body {
+                req = req.json(&body);
+            }
+            req.send().await.unwrap()
+        }
+    };
+    // Removed and created again behind the admin's back.
+    let r = app
+        .admin_send(Method::DELETE, "/admin/tenants/racey", None)
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = app
+        .admin_send(Method::DELETE, "/admin/leftovers/racey", None)
+        .await;
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let now = create(tenant_database(pg, "racey").await.expose().to_string()).await;
+    assert_ne!(seen, now);
+
+    let r = send(
+        Method::DELETE,
+        "/admin/tenants/racey?drop_database=true",
+        seen,
+        None,
+    )
+    .await;
+    problem(r, StatusCode::PRECONDITION_FAILED).await;
+    let r = send(
+        Method::POST,
+        "/admin/tenants/racey/move",
+        seen,
+        Some(json!({"to": "shared"})),
+    )
+    .await;
+    problem(r, StatusCode::PRECONDITION_FAILED).await;
+    let t: Value = app
+        .admin_get("/admin/tenants/racey", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(t["version"], now, "{t}");
+    assert_eq!(t["isolation"], "dedicated");
+
+    // The version the admin sees now is honoured.
+    let r = send(Method::DELETE, "/admin/tenants/racey", now, None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+}
