@@ -110,7 +110,12 @@ async fn main() -> anyhow::Result<()> {
             .await?
             .error_for_status()?;
     }
-    println!("READY {routed_url} {fixed_url} {HOST} {token}");
+    // For `pgbench -S` on the same PostgreSQL, the machine's ceiling for one lookup.
+    pg.create_database("pgbench").await?;
+    println!(
+        "READY {routed_url} {fixed_url} {HOST} {token} {}",
+        pg.port()
+    );
 
     let mut sink = Vec::new();
     let _ = tokio::io::stdin().read_to_end(&mut sink).await;
