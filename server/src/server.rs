@@ -174,10 +174,10 @@ impl Application {
                 control: control.clone(),
                 ops,
                 sync: Some(Arc::clone(&sync)),
-                token_hash: settings.admin_token_hash.clone().map(Arc::new),
-                verified: Arc::default(),
-                passwords: Arc::clone(&passwords),
-                checking: Arc::default(),
+                token: admin::AdminTokenGate::new(
+                    settings.admin_token_hash.clone().map(Arc::new),
+                    Arc::clone(&passwords),
+                ),
                 jobs: jobs.clone(),
                 shared: settings
                     .shared_database()

@@ -11,7 +11,8 @@ use sha2::{Digest, Sha256};
 use tenant_router::problem::ApiError;
 
 use super::AdminState;
-use crate::app::auth::bearer_token;
+use crate::admin_token::AdminTokenHash;
+use crate::app::auth::{PasswordLimiter, bearer_token};
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -50,7 +51,7 @@ impl Default for TokenChecks {
 
 impl TokenChecks {
     /// Takes one of `client`'s checks, or tells how long until it has one.
-    pub(crate) fn take(&self, client: std::net::IpAddr) -> Result<(), std::time::Duration> {
+    fn take(&self, client: std::net::IpAddr) -> Result<(), std::time::Duration> {
         use governor::clock::Clock as _;
         if self.per_client.len() > Self::MAX_CLIENTS {
             self.per_client.retain_recent();
@@ -61,7 +62,7 @@ impl TokenChecks {
     }
 
     /// The lock under which `client`'s checks run one at a time.
-    pub(crate) fn lock_for(&self, client: std::net::IpAddr) -> Arc<tokio::sync::Mutex<()>> {
+    fn lock_for(&self, client: std::net::IpAddr) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self
             .one_per_client
             .lock()
@@ -73,46 +74,85 @@ impl TokenChecks {
     }
 }
 
+/// The admin token check, whole: the SHA-256 of the last token argon2 accepted (compared in
+/// constant time), then [`TokenChecks`]' rationing per client address, then argon2 through
+/// the fair password queue. The admin listener and the worker's metrics listener both use it.
+#[derive(Clone)]
+pub struct AdminTokenGate {
+    /// The token's hash; with none configured, every call is refused.
+    pub hash: Option<Arc<AdminTokenHash>>,
+    /// SHA-256 of the last token argon2 accepted.
+    pub verified: Arc<Mutex<Option<[u8; 32]>>>,
+    /// How argon2 checks of tokens are rationed.
+    pub checking: Arc<TokenChecks>,
+    /// Argon2 behind its limit (shared with the app's logins on the app server).
+    pub passwords: Arc<PasswordLimiter>,
+}
+
+impl AdminTokenGate {
+    /// A gate for `hash` with its own rationing and password queue.
+    pub fn new(hash: Option<Arc<AdminTokenHash>>, passwords: Arc<PasswordLimiter>) -> Self {
+        Self {
+            hash,
+            verified: Arc::default(),
+            checking: Arc::default(),
+            passwords,
+        }
+    }
+
+    /// Ok when `headers` carry the admin token; 401, or 429/503 when checks are rationed.
+    pub async fn check(
+        &self,
+        headers: &axum::http::HeaderMap,
+        client: std::net::IpAddr,
+    ) -> Result<(), ApiError> {
+        let token = bearer_token(headers).map(str::to_string);
+        let (Some(token), Some(hash)) = (token, self.hash.clone()) else {
+            return Err(ApiError::Unauthorized);
+        };
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let known = || {
+            self.verified
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|v| constant_time_eq(&v, &digest))
+        };
+        let valid = known() || {
+            if let Err(wait) = self.checking.take(client) {
+                return Err(ApiError::TooManyRequests {
+                    detail: "too many admin token checks from this address; retry later".into(),
+                    retry_after: wait,
+                });
+            }
+            let lock = self.checking.lock_for(client);
+            let _one = lock.lock().await;
+            known()
+                || self
+                    .passwords
+                    .run(&format!("/admin/{client}"), move || hash.verify(&token))
+                    .await?
+        };
+        if !valid {
+            return Err(ApiError::Unauthorized);
+        }
+        *self.verified.lock().unwrap_or_else(|e| e.into_inner()) = Some(digest);
+        Ok(())
+    }
+}
+
+/// The client address the listener put in the request, or 0.0.0.0.
+pub(crate) fn client_address(extensions: &axum::http::Extensions) -> std::net::IpAddr {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
+}
+
 pub(super) async fn require_token(
     State(state): State<AdminState>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let token = bearer_token(req.headers()).map(str::to_string);
-    let (Some(token), Some(hash)) = (token, state.token_hash.clone()) else {
-        return Err(ApiError::Unauthorized);
-    };
-    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    let known = || {
-        state
-            .verified
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|v| constant_time_eq(&v, &digest))
-    };
-    let valid = known() || {
-        let client = req
-            .extensions()
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
-        if let Err(wait) = state.checking.take(client) {
-            return Err(ApiError::TooManyRequests {
-                detail: "too many admin token checks from this address; retry later".into(),
-                retry_after: wait,
-            });
-        }
-        let lock = state.checking.lock_for(client);
-        let _one = lock.lock().await;
-        known()
-            || state
-                .passwords
-                .run(&format!("/admin/{client}"), move || hash.verify(&token))
-                .await?
-    };
-    if valid {
-        *state.verified.lock().unwrap_or_else(|e| e.into_inner()) = Some(digest);
-        Ok(next.run(req).await)
-    } else {
-        Err(ApiError::Unauthorized)
-    }
+    let client = client_address(req.extensions());
+    state.token.check(req.headers(), client).await?;
+    Ok(next.run(req).await)
 }

@@ -2,13 +2,12 @@
 //! checked against the configured argon2 hash: tenants (list, show, create, change, remove)
 //! and this instance's registry. The console (`/`) is served beside it, without the token.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::middleware;
 use axum::routing::get;
 
-use crate::admin_token::AdminTokenHash;
 use crate::openapi::BearerAuth;
 use tenant_router::control::ControlDb;
 use tenant_router::operations::TenantOps;
@@ -32,7 +31,8 @@ use tenants::{
     create_tenant, list_tenants, move_tenant, remove_tenant, show_tenant, update_tenant,
 };
 
-pub use auth::TokenChecks;
+pub(crate) use auth::client_address;
+pub use auth::{AdminTokenGate, TokenChecks};
 pub use tenants::TenantView;
 
 /// The admin API, as OpenAPI 3.1 (served at `/admin/openapi.json`, behind the token).
@@ -65,17 +65,10 @@ pub struct AdminState {
     pub ops: TenantOps,
     /// This instance's sync, for its bus report.
     pub sync: Option<Arc<ConfigSync>>,
-    /// The token's hash; with none configured, every call is refused.
-    pub token_hash: Option<Arc<AdminTokenHash>>,
+    /// The admin token check.
+    pub token: AdminTokenGate,
     /// The shared database, for `GET /admin/shards`.
     pub shared: Option<tenant_router::shared::SharedDb>,
-    /// SHA-256 of the last token argon2 accepted, so a client sending the same token again
-    /// costs a hash, not another argon2 run. Compared in constant time.
-    pub verified: Arc<Mutex<Option<[u8; 32]>>>,
-    /// Argon2 behind its limit (shared with the app's logins).
-    pub passwords: Arc<crate::app::auth::PasswordLimiter>,
-    /// How argon2 checks of tokens are rationed.
-    pub checking: Arc<TokenChecks>,
     /// The job queue, for dead and parked jobs; `None` without Redis.
     pub jobs: Option<tenant_router::jobs::JobQueue>,
 }
