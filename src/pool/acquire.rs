@@ -23,9 +23,25 @@ use tokio::time::Instant;
 
 use super::budget::Budget;
 use super::conn::Pooled;
-use super::connector::Connector;
+use super::connector::{Check, Connector, First};
 use super::rules::{History, Plan, QueueCounts};
-use super::tenant_pool::Pool;
+use super::tenant_pool::{Pool, REUSE_WAIT};
+
+/// Finishes, off the request's path, whatever a connection was busy with when its next user
+/// gave up waiting (a query its last request abandoned), rolls back, and gives it back; or
+/// closes it after 5 s. It stays counted in use meanwhile, as it is.
+fn settle_later<K: Connector>(mut conn: Pooled<K>) {
+    tokio::spawn(async move {
+        let settled =
+            tokio::time::timeout(Duration::from_secs(5), K::check(&mut conn, Check::Abandoned))
+                .await;
+        if matches!(settled, Ok(Ok(()))) {
+            conn.settled();
+        } else {
+            conn.broken();
+        }
+    });
+}
 
 /// Where an acquire is. What a state holds lasts only while the acquire needs it: `place`,
 /// an empty pool's place in the permit queue, while the pool stays empty (it is dropped on
@@ -92,14 +108,68 @@ struct Acquire<'a, 'w, K: Connector> {
 }
 
 impl<K: Connector> Pool<K> {
-    /// See [`TenantPool::acquire`](super::TenantPool::acquire).
+    /// See [`TenantPool::acquire`](super::TenantPool::acquire) and
+    /// [`TenantPool::begin`](super::TenantPool::begin): a connection that has done `first`.
+    /// A reused one does it together with what its last user owed, and is the one step that
+    /// may fail and be retried on another connection: nothing of the caller's ran on it.
+    pub(super) async fn acquire_ready(self: &Arc<Self>, first: &First) -> Outcome<K> {
+        let deadline = Instant::now() + self.acquire_timeout;
+        loop {
+            let mut conn = self.acquire_by(deadline).await?;
+            let owed = conn.owed.take();
+            let mut read_only = conn.read_only;
+            let ready = match first {
+                First::Check => !read_only,
+                First::Read => read_only,
+                First::Begin(_) => false,
+            };
+            if owed.is_none() && ready {
+                return Ok(conn);
+            }
+            if !conn.reused {
+                let prepared = K::prepare(&mut conn, None, first, &mut read_only).await;
+                conn.read_only = read_only;
+                if let Err(e) = prepared {
+                    conn.broken();
+                    return Err(e);
+                }
+                return Ok(conn);
+            }
+            let wait = deadline.min(Instant::now() + REUSE_WAIT);
+            let prepared =
+                tokio::time::timeout_at(wait, K::prepare(&mut conn, owed, first, &mut read_only))
+                    .await;
+            conn.read_only = read_only;
+            match prepared {
+                Ok(Ok(())) => return Ok(conn),
+                // Broken: closed, and another one tried.
+                Ok(Err(_)) => conn.broken(),
+                // Still busy with what its last request abandoned.
+                Err(_) => {
+                    settle_later(conn);
+                    if Instant::now() >= deadline {
+                        self.budget.refusals.fetch_add(1, Ordering::Relaxed);
+                        return Err(sqlx::Error::PoolTimedOut);
+                    }
+                }
+            }
+        }
+    }
+
+    /// What [`TenantPool::acquire`](super::TenantPool::acquire) does.
+    #[cfg(test)]
     pub(super) async fn acquire(self: &Arc<Self>) -> Outcome<K> {
+        self.acquire_ready(&First::Check).await
+    }
+
+    /// A connection, as it comes: idle or new.
+    pub(super) async fn acquire_by(self: &Arc<Self>, deadline: Instant) -> Outcome<K> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(sqlx::Error::PoolClosed);
         }
         let mut acquire = Acquire {
             pool: self,
-            deadline: Instant::now() + self.acquire_timeout,
+            deadline,
             history: History::default(),
             returned: pin!(self.returned.notified()),
             released: pin!(self.budget.released.notified()),
@@ -162,7 +232,7 @@ impl<K: Connector> Pool<K> {
                 }
             };
             if let Err(Ok((conn, permit, born))) = tx.send(outcome) {
-                pool.put_back(conn, permit, born);
+                pool.put_back(conn, permit, born, None, false);
             }
         });
         match rx.await {
@@ -195,11 +265,13 @@ impl<'a, K: Connector> Acquire<'a, '_, K> {
             let mut c = pool.lock();
             if let Some(idle) = c.idle.pop() {
                 c.in_use += 1;
-                return ControlFlow::Break(Ok(Pooled::new(
+                return ControlFlow::Break(Ok(Pooled::reused(
                     pool,
                     idle.conn,
                     idle.permit,
                     idle.born,
+                    idle.owed,
+                    idle.read_only,
                 )));
             }
             Plan::of(c.open, pool.cap)

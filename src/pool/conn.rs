@@ -1,4 +1,4 @@
-//! A connection handed out by a pool, and its check on the way back.
+//! A connection handed out by a pool, and what it owes on the way back.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
@@ -21,6 +21,17 @@ impl PooledConn {
     pub fn set_dirty(&mut self, dirty: bool) {
         self.0.set_dirty(dirty);
     }
+
+    /// Marks its use ended (a transaction committed or rolled back, a statement answered,
+    /// nothing in flight): it goes back without owing a check.
+    pub(crate) fn ended(&mut self) {
+        self.0.settled();
+    }
+
+    /// Marks it broken (its use failed on the connection itself): closed when dropped.
+    pub(crate) fn broken(&mut self) {
+        self.0.broken();
+    }
 }
 
 impl Deref for PooledConn {
@@ -41,6 +52,16 @@ pub(super) struct Pooled<K: Connector> {
     inner: Option<(K::Conn, OwnedSemaphorePermit)>,
     pool: Arc<Pool<K>>,
     dirty: bool,
+    /// Its user ended cleanly, with nothing in flight.
+    settled: bool,
+    /// Not to be reused: it failed its check.
+    discard: bool,
+    /// Came from the idle list, not from connecting.
+    pub(super) reused: bool,
+    /// What its last user left, for the acquire to undo first.
+    pub(super) owed: Option<Check>,
+    /// Its session makes transactions read-only (see `First::Read`).
+    pub(super) read_only: bool,
     born: Instant,
 }
 
@@ -55,12 +76,44 @@ impl<K: Connector> Pooled<K> {
             inner: Some((conn, permit)),
             pool: Arc::clone(pool),
             dirty: false,
+            settled: false,
+            discard: false,
+            reused: false,
+            owed: None,
+            read_only: false,
             born,
         }
     }
 
+    /// An idle connection handed out again, owing `owed`.
+    pub(super) fn reused(
+        pool: &Arc<Pool<K>>,
+        conn: K::Conn,
+        permit: OwnedSemaphorePermit,
+        born: Instant,
+        owed: Option<Check>,
+        read_only: bool,
+    ) -> Self {
+        let mut pooled = Self::new(pool, conn, permit, born);
+        pooled.reused = true;
+        pooled.owed = owed;
+        pooled.read_only = read_only;
+        pooled
+    }
+
     pub(super) fn set_dirty(&mut self, dirty: bool) {
         self.dirty = dirty;
+    }
+
+    /// Marks it settled: checked, nothing open, nothing in flight.
+    pub(super) fn settled(&mut self) {
+        self.dirty = false;
+        self.settled = true;
+    }
+
+    /// Marks it not to be reused: closed when dropped.
+    pub(super) fn broken(&mut self) {
+        self.discard = true;
     }
 }
 
@@ -82,36 +135,48 @@ impl<K: Connector> Drop for Pooled<K> {
         let Some((mut conn, permit)) = self.inner.take() else {
             return;
         };
-        // Checked before reuse, off the request's path: a connection whose server went away,
-        // or whose query was abandoned half-way, must not reach the next request. An open
-        // transaction is rolled back, which checks it too.
-        let check = if self
+        if self.discard {
+            self.pool.discard(conn, permit);
+            return;
+        }
+        let born = self.born;
+        if self
             .pool
             .reset_sessions
             .load(std::sync::atomic::Ordering::Relaxed)
         {
-            Check::Reset
-        } else if self.dirty {
-            Check::Rollback
-        } else {
-            Check::Ping
-        };
-        let born = self.born;
-        let pool = Arc::clone(&self.pool);
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(async move {
-                    let checked =
-                        tokio::time::timeout(Duration::from_secs(5), K::check(&mut conn, check))
-                            .await;
-                    if matches!(checked, Ok(Ok(()))) {
-                        pool.put_back(conn, permit, born);
-                    } else {
-                        pool.discard(conn, permit);
-                    }
-                });
+            // The next request may be another tenant's: the session is reset before the
+            // connection goes idle, off the request's path.
+            let pool = Arc::clone(&self.pool);
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn(async move {
+                        let checked = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            K::check(&mut conn, Check::Reset),
+                        )
+                        .await;
+                        if matches!(checked, Ok(Ok(()))) {
+                            pool.put_back(conn, permit, born, None, false);
+                        } else {
+                            pool.discard(conn, permit);
+                        }
+                    });
+                }
+                Err(_) => self.pool.discard(conn, permit),
             }
-            Err(_) => pool.discard(conn, permit),
+            return;
         }
+        // Back with no round trip: what its request left is undone by the next acquire, in
+        // the same round trip as its `BEGIN` (which also checks the connection), or by the
+        // pool's sweep if nobody takes it within `SETTLE_WITHIN`.
+        let owed = if self.dirty || K::in_transaction(&conn) {
+            Some(Check::Rollback)
+        } else if self.settled {
+            None
+        } else {
+            Some(Check::Ping)
+        };
+        self.pool.put_back(conn, permit, born, owed, self.read_only);
     }
 }

@@ -2,7 +2,7 @@
 //! here, so that they run the real pool and its acquire on a paused clock.
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgTransactionManager};
-use sqlx::{Connection as _, Executor as _};
+use sqlx::{AssertSqlSafe, Connection as _, Executor as _, SqlSafeStr as _, SqlStr};
 use sqlx_core::transaction::TransactionManager as _;
 
 /// Opens, checks and closes a pool's connections.
@@ -17,12 +17,40 @@ pub(super) trait Connector: Send + Sync + 'static {
     /// to be reused.
     fn check(conn: &mut Self::Conn, check: Check) -> impl Future<Output = sqlx::Result<()>> + Send;
 
+    /// Readies a reused connection for its next user, in one round trip that also checks
+    /// it: what `owed` says its last user left is undone, then `first` is done. An error
+    /// means it is not to be reused.
+    /// `read_only` is whether its session makes every transaction read-only (it served
+    /// reads last); updated to what it is after.
+    fn prepare(
+        conn: &mut Self::Conn,
+        owed: Option<Check>,
+        first: &First,
+        read_only: &mut bool,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+
+    /// Whether the connection counts a transaction open (its user dropped it unfinished).
+    fn in_transaction(conn: &Self::Conn) -> bool;
+
     /// Closes a connection (the pool bounds how long this may take).
     fn close(conn: Self::Conn) -> impl Future<Output = ()> + Send;
 }
 
+/// What a connection's next user does first, which the pool does for it with the check:
+/// nothing more, or beginning a transaction.
+#[derive(Debug, Clone)]
+pub(super) enum First {
+    /// Only the check.
+    Check,
+    /// `BEGIN`, or the given statement that begins the transaction.
+    Begin(Option<SqlStr>),
+    /// No transaction: each statement is one of its own, which the session makes read-only
+    /// (`default_transaction_read_only`), so a write is refused, never committed.
+    Read,
+}
+
 /// How a connection that came back is checked, by what its request left open.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Check {
     /// Nothing known to be open.
     Ping,
@@ -30,6 +58,9 @@ pub(super) enum Check {
     Rollback,
     /// Whatever it is: the pool serves several tenants, so the session is reset.
     Reset,
+    /// Whatever it was doing when its next user gave up waiting for it: finished, and any
+    /// transaction, even one sqlx does not count, rolled back.
+    Abandoned,
 }
 
 /// What makes a returned connection the session it was when opened, in the one round trip
@@ -63,19 +94,97 @@ impl Connector for PgConnectOptions {
                 }
                 conn.execute(RESET_SESSION).await.map(drop)
             }
+            Check::Abandoned => {
+                while PgTransactionManager::get_transaction_depth(conn) > 0 {
+                    PgTransactionManager::start_rollback(conn);
+                }
+                // Quietly: usually there is a transaction (its `BEGIN` went out), not always.
+                conn.execute("SET client_min_messages = error; ROLLBACK; RESET client_min_messages")
+                    .await
+                    .map(drop)
+            }
             Check::Rollback if PgTransactionManager::get_transaction_depth(conn) == 0 => {
                 conn.execute("ROLLBACK").await.map(drop)
             }
+            // sqlx queues its rollbacks; the ping's sync goes out with them, one round trip.
             Check::Rollback | Check::Ping => {
-                if PgTransactionManager::get_transaction_depth(conn) == 0 {
-                    return conn.ping().await;
-                }
                 while PgTransactionManager::get_transaction_depth(conn) > 0 {
-                    PgTransactionManager::rollback(conn).await?;
+                    PgTransactionManager::start_rollback(conn);
                 }
-                Ok(())
+                conn.ping().await
             }
         }
+    }
+
+    async fn prepare(
+        conn: &mut PgConnection,
+        owed: Option<Check>,
+        first: &First,
+        read_only: &mut bool,
+    ) -> sqlx::Result<()> {
+        let statement = match first {
+            First::Check | First::Read => {
+                if let Some(check) = owed {
+                    Self::check(conn, check.clone()).await?;
+                    if check == Check::Reset {
+                        *read_only = false;
+                    }
+                }
+                let reads = matches!(first, First::Read);
+                if *read_only != reads {
+                    conn.execute(if reads {
+                        "SET default_transaction_read_only = on"
+                    } else {
+                        "RESET default_transaction_read_only"
+                    })
+                    .await?;
+                    *read_only = reads;
+                }
+                return Ok(());
+            }
+            First::Begin(statement) => statement,
+        };
+        let mut owed = owed;
+        if let Some(check @ (Check::Reset | Check::Abandoned)) = owed.take() {
+            Self::check(conn, check.clone()).await?;
+            if check == Check::Reset {
+                *read_only = false;
+            }
+        }
+        // A transaction sqlx counts is rolled back by queued `ROLLBACK`s, which go out in one
+        // write with the `BEGIN`: one round trip for both, and it checks the connection.
+        let untracked = owed == Some(Check::Rollback)
+            && PgTransactionManager::get_transaction_depth(conn) == 0;
+        while PgTransactionManager::get_transaction_depth(conn) > 0 {
+            PgTransactionManager::start_rollback(conn);
+        }
+        // A session that served reads makes transactions read-only by default: this one is
+        // begun `READ WRITE` (the setting cannot change in the same message: it would apply
+        // from the next transaction on, and the implicit one the message runs in is that).
+        let begin = match statement {
+            None if *read_only => "BEGIN READ WRITE",
+            None => "BEGIN",
+            Some(statement) => {
+                if *read_only {
+                    conn.execute("RESET default_transaction_read_only").await?;
+                    *read_only = false;
+                }
+                statement.as_str()
+            }
+        };
+        let statement = if untracked {
+            // A transaction sqlx does not know of (a raw `BEGIN`).
+            Some(AssertSqlSafe(format!("ROLLBACK; {begin}")).into_sql_str())
+        } else if *read_only {
+            Some("BEGIN READ WRITE".into_sql_str())
+        } else {
+            statement.clone()
+        };
+        PgTransactionManager::begin(conn, statement).await
+    }
+
+    fn in_transaction(conn: &PgConnection) -> bool {
+        PgTransactionManager::get_transaction_depth(conn) > 0
     }
 
     async fn close(conn: PgConnection) {

@@ -4,18 +4,29 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use sqlx::SqlStr;
 use sqlx::postgres::PgConnectOptions;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use super::budget::{Budget, Member};
 use super::conn::PooledConn;
-use super::connector::Connector;
+use super::connector::{Check, Connector, First};
 use super::stats::PoolStats;
 
 /// After closing a connection, how long its permit is kept: the server needs a moment to
 /// end the backend, and `pg_stat_activity` must never show more than the budget.
 pub(super) const CLOSE_GRACE: Duration = Duration::from_millis(2);
+
+/// How long a returned connection may sit idle owing a rollback (or a check) before the
+/// pool's sweep settles it: what an abandoned transaction holds (row locks, the share locks
+/// a migration waits for) is held at most this much longer than its request.
+pub(super) const SETTLE_WITHIN: Duration = Duration::from_millis(2);
+
+/// How long a reused connection gets to do what its last user owed, with its next user's
+/// first step: longer means a query its last request abandoned is still running (the
+/// connection finishes it off the request's path, and the request takes another).
+pub(super) const REUSE_WAIT: Duration = Duration::from_millis(500);
 
 /// One tenant's pool (or the shared database's), at most `max_connections` open, all
 /// counted against the [`Budget`].
@@ -74,10 +85,32 @@ impl TenantPool {
 
     /// A connection: an idle one, a new one within the pool's cap and the budget (closing
     /// another pool's idle connection if the budget is spent, see the module's rules), or,
-    /// after waiting up to the acquire timeout, `PoolTimedOut`.
+    /// after waiting up to the acquire timeout, `PoolTimedOut`. A reused connection is
+    /// checked first when its last user left something (one round trip).
     pub async fn acquire(&self) -> Result<PooledConn, sqlx::Error> {
+        self.timed(&First::Check).await
+    }
+
+    /// [`Self::acquire`], in a transaction begun with `statement` (`BEGIN` when `None`) in
+    /// the same round trip that undoes what the connection's last user left and checks it.
+    /// A reused connection that fails this is closed and another taken: nothing of the
+    /// caller's has run on it.
+    pub async fn begin(&self, statement: Option<SqlStr>) -> Result<PooledConn, sqlx::Error> {
+        let mut conn = self.timed(&First::Begin(statement)).await?;
+        conn.set_dirty(true);
+        Ok(conn)
+    }
+
+    /// [`Self::acquire`], for reads outside a transaction: each statement is a read-only
+    /// transaction of its own (PostgreSQL refuses a write). A connection that served reads
+    /// last is handed out again with no round trip at all when its last use ended cleanly.
+    pub async fn read(&self) -> Result<PooledConn, sqlx::Error> {
+        self.timed(&First::Read).await
+    }
+
+    async fn timed(&self, first: &First) -> Result<PooledConn, sqlx::Error> {
         let started = std::time::Instant::now();
-        let result = self.pool.acquire().await.map(PooledConn);
+        let result = self.pool.acquire_ready(first).await.map(PooledConn);
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::histogram!(crate::telemetry::POOL_ACQUIRE_WAIT, "outcome" => outcome)
             .record(started.elapsed());
@@ -106,6 +139,10 @@ pub(super) struct IdleConn<C> {
     pub(super) since: Instant,
     /// Opened at.
     pub(super) born: Instant,
+    /// What its last user left: undone by the next acquire, or by the sweep.
+    pub(super) owed: Option<Check>,
+    /// Its session makes transactions read-only.
+    pub(super) read_only: bool,
 }
 
 /// A pool's connections, under its lock.
@@ -117,6 +154,8 @@ pub(super) struct Conns<C> {
     /// Counting those being opened.
     pub(super) open: usize,
     pub(super) in_use: usize,
+    /// A sweep is scheduled for idle connections that owe something.
+    sweeping: bool,
 }
 
 /// A pool over any [`Connector`]: for PostgreSQL, what a [`TenantPool`] is; in the unit
@@ -163,6 +202,7 @@ impl<K: Connector> Pool<K> {
                 listed: false,
                 open: 0,
                 in_use: 0,
+                sweeping: false,
             }),
             returned: Notify::new(),
             closed: AtomicBool::new(false),
@@ -197,12 +237,15 @@ impl<K: Connector> Pool<K> {
         });
     }
 
-    /// Takes a connection back: idle for reuse, or closed when the pool is retired.
+    /// Takes a connection back: idle for reuse, or closed when the pool is retired. One that
+    /// owes something is settled by the next acquire, or by a sweep within [`SETTLE_WITHIN`].
     pub(super) fn put_back(
         self: &Arc<Self>,
         conn: K::Conn,
         permit: OwnedSemaphorePermit,
         born: Instant,
+        owed: Option<Check>,
+        read_only: bool,
     ) {
         if born.elapsed() >= self.max_lifetime {
             // Old enough: a new one replaces it on demand.
@@ -214,7 +257,13 @@ impl<K: Connector> Pool<K> {
             self.discard(conn, permit);
             return;
         }
-        let list = {
+        let runtime = tokio::runtime::Handle::try_current();
+        if owed.is_some() && runtime.is_err() {
+            // Shutting down: nothing could settle it.
+            self.discard(conn, permit);
+            return;
+        }
+        let (list, sweep) = {
             let mut c = self.lock();
             c.in_use -= 1;
             c.idle.push(IdleConn {
@@ -222,14 +271,64 @@ impl<K: Connector> Pool<K> {
                 permit,
                 since: Instant::now(),
                 born,
+                owed,
+                read_only,
             });
-            !std::mem::replace(&mut c.listed, true)
+            let sweep = owed.is_some() && !std::mem::replace(&mut c.sweeping, true);
+            (!std::mem::replace(&mut c.listed, true), sweep)
         };
         if list {
             let member: Weak<dyn Member> = Arc::downgrade(self) as Weak<Self>;
             self.budget.list_with_idle(member);
         }
         self.returned.notify_one();
+        if sweep && let Ok(runtime) = runtime {
+            runtime.spawn(Arc::clone(self).sweep());
+        }
+    }
+
+    /// Settles, off any request's path, the idle connections that have owed something for
+    /// [`SETTLE_WITHIN`], until none owes anything.
+    async fn sweep(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(SETTLE_WITHIN).await;
+            let (due, again) = {
+                let mut c = self.lock();
+                let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut c.idle)
+                    .into_iter()
+                    .partition(|i| i.owed.is_some() && i.since.elapsed() >= SETTLE_WITHIN);
+                c.idle = keep;
+                c.in_use += due.len();
+                let again = c.idle.iter().any(|i| i.owed.is_some());
+                c.sweeping = again;
+                (due, again)
+            };
+            for idle in due {
+                let pool = Arc::clone(&self);
+                tokio::spawn(async move {
+                    let IdleConn {
+                        mut conn,
+                        permit,
+                        born,
+                        owed,
+                        read_only,
+                        ..
+                    } = idle;
+                    let check = owed.unwrap_or(Check::Ping);
+                    let checked =
+                        tokio::time::timeout(Duration::from_secs(5), K::check(&mut conn, check))
+                            .await;
+                    if matches!(checked, Ok(Ok(()))) {
+                        pool.put_back(conn, permit, born, None, read_only);
+                    } else {
+                        pool.discard(conn, permit);
+                    }
+                });
+            }
+            if !again {
+                return;
+            }
+        }
     }
 
     /// Forgets a connection that cannot be reused.

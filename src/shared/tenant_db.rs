@@ -1,7 +1,14 @@
 //! The tenant data path: [`TenantDb`] and the [`TenantConn`] transactions it hands out.
 
 use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::{BoxStream, Stream, StreamExt as _};
+use sqlx::postgres::{PgQueryResult, PgRow, PgTypeInfo};
+use sqlx::{Database, Either, Execute, Postgres, SqlStr};
 
 use sqlx::postgres::PgTransactionManager;
 use sqlx::{AssertSqlSafe, PgConnection, SqlSafeStr as _};
@@ -40,12 +47,10 @@ impl<'a> TenantDb<'a> {
 
     /// The same as [`Self::conn`]: a transaction, rolled back unless committed.
     pub async fn begin(&self) -> Result<TenantConn, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
-        conn.set_dirty(true);
-        match self.tenant.isolation {
-            Isolation::Dedicated => {
-                PgTransactionManager::begin(&mut conn, None).await?;
-            }
+        let conn = match self.tenant.isolation {
+            // One round trip: the `BEGIN`, with the rollback of what the connection's last
+            // request left (see `TenantPool::begin`).
+            Isolation::Dedicated => self.pool.begin(None).await?,
             // Two round trips: the tenant's lock and check (shared migration 0004) with the
             // role, then the tenant's `SET LOCAL`, which must travel alone (see `scope_sql`).
             Isolation::Shared => {
@@ -65,25 +70,114 @@ impl<'a> TenantDb<'a> {
                     ));
                 }
                 let begin = format!("BEGIN; {enter}; {role}{own}");
-                PgTransactionManager::begin(&mut conn, Some(AssertSqlSafe(begin).into_sql_str()))
+                let mut conn = self
+                    .pool
+                    .begin(Some(AssertSqlSafe(begin).into_sql_str()))
                     .await?;
                 sqlx::raw_sql(sqlx::AssertSqlSafe(tenant))
                     .execute(&mut *conn)
                     .await?;
+                conn
             }
+        };
+        Ok(TenantConn::new(conn, true))
+    }
+
+    /// A connection for reads only. A dedicated tenant's is outside any transaction: each
+    /// statement is a transaction of its own, which PostgreSQL makes read-only (a write is
+    /// refused with SQLSTATE 25006, never committed), and it costs no `BEGIN` or `ROLLBACK`:
+    /// a request that makes one query makes one round trip. A shared tenant's is its scoped
+    /// transaction, as [`Self::conn`] gives, rolled back when dropped.
+    ///
+    /// Run queries on `&mut conn` (the connection itself, not `&mut *conn`): it then sees
+    /// each statement end, so the next request gets it without a check; used through the
+    /// `PgConnection` it still works, and is checked before reuse.
+    pub async fn read(&self) -> Result<TenantConn, sqlx::Error> {
+        match self.tenant.isolation {
+            Isolation::Dedicated => Ok(TenantConn::new(self.pool.read().await?, false)),
+            Isolation::Shared => self.begin().await,
         }
-        Ok(TenantConn { conn, in_tx: true })
     }
 }
 
-/// A connection handed out by [`TenantDb`], in a transaction: deref to `PgConnection` for
-/// queries, then [`Self::commit`] to keep what it wrote.
+/// A connection handed out by [`TenantDb`], in a transaction (or, from [`TenantDb::read`],
+/// for reads): run queries on `&mut conn` (it is an [`sqlx::Executor`]) or on the
+/// `PgConnection` it derefs to, then [`Self::commit`] to keep what it wrote.
+///
+/// Used as an executor, it watches its statements: one that fails on the connection itself
+/// (I/O, TLS, protocol) marks it broken, so it is closed when dropped and never reaches the
+/// next request; one whose every statement ran to its end goes back with nothing to check.
 pub struct TenantConn {
     conn: PooledConn,
     in_tx: bool,
+    health: Health,
+}
+
+/// What a [`TenantConn`] saw of its statements.
+#[derive(Debug, Default)]
+struct Health {
+    /// A statement started and was not seen to end (abandoned, or it failed).
+    busy: bool,
+    /// Used through `DerefMut`, where its statements cannot be seen.
+    untracked: bool,
+    /// A statement failed on the connection itself.
+    broken: bool,
+}
+
+impl Health {
+    fn ended<T>(&mut self, result: &Result<T, sqlx::Error>) {
+        match result {
+            Ok(_) => self.busy = false,
+            Err(e) => self.failed(e),
+        }
+    }
+
+    fn failed(&mut self, e: &sqlx::Error) {
+        if matches!(
+            e,
+            sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::WorkerCrashed
+        ) {
+            self.broken = true;
+        }
+    }
+}
+
+impl std::fmt::Debug for TenantConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantConn")
+            .field("in_tx", &self.in_tx)
+            .field("health", &self.health)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for TenantConn {
+    fn drop(&mut self) {
+        if self.health.broken {
+            self.conn.broken();
+        } else if !self.in_tx && !self.health.busy && !self.health.untracked {
+            self.conn.ended();
+        }
+    }
 }
 
 impl TenantConn {
+    fn new(conn: PooledConn, in_tx: bool) -> Self {
+        Self {
+            conn,
+            in_tx,
+            health: Health::default(),
+        }
+    }
+
+    /// The connection and what is seen of it, borrowed apart.
+    fn parts(&mut self) -> (&mut PgConnection, &mut Health) {
+        (&mut self.conn, &mut self.health)
+    }
+
     /// Commits the transaction. An error when it failed earlier (a statement of it was
     /// refused, even one the handler went past): PostgreSQL would answer that `COMMIT` with
     /// a rollback and no error, and the writes would be lost without a word.
@@ -92,7 +186,7 @@ impl TenantConn {
             // In a failed transaction every statement is refused (25P02).
             sqlx::raw_sql("SELECT 1").execute(&mut *self.conn).await?;
             PgTransactionManager::commit(&mut self.conn).await?;
-            self.conn.set_dirty(false);
+            self.conn.ended();
             self.in_tx = false;
         }
         Ok(())
@@ -102,7 +196,7 @@ impl TenantConn {
     pub async fn rollback(mut self) -> Result<(), sqlx::Error> {
         if self.in_tx {
             PgTransactionManager::rollback(&mut self.conn).await?;
-            self.conn.set_dirty(false);
+            self.conn.ended();
             self.in_tx = false;
         }
         Ok(())
@@ -118,6 +212,102 @@ impl Deref for TenantConn {
 
 impl DerefMut for TenantConn {
     fn deref_mut(&mut self) -> &mut PgConnection {
+        self.health.untracked = true;
         &mut self.conn
+    }
+}
+
+/// A statement stream that tells the connection's [`Health`] how it ended.
+struct Watched<'e, S> {
+    inner: S,
+    health: &'e mut Health,
+}
+
+impl<S, T> Stream for Watched<'_, S>
+where
+    S: Stream<Item = Result<T, sqlx::Error>> + Unpin,
+{
+    type Item = Result<T, sqlx::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = self.inner.poll_next_unpin(cx);
+        match &polled {
+            Poll::Ready(None) => self.health.busy = false,
+            Poll::Ready(Some(Err(e))) => self.health.failed(e),
+            _ => {}
+        }
+        polled
+    }
+}
+
+impl<'c> sqlx::Executor<'c> for &'c mut TenantConn {
+    type Database = Postgres;
+
+    fn fetch_many<'e, 'q, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, Result<Either<PgQueryResult, PgRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+        'q: 'e,
+    {
+        let (conn, health) = self.parts();
+        health.busy = true;
+        Box::pin(Watched {
+            inner: conn.fetch_many(query),
+            health,
+        })
+    }
+
+    fn fetch_optional<'e, 'q, E>(self, query: E) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+        'q: 'e,
+    {
+        let (conn, health) = self.parts();
+        health.busy = true;
+        let inner = conn.fetch_optional(query);
+        Box::pin(async move {
+            let result = inner.await;
+            health.ended(&result);
+            result
+        })
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: SqlStr,
+        parameters: &'e [PgTypeInfo],
+    ) -> BoxFuture<'e, Result<<Postgres as Database>::Statement, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        let (conn, health) = self.parts();
+        health.busy = true;
+        let inner = conn.prepare_with(sql, parameters);
+        Box::pin(async move {
+            let result = inner.await;
+            health.ended(&result);
+            result
+        })
+    }
+
+    fn describe<'e>(
+        self,
+        sql: SqlStr,
+    ) -> BoxFuture<'e, Result<sqlx_core::describe::Describe<Postgres>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        let (conn, health) = self.parts();
+        health.busy = true;
+        let inner = conn.describe(sql);
+        Box::pin(async move {
+            let result = inner.await;
+            health.ended(&result);
+            result
+        })
     }
 }

@@ -324,14 +324,14 @@ impl<S: Send + Sync> FromRequestParts<S> for AuthUser {
         let tenant = CurrentTenant::from_request_parts(parts, state).await?;
         let token = BearerToken::from_request_parts(parts, state).await?;
         let db = tenant.db();
-        let mut conn = db.conn().await?;
+        let mut conn = db.read().await?;
         let user_id: Option<i64> = sqlx::query_scalar(
             "SELECT user_id FROM sessions
              WHERE tenant_id = $1 AND token_hash = $2 AND expires_at > now()",
         )
         .bind(db.scope())
         .bind(token.hash())
-        .fetch_optional(&mut *conn)
+        .fetch_optional(&mut conn)
         .await?;
         user_id
             .map(|user_id| Self { user_id })

@@ -94,7 +94,7 @@ pub(super) async fn list(
             .ok_or_else(|| ApiError::invalid("cursor", "is not a cursor this API returned"))?,
     };
     let db = tenant.db();
-    let mut conn = db.conn().await?;
+    let mut conn = db.read().await?;
     let rows: Vec<SessionNote> = sqlx::query_as(
         "SELECT n.id, n.content, n.created_at, n.updated_at
          FROM sessions s
@@ -110,7 +110,7 @@ pub(super) async fn list(
     .bind(token.hash())
     .bind(before)
     .bind(limit + 1)
-    .fetch_all(&mut *conn)
+    .fetch_all(&mut conn)
     .await?;
     drop(conn);
     if rows.is_empty() {
@@ -185,7 +185,7 @@ pub(super) async fn show(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Note>, ApiError> {
     let db = tenant.db();
-    let mut conn = db.conn().await?;
+    let mut conn = db.read().await?;
     sqlx::query_as(
         "SELECT id, content, created_at, updated_at FROM notes
          WHERE tenant_id = $1 AND id = $2 AND user_id = $3",
@@ -193,7 +193,7 @@ pub(super) async fn show(
     .bind(db.scope())
     .bind(id)
     .bind(user.user_id)
-    .fetch_optional(&mut *conn)
+    .fetch_optional(&mut conn)
     .await?
     .map(Json)
     .ok_or_else(not_found)

@@ -149,13 +149,13 @@ pub(super) async fn login(
     let check = config.passwords.admit(tenant.id().as_str())?;
     let db = tenant.db();
     let user: Option<(i64, String)> = {
-        let mut conn = db.conn().await?;
+        let mut conn = db.read().await?;
         sqlx::query_as(
             "SELECT id, password_hash FROM users WHERE tenant_id = $1 AND lower(email) = lower($2)",
         )
         .bind(db.scope())
         .bind(&body.email)
-        .fetch_optional(&mut *conn)
+        .fetch_optional(&mut conn)
         .await?
     };
     let (id, hash) = user.unzip();

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::super::connector::First;
+use super::super::tenant_pool::{REUSE_WAIT, SETTLE_WITHIN};
 use super::{Budget, Check, MS, Member as _, StandIn, counts, pool, settle};
 
 #[tokio::test(start_paused = true)]
@@ -154,4 +156,84 @@ async fn a_returned_connection_is_checked_by_what_its_request_left_open() {
         [Check::Ping, Check::Rollback, Check::Ping]
     );
     assert_eq!(db.connects(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transaction_left_open_is_rolled_back_by_the_next_begin_in_its_round_trip() {
+    let budget = Budget::new(1);
+    let db = StandIn::new();
+    let p = pool("p", &budget, &db, 1, 1000 * MS);
+    let mut conn = p.acquire_ready(&First::Begin(None)).await.unwrap();
+    conn.set_dirty(true);
+    drop(conn);
+    // Taken again at once: the rollback it owes goes with its next `BEGIN`, and no sweep
+    // checks it on its own.
+    let conn = p.acquire_ready(&First::Begin(None)).await.unwrap();
+    assert_eq!((conn.id, conn.begun), (1, 2));
+    assert_eq!(*db.0.checks.lock().unwrap(), [Check::Rollback]);
+    drop(conn);
+    settle().await;
+    assert_eq!(*db.0.checks.lock().unwrap(), [Check::Rollback, Check::Ping]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_connection_owing_a_rollback_is_settled_within_the_bound() {
+    let budget = Budget::new(1);
+    let db = StandIn::new();
+    let p = pool("p", &budget, &db, 1, 1000 * MS);
+    let mut conn = p.acquire().await.unwrap();
+    conn.set_dirty(true);
+    drop(conn);
+    let returned = Instant::now();
+    // Nobody takes it: the sweep rolls it back, and not before its bound.
+    while db.0.checks.lock().unwrap().is_empty() {
+        tokio::time::sleep(MS / 4).await;
+        assert!(returned.elapsed() <= 2 * SETTLE_WITHIN + MS, "not settled in time");
+    }
+    assert!(returned.elapsed() >= SETTLE_WITHIN);
+    assert_eq!(*db.0.checks.lock().unwrap(), [Check::Rollback]);
+    // Settled, it owes nothing: the next acquire checks nothing.
+    settle().await;
+    let conn = p.acquire().await.unwrap();
+    assert_eq!(conn.id, 1);
+    assert_eq!(db.0.checks.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broken_connection_fails_its_begin_and_another_is_taken() {
+    let budget = Budget::new(2);
+    let db = StandIn::new();
+    let p = pool("p", &budget, &db, 2, 1000 * MS);
+    let mut conn = p.acquire_ready(&First::Begin(None)).await.unwrap();
+    conn.set_dirty(true);
+    conn.broken = true;
+    drop(conn);
+    let next = p.acquire_ready(&First::Begin(None)).await.unwrap();
+    assert_eq!((next.id, next.begun), (2, 1));
+    settle().await;
+    assert_eq!((db.connects(), db.live()), (2, 1));
+    assert_eq!(budget.stats().closed_total, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_still_busy_with_an_abandoned_query_is_not_waited_for() {
+    let budget = Budget::new(2);
+    let db = StandIn::new();
+    let p = pool("p", &budget, &db, 2, 5000 * MS);
+    let mut conn = p.acquire_ready(&First::Begin(None)).await.unwrap();
+    conn.set_dirty(true);
+    conn.busy_for = 3000 * MS;
+    drop(conn);
+    let asked = Instant::now();
+    let next = p.acquire_ready(&First::Begin(None)).await.unwrap();
+    // The next request gave up on it after `REUSE_WAIT` and got a new one.
+    assert_eq!(next.id, 2);
+    assert!(asked.elapsed() < 2 * REUSE_WAIT);
+    drop(next);
+    // The busy one finishes off the path, is rolled back, and stays open for reuse.
+    tokio::time::sleep(4000 * MS).await;
+    assert_eq!((db.connects(), db.live()), (2, 2));
+    assert_eq!(budget.stats().closed_total, 0);
+    assert!(db.0.checks.lock().unwrap().contains(&Check::Abandoned));
+    assert_eq!(counts(&p), (2, 2, 0));
 }

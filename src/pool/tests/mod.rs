@@ -10,7 +10,7 @@ use sqlx::postgres::PgConnectOptions;
 
 use super::budget::{Budget, Member};
 use super::conn::Pooled;
-use super::connector::{Check, Connector};
+use super::connector::{Check, Connector, First};
 use super::tenant_pool::{CLOSE_GRACE, Pool, TenantPool};
 
 mod invariants;
@@ -34,8 +34,13 @@ struct StandIn(Arc<Server>);
 struct Conn {
     server: Arc<Server>,
     id: usize,
-    /// Set by a test: the request broke it, its check on the way back fails.
+    /// Set by a test: the request broke it, its check fails.
     broken: bool,
+    /// Set by a test: its request abandoned a query that runs this much longer, so its next
+    /// check waits for it.
+    busy_for: Duration,
+    /// `BEGIN`s done on it.
+    begun: usize,
 }
 
 impl Drop for Conn {
@@ -98,15 +103,42 @@ impl Connector for StandIn {
             server: Arc::clone(&self.0),
             id,
             broken: false,
+            busy_for: Duration::ZERO,
+            begun: 0,
         })
     }
 
     async fn check(conn: &mut Conn, check: Check) -> sqlx::Result<()> {
+        tokio::time::sleep(std::mem::take(&mut conn.busy_for)).await;
         conn.server.checks.lock().unwrap().push(check);
         if conn.broken {
             return Err(sqlx::Error::Io(std::io::ErrorKind::BrokenPipe.into()));
         }
         Ok(())
+    }
+
+    async fn prepare(
+        conn: &mut Conn,
+        owed: Option<Check>,
+        first: &First,
+        read_only: &mut bool,
+    ) -> sqlx::Result<()> {
+        if let Some(check) = owed {
+            Self::check(conn, check).await?;
+        }
+        *read_only = matches!(first, First::Read);
+        if let First::Begin(_) = first {
+            tokio::time::sleep(std::mem::take(&mut conn.busy_for)).await;
+            if conn.broken {
+                return Err(sqlx::Error::Io(std::io::ErrorKind::BrokenPipe.into()));
+            }
+            conn.begun += 1;
+        }
+        Ok(())
+    }
+
+    fn in_transaction(_: &Conn) -> bool {
+        false
     }
 
     async fn close(conn: Conn) {
