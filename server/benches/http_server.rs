@@ -6,9 +6,6 @@
 
 use std::sync::Arc;
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use axum::Extension;
 use serde_json::{Value, json};
 use tenant_router::control::{ControlDb, TenantSpec};
@@ -30,7 +27,9 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(16);
-    if std::env::var_os("BENCH_LOG").is_some() { tracing_subscriber::fmt().with_env_filter("warn").init(); }
+    if std::env::var_os("BENCH_LOG").is_some() {
+        tracing_subscriber::fmt().with_env_filter("warn").init();
+    }
     let pg = LocalPostgres::start_ephemeral().await?;
     let control = ControlDb::connect_lazy(&pg.create_database("control").await?);
     control.migrate().await?;

@@ -32,9 +32,11 @@ use super::tenant_pool::{Pool, REUSE_WAIT};
 /// closes it after 5 s. It stays counted in use meanwhile, as it is.
 fn settle_later<K: Connector>(mut conn: Pooled<K>) {
     tokio::spawn(async move {
-        let settled =
-            tokio::time::timeout(Duration::from_secs(5), K::check(&mut conn, Check::Abandoned))
-                .await;
+        let settled = tokio::time::timeout(
+            Duration::from_secs(5),
+            K::check(&mut conn, Check::Abandoned),
+        )
+        .await;
         if matches!(settled, Ok(Ok(()))) {
             conn.settled();
         } else {

@@ -153,8 +153,8 @@ impl Connector for PgConnectOptions {
         }
         // A transaction sqlx counts is rolled back by queued `ROLLBACK`s, which go out in one
         // write with the `BEGIN`: one round trip for both, and it checks the connection.
-        let untracked = owed == Some(Check::Rollback)
-            && PgTransactionManager::get_transaction_depth(conn) == 0;
+        let untracked =
+            owed == Some(Check::Rollback) && PgTransactionManager::get_transaction_depth(conn) == 0;
         while PgTransactionManager::get_transaction_depth(conn) > 0 {
             PgTransactionManager::start_rollback(conn);
         }

@@ -15,6 +15,7 @@ pub mod apex;
 pub mod auth;
 pub(crate) mod jobs;
 mod notes;
+pub mod timestamp;
 mod users;
 
 /// The reference app's API, as OpenAPI 3.1 (served at `/openapi.json`).

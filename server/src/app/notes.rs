@@ -4,10 +4,10 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::AppConfig;
+use super::timestamp::Timestamp;
 use super::auth::{AuthUser, BearerToken};
 use tenant_router::middleware::CurrentTenant;
 use tenant_router::problem::{ApiError, ApiJson, ApiPath, ApiQuery};
@@ -18,8 +18,35 @@ const MAX_CONTENT_CHARS: usize = 10_000;
 pub(super) struct Note {
     id: i64,
     content: String,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
+    #[schema(value_type = String, format = DateTime)]
+    created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    updated_at: Timestamp,
+}
+
+/// A page as JSON, serialized into a buffer sized for it: axum's `Json` starts at 128 bytes
+/// and grows by copying.
+pub(super) struct PageJson(NotePage);
+
+impl IntoResponse for PageJson {
+    fn into_response(self) -> Response {
+        let size = 64
+            + self
+                .0
+                .notes
+                .iter()
+                .map(|n| 128 + n.content.len())
+                .sum::<usize>();
+        let mut body = Vec::with_capacity(size);
+        match serde_json::to_writer(&mut body, &self.0) {
+            Ok(()) => (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response(),
+            Err(e) => ApiError::Internal(e.into()).into_response(),
+        }
+    }
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -62,14 +89,14 @@ fn not_found() -> ApiError {
     ApiError::NotFound("no such note".into())
 }
 
-/// One row of the list query: the session's user, and one of its notes (or none).
-#[derive(sqlx::FromRow)]
-struct SessionNote {
-    id: Option<i64>,
-    content: Option<String>,
-    created_at: Option<DateTime<Utc>>,
-    updated_at: Option<DateTime<Utc>>,
-}
+/// One row of the list query: the session's user, and one of its notes (or none): id,
+/// content, created and updated. A tuple, decoded by position, not by column name.
+type SessionNote = (
+    Option<i64>,
+    Option<String>,
+    Option<Timestamp>,
+    Option<Timestamp>,
+);
 
 #[utoipa::path(get, path = "/api/notes", tag = "notes", params(ListQuery), security(("bearer" = [])),
     responses((status = 200, description = "The user's notes, newest first", body = NotePage), (status = 401, description = "No valid bearer token", body = tenant_router::problem::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid fields, each named", body = tenant_router::problem::Problem, content_type = "application/problem+json"), crate::openapi::TenantProblems))]
@@ -80,7 +107,7 @@ pub(super) async fn list(
     tenant: CurrentTenant,
     token: BearerToken,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<NotePage>, ApiError> {
+) -> Result<PageJson, ApiError> {
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::invalid("limit", "must be between 1 and 100"));
@@ -118,12 +145,12 @@ pub(super) async fn list(
     }
     let mut notes: Vec<Note> = rows
         .into_iter()
-        .filter_map(|r| {
+        .filter_map(|(id, content, created_at, updated_at)| {
             Some(Note {
-                id: r.id?,
-                content: r.content?,
-                created_at: r.created_at?,
-                updated_at: r.updated_at?,
+                id: id?,
+                content: content?,
+                created_at: created_at?,
+                updated_at: updated_at?,
             })
         })
         .collect();
@@ -133,7 +160,7 @@ pub(super) async fn list(
     } else {
         None
     };
-    Ok(Json(NotePage { notes, next_cursor }))
+    Ok(PageJson(NotePage { notes, next_cursor }))
 }
 
 #[derive(Deserialize, Default, utoipa::IntoParams)]
@@ -251,3 +278,4 @@ pub(super) async fn remove(
         Ok(StatusCode::NO_CONTENT)
     }
 }
+

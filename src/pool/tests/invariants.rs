@@ -188,7 +188,10 @@ async fn an_idle_connection_owing_a_rollback_is_settled_within_the_bound() {
     // Nobody takes it: the sweep rolls it back, and not before its bound.
     while db.0.checks.lock().unwrap().is_empty() {
         tokio::time::sleep(MS / 4).await;
-        assert!(returned.elapsed() <= 2 * SETTLE_WITHIN + MS, "not settled in time");
+        assert!(
+            returned.elapsed() <= 2 * SETTLE_WITHIN + MS,
+            "not settled in time"
+        );
     }
     assert!(returned.elapsed() >= SETTLE_WITHIN);
     assert_eq!(*db.0.checks.lock().unwrap(), [Check::Rollback]);
