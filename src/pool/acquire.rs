@@ -25,7 +25,7 @@ use super::budget::Budget;
 use super::conn::Pooled;
 use super::connector::{Check, Connector, First};
 use super::rules::{History, Plan, QueueCounts};
-use super::tenant_pool::{Pool, REUSE_WAIT};
+use super::tenant_pool::{CHECK_AFTER_IDLE, Pool, REUSE_WAIT};
 
 /// Finishes, off the request's path, whatever a connection was busy with when its next user
 /// gave up waiting (a query its last request abandoned), rolls back, and gives it back; or
@@ -272,7 +272,10 @@ impl<'a, K: Connector> Acquire<'a, '_, K> {
                     idle.conn,
                     idle.permit,
                     idle.born,
-                    idle.owed,
+                    // Idle long enough for the server to have gone away meanwhile (a
+                    // restart, a failover, an idle-session timeout): checked first.
+                    idle.owed
+                        .or((idle.since.elapsed() >= CHECK_AFTER_IDLE).then_some(Check::Ping)),
                     idle.read_only,
                 )));
             }

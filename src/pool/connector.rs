@@ -2,7 +2,7 @@
 //! here, so that they run the real pool and its acquire on a paused clock.
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgTransactionManager};
-use sqlx::{AssertSqlSafe, Connection as _, Executor as _, SqlSafeStr as _, SqlStr};
+use sqlx::{Connection as _, Executor as _, SqlSafeStr as _, SqlStr};
 use sqlx_core::transaction::TransactionManager as _;
 
 /// Opens, checks and closes a pool's connections.
@@ -75,6 +75,23 @@ const RESET_SESSION: &str = "SET client_min_messages = error; ROLLBACK; CLOSE AL
      RESET ALL; RESET ROLE; RESET SESSION AUTHORIZATION; UNLISTEN *; \
      SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
 
+/// Ends a transaction sqlx does not count (a raw `BEGIN`), if one is open, failed or not. A
+/// bare `ROLLBACK` would draw a warning when none is (which sqlx logs), and in a failed
+/// transaction nothing but `ROLLBACK` runs, so the state is asked first: in one round trip
+/// when the session is idle, two when a transaction was open.
+async fn end_untracked(conn: &mut PgConnection) -> sqlx::Result<()> {
+    // sqlx's begin with a statement that begins nothing: it then tells whether the session is
+    // in a transaction (and counts it), or fails with what PostgreSQL said.
+    match PgTransactionManager::begin(conn, Some("SELECT 1".into_sql_str())).await {
+        Ok(()) => PgTransactionManager::rollback(conn).await,
+        Err(sqlx::Error::BeginFailed) => Ok(()),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("25P02") => {
+            conn.execute("ROLLBACK").await.map(drop)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl Connector for PgConnectOptions {
     type Conn = PgConnection;
 
@@ -99,12 +116,11 @@ impl Connector for PgConnectOptions {
                     PgTransactionManager::start_rollback(conn);
                 }
                 // Quietly: usually there is a transaction (its `BEGIN` went out), not always.
-                conn.execute("SET client_min_messages = error; ROLLBACK; RESET client_min_messages")
-                    .await
-                    .map(drop)
+                end_untracked(conn).await
             }
+            // A transaction sqlx does not count, if there is one.
             Check::Rollback if PgTransactionManager::get_transaction_depth(conn) == 0 => {
-                conn.execute("ROLLBACK").await.map(drop)
+                end_untracked(conn).await
             }
             // sqlx queues its rollbacks; the ping's sync goes out with them, one round trip.
             Check::Rollback | Check::Ping => {
@@ -125,7 +141,7 @@ impl Connector for PgConnectOptions {
         let statement = match first {
             First::Check | First::Read => {
                 if let Some(check) = owed {
-                    Self::check(conn, check.clone()).await?;
+                    Self::check(conn, check).await?;
                     if check == Check::Reset {
                         *read_only = false;
                     }
@@ -144,9 +160,8 @@ impl Connector for PgConnectOptions {
             }
             First::Begin(statement) => statement,
         };
-        let mut owed = owed;
-        if let Some(check @ (Check::Reset | Check::Abandoned)) = owed.take() {
-            Self::check(conn, check.clone()).await?;
+        if let Some(check @ (Check::Reset | Check::Abandoned)) = owed {
+            Self::check(conn, check).await?;
             if check == Check::Reset {
                 *read_only = false;
             }
@@ -158,27 +173,24 @@ impl Connector for PgConnectOptions {
         while PgTransactionManager::get_transaction_depth(conn) > 0 {
             PgTransactionManager::start_rollback(conn);
         }
+        if untracked {
+            // A transaction sqlx does not know of (a raw `BEGIN`), if one is open.
+            end_untracked(conn).await?;
+        }
         // A session that served reads makes transactions read-only by default: this one is
         // begun `READ WRITE` (the setting cannot change in the same message: it would apply
         // from the next transaction on, and the implicit one the message runs in is that).
-        let begin = match statement {
-            None if *read_only => "BEGIN READ WRITE",
-            None => "BEGIN",
+        // A statement of the caller's own is run as given, in a session reset first.
+        let statement = match statement {
+            None if *read_only => Some("BEGIN READ WRITE".into_sql_str()),
+            None => None,
             Some(statement) => {
                 if *read_only {
                     conn.execute("RESET default_transaction_read_only").await?;
                     *read_only = false;
                 }
-                statement.as_str()
+                Some(statement.clone())
             }
-        };
-        let statement = if untracked {
-            // A transaction sqlx does not know of (a raw `BEGIN`).
-            Some(AssertSqlSafe(format!("ROLLBACK; {begin}")).into_sql_str())
-        } else if *read_only {
-            Some("BEGIN READ WRITE".into_sql_str())
-        } else {
-            statement.clone()
         };
         PgTransactionManager::begin(conn, statement).await
     }

@@ -23,6 +23,11 @@ pub(super) const CLOSE_GRACE: Duration = Duration::from_millis(2);
 /// a migration waits for) is held at most this much longer than its request.
 pub(super) const SETTLE_WITHIN: Duration = Duration::from_millis(2);
 
+/// A connection idle this long is pinged (with its next user's first step) before reuse:
+/// one idle for less goes straight to its next request. A connection that breaks while in
+/// use never goes back to the pool at all.
+pub(super) const CHECK_AFTER_IDLE: Duration = Duration::from_secs(10);
+
 /// How long a reused connection gets to do what its last user owed, with its next user's
 /// first step: longer means a query its last request abandoned is still running (the
 /// connection finishes it off the request's path, and the request takes another).

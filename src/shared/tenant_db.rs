@@ -7,7 +7,8 @@ use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{BoxStream, Stream, StreamExt as _};
-use sqlx::postgres::{PgQueryResult, PgRow, PgTypeInfo};
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgArguments, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
 use sqlx::{Database, Either, Execute, Postgres, SqlStr};
 
 use sqlx::postgres::PgTransactionManager;
@@ -120,6 +121,10 @@ struct Health {
     busy: bool,
     /// Used through `DerefMut`, where its statements cannot be seen.
     untracked: bool,
+    /// Outside a transaction of ours, it ran a statement that may have begun one of its own
+    /// (its text holds `BEGIN` or `START`): sqlx does not count those, so it is rolled back
+    /// before reuse.
+    may_open: bool,
     /// A statement failed on the connection itself.
     broken: bool,
 }
@@ -158,7 +163,13 @@ impl Drop for TenantConn {
     fn drop(&mut self) {
         if self.health.broken {
             self.conn.broken();
-        } else if !self.in_tx && !self.health.busy && !self.health.untracked {
+        } else if self.in_tx {
+            // Dirty already: its transaction is rolled back before reuse.
+        } else if self.health.untracked || self.health.may_open {
+            // A transaction sqlx does not count may be open (a raw `BEGIN`, ended or not):
+            // the next user's first round trip rolls it back.
+            self.conn.set_dirty(true);
+        } else if !self.health.busy {
             self.conn.ended();
         }
     }
@@ -217,6 +228,61 @@ impl DerefMut for TenantConn {
     }
 }
 
+/// A statement whose text was looked at before it went out, for whether it may begin a
+/// transaction sqlx does not count (see [`Health::may_open`]); otherwise what it was.
+struct Seen {
+    sql: SqlStr,
+    statement: Option<PgStatement>,
+    arguments: Option<Result<Option<PgArguments>, BoxDynError>>,
+    persistent: bool,
+}
+
+impl Seen {
+    fn new<'q>(mut query: impl Execute<'q, Postgres>, health: &mut Health) -> Self {
+        let statement = query.statement().cloned();
+        let persistent = query.persistent();
+        let arguments = Some(query.take_arguments());
+        let sql = query.sql();
+        if may_begin(sql.as_str()) {
+            health.may_open = true;
+        }
+        Self {
+            sql,
+            statement,
+            arguments,
+            persistent,
+        }
+    }
+}
+
+/// Whether a statement's text may begin a transaction: every way to (`BEGIN`,
+/// `START TRANSACTION`) spells one of those keywords, which PostgreSQL reads in any case and
+/// never escaped. A false alarm (a column `started_at`) only costs a check before reuse.
+fn may_begin(sql: &str) -> bool {
+    sql.as_bytes().windows(5).any(|w| {
+        matches!(w[0] | 0x20, b'b' | b's')
+            && (w.eq_ignore_ascii_case(b"begin") || w.eq_ignore_ascii_case(b"start"))
+    })
+}
+
+impl<'q> Execute<'q, Postgres> for Seen {
+    fn sql(self) -> SqlStr {
+        self.sql
+    }
+
+    fn statement(&self) -> Option<&PgStatement> {
+        self.statement.as_ref()
+    }
+
+    fn take_arguments(&mut self) -> Result<Option<PgArguments>, BoxDynError> {
+        self.arguments.take().unwrap_or(Ok(None))
+    }
+
+    fn persistent(&self) -> bool {
+        self.persistent
+    }
+}
+
 /// A statement stream that tells the connection's [`Health`] how it ended.
 struct Watched<'e, S> {
     inner: S,
@@ -254,6 +320,7 @@ impl<'c> sqlx::Executor<'c> for &'c mut TenantConn {
     {
         let (conn, health) = self.parts();
         health.busy = true;
+        let query = Seen::new(query, health);
         Box::pin(Watched {
             inner: conn.fetch_many(query),
             health,
@@ -271,6 +338,7 @@ impl<'c> sqlx::Executor<'c> for &'c mut TenantConn {
     {
         let (conn, health) = self.parts();
         health.busy = true;
+        let query = Seen::new(query, health);
         let inner = conn.fetch_optional(query);
         Box::pin(async move {
             let result = inner.await;

@@ -7,8 +7,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::AppConfig;
-use super::timestamp::Timestamp;
 use super::auth::{AuthUser, BearerToken};
+use super::timestamp::Timestamp;
 use tenant_router::middleware::CurrentTenant;
 use tenant_router::problem::{ApiError, ApiJson, ApiPath, ApiQuery};
 
@@ -278,4 +278,3 @@ pub(super) async fn remove(
         Ok(StatusCode::NO_CONTENT)
     }
 }
-

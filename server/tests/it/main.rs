@@ -21,6 +21,7 @@ mod notes;
 mod observability;
 mod openapi;
 mod propagation;
+mod reads;
 mod routing;
 mod serve;
 mod shared;

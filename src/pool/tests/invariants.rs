@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::super::connector::First;
-use super::super::tenant_pool::{REUSE_WAIT, SETTLE_WITHIN};
+use super::super::tenant_pool::{CHECK_AFTER_IDLE, REUSE_WAIT, SETTLE_WITHIN};
 use super::{Budget, Check, MS, Member as _, StandIn, counts, pool, settle};
 
 #[tokio::test(start_paused = true)]
@@ -239,4 +239,26 @@ async fn a_connection_still_busy_with_an_abandoned_query_is_not_waited_for() {
     assert_eq!(budget.stats().closed_total, 0);
     assert!(db.0.checks.lock().unwrap().contains(&Check::Abandoned));
     assert_eq!(counts(&p), (2, 2, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_idle_past_the_bound_is_pinged_before_reuse() {
+    let budget = Budget::new(1);
+    let db = StandIn::new();
+    let p = pool("p", &budget, &db, 1, 1000 * MS);
+    let mut conn = p.acquire().await.unwrap();
+    conn.settled();
+    drop(conn);
+    // Back at once: reused as it is.
+    tokio::time::sleep(CHECK_AFTER_IDLE / 2).await;
+    let mut conn = p.acquire().await.unwrap();
+    assert_eq!(conn.id, 1);
+    assert!(db.0.checks.lock().unwrap().is_empty());
+    conn.settled();
+    drop(conn);
+    // Idle long enough for the server to have dropped it: checked first.
+    tokio::time::sleep(CHECK_AFTER_IDLE).await;
+    let conn = p.acquire().await.unwrap();
+    assert_eq!(conn.id, 1);
+    assert_eq!(*db.0.checks.lock().unwrap(), [Check::Ping]);
 }
