@@ -38,6 +38,8 @@ fn settle_later<K: Connector>(mut conn: Pooled<K>) {
         )
         .await;
         if matches!(settled, Ok(Ok(()))) {
+            conn.owed = None;
+            conn.read_only = false;
             conn.settled();
         } else {
             conn.broken();
@@ -128,6 +130,10 @@ impl<K: Connector> Pool<K> {
             if owed.is_none() && ready {
                 return Ok(conn);
             }
+            // Until it is ready, a connection dropped with this acquire (its caller went away
+            // mid-round-trip) owes whatever that round trip may have left: a `BEGIN` that
+            // went out, a read-only setting half made.
+            conn.owed = Some(Check::Abandoned);
             if !conn.reused {
                 let prepared = K::prepare(&mut conn, None, first, &mut read_only).await;
                 conn.read_only = read_only;
@@ -135,6 +141,7 @@ impl<K: Connector> Pool<K> {
                     conn.broken();
                     return Err(e);
                 }
+                conn.owed = None;
                 return Ok(conn);
             }
             let wait = deadline.min(Instant::now() + REUSE_WAIT);
@@ -143,7 +150,10 @@ impl<K: Connector> Pool<K> {
                     .await;
             conn.read_only = read_only;
             match prepared {
-                Ok(Ok(())) => return Ok(conn),
+                Ok(Ok(())) => {
+                    conn.owed = None;
+                    return Ok(conn);
+                }
                 // Broken: closed, and another one tried.
                 Ok(Err(_)) => conn.broken(),
                 // Still busy with what its last request abandoned.

@@ -32,6 +32,13 @@ impl PooledConn {
     pub(crate) fn broken(&mut self) {
         self.0.broken();
     }
+
+    /// Marks its session's state unknown (it ran statements the caller could not see, or
+    /// that may have begun a transaction or changed the session's read-only setting): before
+    /// reuse, any transaction is rolled back and the setting made again.
+    pub(crate) fn unsure(&mut self) {
+        self.0.owed = Some(Check::Abandoned);
+    }
 }
 
 impl Deref for PooledConn {
@@ -169,8 +176,12 @@ impl<K: Connector> Drop for Pooled<K> {
         }
         // Back with no round trip: what its request left is undone by the next acquire, in
         // the same round trip as its `BEGIN` (which also checks the connection), or by the
-        // pool's sweep if nobody takes it within `SETTLE_WITHIN`.
-        let owed = if self.dirty || K::in_transaction(&conn) {
+        // pool's sweep if nobody takes it within `SETTLE_WITHIN`. A debt already recorded
+        // (an acquire dropped while it readied the connection, a use the caller could not
+        // see) covers any other.
+        let owed = if let Some(owed) = self.owed {
+            Some(owed)
+        } else if self.dirty || K::in_transaction(&conn) {
             Some(Check::Rollback)
         } else if self.settled {
             None

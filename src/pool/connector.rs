@@ -77,19 +77,34 @@ const RESET_SESSION: &str = "SET client_min_messages = error; ROLLBACK; CLOSE AL
 
 /// Ends a transaction sqlx does not count (a raw `BEGIN`), if one is open, failed or not. A
 /// bare `ROLLBACK` would draw a warning when none is (which sqlx logs), and in a failed
-/// transaction nothing but `ROLLBACK` runs, so the state is asked first: in one round trip
-/// when the session is idle, two when a transaction was open.
-async fn end_untracked(conn: &mut PgConnection) -> sqlx::Result<()> {
+/// transaction nothing but `ROLLBACK` runs, so the state is asked first, by running
+/// `statement` (which must begin no transaction): one round trip when the session is idle,
+/// two when a transaction was open. Whether `statement` took effect (it did when the session
+/// was idle) is returned.
+async fn end_untracked(conn: &mut PgConnection, statement: &'static str) -> sqlx::Result<bool> {
     // sqlx's begin with a statement that begins nothing: it then tells whether the session is
     // in a transaction (and counts it), or fails with what PostgreSQL said.
-    match PgTransactionManager::begin(conn, Some("SELECT 1".into_sql_str())).await {
-        Ok(()) => PgTransactionManager::rollback(conn).await,
-        Err(sqlx::Error::BeginFailed) => Ok(()),
+    match PgTransactionManager::begin(conn, Some(statement.into_sql_str())).await {
+        Ok(()) => PgTransactionManager::rollback(conn).await.map(|()| false),
+        Err(sqlx::Error::BeginFailed) => Ok(true),
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("25P02") => {
-            conn.execute("ROLLBACK").await.map(drop)
+            conn.execute("ROLLBACK").await.map(|_| false)
         }
         Err(e) => Err(e),
     }
+}
+
+/// What an abandoned or unseen use may have left in the session's transaction state undone:
+/// a transaction sqlx does not count, and `default_transaction_read_only` as a statement
+/// may have changed it (`SET`, `RESET ALL`, `SET SESSION CHARACTERISTICS`). The session
+/// ends with the setting at its default (not read-only); one round trip when idle.
+async fn end_abandoned(conn: &mut PgConnection) -> sqlx::Result<()> {
+    const RESET: &str = "RESET default_transaction_read_only";
+    if !end_untracked(conn, RESET).await? {
+        // Rolled back with the transaction it ran in: again, on its own.
+        conn.execute(RESET).await?;
+    }
+    Ok(())
 }
 
 impl Connector for PgConnectOptions {
@@ -115,12 +130,11 @@ impl Connector for PgConnectOptions {
                 while PgTransactionManager::get_transaction_depth(conn) > 0 {
                     PgTransactionManager::start_rollback(conn);
                 }
-                // Quietly: usually there is a transaction (its `BEGIN` went out), not always.
-                end_untracked(conn).await
+                end_abandoned(conn).await
             }
             // A transaction sqlx does not count, if there is one.
             Check::Rollback if PgTransactionManager::get_transaction_depth(conn) == 0 => {
-                end_untracked(conn).await
+                end_untracked(conn, "SELECT 1").await.map(drop)
             }
             // sqlx queues its rollbacks; the ping's sync goes out with them, one round trip.
             Check::Rollback | Check::Ping => {
@@ -142,7 +156,7 @@ impl Connector for PgConnectOptions {
             First::Check | First::Read => {
                 if let Some(check) = owed {
                     Self::check(conn, check).await?;
-                    if check == Check::Reset {
+                    if matches!(check, Check::Reset | Check::Abandoned) {
                         *read_only = false;
                     }
                 }
@@ -162,9 +176,7 @@ impl Connector for PgConnectOptions {
         };
         if let Some(check @ (Check::Reset | Check::Abandoned)) = owed {
             Self::check(conn, check).await?;
-            if check == Check::Reset {
-                *read_only = false;
-            }
+            *read_only = false;
         }
         // A transaction sqlx counts is rolled back by queued `ROLLBACK`s, which go out in one
         // write with the `BEGIN`: one round trip for both, and it checks the connection.
@@ -175,7 +187,7 @@ impl Connector for PgConnectOptions {
         }
         if untracked {
             // A transaction sqlx does not know of (a raw `BEGIN`), if one is open.
-            end_untracked(conn).await?;
+            end_untracked(conn, "SELECT 1").await?;
         }
         // A session that served reads makes transactions read-only by default: this one is
         // begun `READ WRITE` (the setting cannot change in the same message: it would apply

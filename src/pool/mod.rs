@@ -28,9 +28,18 @@
 //! - **A request that goes away leaves nothing counted**: connecting runs in a task of its
 //!   own (a connection nobody waits for goes idle), and an acquire's place in the permit
 //!   queue goes with it.
-//! - **A connection broken mid-request never reaches the next request**: a returned
-//!   connection is pinged, or its open transaction rolled back, before it goes idle (off the
-//!   request's path); one that fails the check is closed.
+//! - **A connection broken mid-request never reaches the next request**: one whose statement
+//!   failed on the connection itself (I/O, TLS, protocol) is closed when dropped; any other
+//!   that comes back with something unseen (a statement not seen to end, an open
+//!   transaction, use through the bare `PgConnection`, a statement that may have begun a
+//!   transaction of its own) owes a check, done by its next acquire in the same round trip
+//!   as that user's `BEGIN`, or by the pool's sweep within `SETTLE_WITHIN` (2 ms) if nobody
+//!   takes it; one that fails it is closed and the acquire takes another. Only a
+//!   connection whose every statement was seen to end goes back owing nothing, and one idle
+//!   for `CHECK_AFTER_IDLE` (10 s) is checked anyway.
+//! - **Nothing a request left open reaches the next one**: its transaction (counted by sqlx
+//!   or begun in raw SQL, failed or not) is rolled back first; what it abandoned mid-query
+//!   is finished off the next request's path (`REUSE_WAIT`, then another connection).
 //! - **A connection in use is closed by no one but its user**: eviction and reaping take idle
 //!   ones only.
 //! - **A working set that fits the budget does not churn**: only a pool with no connection

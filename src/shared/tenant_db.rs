@@ -92,7 +92,13 @@ impl<'a> TenantDb<'a> {
     ///
     /// Run queries on `&mut conn` (the connection itself, not `&mut *conn`): it then sees
     /// each statement end, so the next request gets it without a check; used through the
-    /// `PgConnection` it still works, and is checked before reuse.
+    /// `PgConnection` it still works, and is checked before reuse. A statement that may
+    /// begin a transaction or change the read-only setting (its text holds `BEGIN`, `START`,
+    /// `SET` or `DISCARD`) is undone before the next request, whatever it left.
+    ///
+    /// Read-only is a guard against mistakes, not a permission boundary: SQL that itself
+    /// turns it off (`SET transaction_read_only = off; INSERT …`) writes. Give the app a role
+    /// without write grants where reads must be unable to write.
     pub async fn read(&self) -> Result<TenantConn, sqlx::Error> {
         match self.tenant.isolation {
             Isolation::Dedicated => Ok(TenantConn::new(self.pool.read().await?, false)),
@@ -122,8 +128,8 @@ struct Health {
     /// Used through `DerefMut`, where its statements cannot be seen.
     untracked: bool,
     /// Outside a transaction of ours, it ran a statement that may have begun one of its own
-    /// (its text holds `BEGIN` or `START`): sqlx does not count those, so it is rolled back
-    /// before reuse.
+    /// or changed the session's read-only setting (see [`may_change_state`]): sqlx counts
+    /// neither, so before reuse any transaction is rolled back and the setting made again.
     may_open: bool,
     /// A statement failed on the connection itself.
     broken: bool,
@@ -138,13 +144,22 @@ impl Health {
     }
 
     fn failed(&mut self, e: &sqlx::Error) {
-        if matches!(
-            e,
-            sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::Protocol(_)
-                | sqlx::Error::WorkerCrashed
-        ) {
+        let ended_by_server = e
+            .as_database_error()
+            .and_then(|e| e.code())
+            .is_some_and(|c| {
+                // The server ended the session (shut down, terminated, crashed) or lost it.
+                c.starts_with("57P") || c.starts_with("08")
+            });
+        if ended_by_server
+            || matches!(
+                e,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::Protocol(_)
+                    | sqlx::Error::WorkerCrashed
+            )
+        {
             self.broken = true;
         }
     }
@@ -166,9 +181,9 @@ impl Drop for TenantConn {
         } else if self.in_tx {
             // Dirty already: its transaction is rolled back before reuse.
         } else if self.health.untracked || self.health.may_open {
-            // A transaction sqlx does not count may be open (a raw `BEGIN`, ended or not):
-            // the next user's first round trip rolls it back.
-            self.conn.set_dirty(true);
+            // A transaction sqlx does not count may be open (a raw `BEGIN`, ended or not),
+            // or the read-only setting changed: the next user's acquire undoes both.
+            self.conn.unsure();
         } else if !self.health.busy {
             self.conn.ended();
         }
@@ -243,7 +258,7 @@ impl Seen {
         let persistent = query.persistent();
         let arguments = Some(query.take_arguments());
         let sql = query.sql();
-        if may_begin(sql.as_str()) {
+        if may_change_state(sql.as_str()) {
             health.may_open = true;
         }
         Self {
@@ -255,13 +270,22 @@ impl Seen {
     }
 }
 
-/// Whether a statement's text may begin a transaction: every way to (`BEGIN`,
-/// `START TRANSACTION`) spells one of those keywords, which PostgreSQL reads in any case and
-/// never escaped. A false alarm (a column `started_at`) only costs a check before reuse.
-fn may_begin(sql: &str) -> bool {
-    sql.as_bytes().windows(5).any(|w| {
-        matches!(w[0] | 0x20, b'b' | b's')
-            && (w.eq_ignore_ascii_case(b"begin") || w.eq_ignore_ascii_case(b"start"))
+/// Whether a statement's text may begin a transaction (`BEGIN`, `START TRANSACTION`, a `DO`
+/// block's `BEGIN`) or change the session's read-only setting (`SET
+/// default_transaction_read_only`, `RESET`, `SET SESSION CHARACTERISTICS`, `set_config`,
+/// `DISCARD`): each way spells one of these words, which PostgreSQL reads in any case and
+/// never escaped. A false alarm (a column `started_at`, an `OFFSET`) only costs a check
+/// before reuse. A function of the app's own that changes the setting is not seen.
+fn may_change_state(sql: &str) -> bool {
+    // `set` covers `RESET`, `set_config` and `SET SESSION CHARACTERISTICS`.
+    const WORDS: [&[u8]; 4] = [b"begin", b"start", b"set", b"discard"];
+    let sql = sql.as_bytes();
+    (0..sql.len()).any(|i| {
+        matches!(sql[i] | 0x20, b'b' | b's' | b'd')
+            && WORDS.iter().any(|w| {
+                sql.get(i..i + w.len())
+                    .is_some_and(|s| s.eq_ignore_ascii_case(w))
+            })
     })
 }
 
