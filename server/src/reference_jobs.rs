@@ -108,7 +108,7 @@ impl Job for ExportNotes {
         )
         .bind(db.scope())
         .bind(user)
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut conn)
         .await?;
         drop(conn);
         let mut lines = String::new();

@@ -186,7 +186,10 @@ impl<K: Connector> Drop for Pooled<K> {
         } else if self.settled {
             None
         } else {
-            Some(Check::Ping)
+            // Its user did not say how it ended (a statement not seen to end, a raw use of
+            // the pool's connection): whatever it may have left is undone, in the one round
+            // trip a ping would take when the session is idle.
+            Some(Check::Abandoned)
         };
         self.pool.put_back(conn, permit, born, owed, self.read_only);
     }

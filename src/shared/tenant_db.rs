@@ -149,7 +149,7 @@ impl Health {
             .and_then(|e| e.code())
             .is_some_and(|c| {
                 // The server ended the session (shut down, terminated, crashed) or lost it.
-                c.starts_with("57P") || c.starts_with("08")
+                c.starts_with("57P") || c.starts_with("08") || c == "25P03" || c == "25P04"
             });
         if ended_by_server
             || matches!(
@@ -178,13 +178,12 @@ impl Drop for TenantConn {
     fn drop(&mut self) {
         if self.health.broken {
             self.conn.broken();
-        } else if self.in_tx {
-            // Dirty already: its transaction is rolled back before reuse.
         } else if self.health.untracked || self.health.may_open {
             // A transaction sqlx does not count may be open (a raw `BEGIN`, ended or not),
-            // or the read-only setting changed: the next user's acquire undoes both.
+            // or the read-only setting changed, even in a transaction (a setting made for
+            // the session outlives its commit): the next user's acquire undoes both.
             self.conn.unsure();
-        } else if !self.health.busy {
+        } else if !self.in_tx && !self.health.busy {
             self.conn.ended();
         }
     }
@@ -273,15 +272,17 @@ impl Seen {
 /// Whether a statement's text may begin a transaction (`BEGIN`, `START TRANSACTION`, a `DO`
 /// block's `BEGIN`) or change the session's read-only setting (`SET
 /// default_transaction_read_only`, `RESET`, `SET SESSION CHARACTERISTICS`, `set_config`,
-/// `DISCARD`): each way spells one of these words, which PostgreSQL reads in any case and
-/// never escaped. A false alarm (a column `started_at`, an `OFFSET`) only costs a check
+/// `DISCARD`): each way spells one of these words (keywords are never escaped; a function
+/// name may be, as `U&"…"`, so that is flagged too, and so is `EXECUTE` of a statement
+/// prepared earlier). A false alarm (a column `started_at`, an `OFFSET`) only costs a check
 /// before reuse. A function of the app's own that changes the setting is not seen.
 fn may_change_state(sql: &str) -> bool {
-    // `set` covers `RESET`, `set_config` and `SET SESSION CHARACTERISTICS`.
-    const WORDS: [&[u8]; 4] = [b"begin", b"start", b"set", b"discard"];
+    // `set` covers `RESET`, `set_config` and `SET SESSION CHARACTERISTICS`; `execute` a
+    // statement prepared earlier with any of them; `u&` an identifier spelled in escapes.
+    const WORDS: [&[u8]; 6] = [b"begin", b"start", b"set", b"discard", b"execute", b"u&"];
     let sql = sql.as_bytes();
     (0..sql.len()).any(|i| {
-        matches!(sql[i] | 0x20, b'b' | b's' | b'd')
+        matches!(sql[i] | 0x20, b'b' | b's' | b'd' | b'e' | b'u')
             && WORDS.iter().any(|w| {
                 sql.get(i..i + w.len())
                     .is_some_and(|s| s.eq_ignore_ascii_case(w))

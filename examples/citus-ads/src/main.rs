@@ -330,7 +330,7 @@ async fn campaigns(
     )))
     .bind(company)
     .bind(limit)
-    .fetch_all(&mut *conn)
+    .fetch_all(&mut conn)
     .await?;
     conn.commit().await?;
     Ok(Json(rows))

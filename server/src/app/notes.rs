@@ -197,7 +197,7 @@ pub(super) async fn create(
     .bind(db.scope())
     .bind(user.user_id)
     .bind(&body.content)
-    .fetch_one(&mut *conn)
+    .fetch_one(&mut conn)
     .await?;
     conn.commit().await?;
     Ok((StatusCode::CREATED, Json(note)).into_response())
@@ -247,7 +247,7 @@ pub(super) async fn update(
     .bind(id)
     .bind(user.user_id)
     .bind(&body.content)
-    .fetch_optional(&mut *conn)
+    .fetch_optional(&mut conn)
     .await?;
     conn.commit().await?;
     note.map(Json).ok_or_else(not_found)
@@ -268,7 +268,7 @@ pub(super) async fn remove(
             .bind(db.scope())
             .bind(id)
             .bind(user.user_id)
-            .execute(&mut *conn)
+            .execute(&mut conn)
             .await?
             .rows_affected();
     conn.commit().await?;

@@ -100,7 +100,7 @@ pub(super) async fn register(
     .bind(&body.username)
     .bind(&body.email)
     .bind(password_hash)
-    .fetch_one(&mut *conn)
+    .fetch_one(&mut conn)
     .await
     .map_err(|e| match &e {
         sqlx::Error::Database(db) if violates(db.as_ref(), "users_username_key") => {
@@ -185,7 +185,7 @@ pub(super) async fn issue_token(
     .bind(token_hash)
     .bind(user_id)
     .bind(ttl)
-    .fetch_one(&mut *conn)
+    .fetch_one(&mut conn)
     .await?;
     conn.commit().await?;
     Ok((token, expires_at))

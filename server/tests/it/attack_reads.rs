@@ -475,3 +475,80 @@ async fn defended_a_shared_tenants_read_leaves_nothing_for_the_next_tenant() {
     }
     panic!("tenant-2 never got tenant-1's connection: inconclusive");
 }
+
+// ---------------------------------------------------------------------------------------
+// Second review: a session setting made in a transaction outlives it, and the pool's own
+// connections (`CurrentTenant::pool()`) owe what nobody said they left.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn attack_a_transaction_that_turns_read_only_off_for_the_session_leaves_reads_read_only() {
+    let app = TestApp::with_demo_tenants().await;
+    app.user_token(T1, "writer").await;
+    let tenant = CurrentTenant::new(app.registry.resolve(T1).unwrap());
+    let db = tenant.db();
+    let user = user_id(&db).await;
+    for sql in [
+        // Its own COMMIT, then the setting, then dropped without `commit()`.
+        "COMMIT; SET default_transaction_read_only = off",
+        "COMMIT; RESET ALL",
+    ] {
+        // A connection that served reads, taken by a transaction.
+        let mut r = db.read().await.unwrap();
+        let victim = pid(&mut r).await;
+        drop(r);
+        let mut t = db.conn().await.unwrap();
+        assert_eq!(
+            pid(&mut t).await,
+            victim,
+            "not the same connection: inconclusive"
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut t)
+            .await
+            .unwrap();
+        drop(t);
+        let mut b = db.read().await.unwrap();
+        assert_eq!(pid(&mut b).await, victim);
+        let refused = insert(&mut b, user, "by a later read").await;
+        assert!(refused.is_err(), "after {sql}: a read wrote");
+    }
+    assert!(!contents(&db).await.iter().any(|c| c == "by a later read"));
+}
+
+#[tokio::test]
+async fn attack_a_raw_pool_connection_left_in_a_transaction_never_carries_over() {
+    let app = TestApp::with_demo_tenants().await;
+    app.user_token(T1, "writer").await;
+    let tenant = CurrentTenant::new(app.registry.resolve(T1).unwrap());
+    let db = tenant.db();
+    let user = user_id(&db).await;
+    for sql in [
+        "BEGIN READ WRITE; INSERT INTO notes (user_id, content) SELECT id, 'raw pool' FROM users",
+        "SET default_transaction_read_only = off",
+    ] {
+        let mut raw = tenant.pool().read().await.unwrap();
+        let victim: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *raw)
+            .await
+            .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *raw)
+            .await
+            .unwrap();
+        drop(raw);
+        let mut b = db.read().await.unwrap();
+        assert_eq!(
+            pid(&mut b).await,
+            victim,
+            "not the same connection: inconclusive"
+        );
+        let refused = insert(&mut b, user, "by a later read").await;
+        assert!(refused.is_err(), "after {sql}: a read wrote");
+        drop(b);
+        let mut t = db.conn().await.unwrap();
+        insert(&mut t, user, "mine").await.unwrap();
+        t.commit().await.unwrap();
+    }
+    assert_eq!(contents(&db).await, ["mine", "mine"]);
+}

@@ -153,7 +153,7 @@ async fn a_returned_connection_is_checked_by_what_its_request_left_open() {
     settle().await;
     assert_eq!(
         *db.0.checks.lock().unwrap(),
-        [Check::Ping, Check::Rollback, Check::Ping]
+        [Check::Abandoned, Check::Rollback, Check::Abandoned]
     );
     assert_eq!(db.connects(), 1);
 }
@@ -173,7 +173,10 @@ async fn a_transaction_left_open_is_rolled_back_by_the_next_begin_in_its_round_t
     assert_eq!(*db.0.checks.lock().unwrap(), [Check::Rollback]);
     drop(conn);
     settle().await;
-    assert_eq!(*db.0.checks.lock().unwrap(), [Check::Rollback, Check::Ping]);
+    assert_eq!(
+        *db.0.checks.lock().unwrap(),
+        [Check::Rollback, Check::Abandoned]
+    );
 }
 
 #[tokio::test(start_paused = true)]
