@@ -39,7 +39,7 @@ fn settle_later<K: Connector>(mut conn: Pooled<K>) {
         .await;
         if matches!(settled, Ok(Ok(()))) {
             conn.owed = None;
-            conn.read_only = false;
+            conn.read_only &= !Check::Abandoned.resets_read_only();
             conn.settled();
         } else {
             conn.broken();

@@ -179,18 +179,18 @@ impl<K: Connector> Drop for Pooled<K> {
         // pool's sweep if nobody takes it within `SETTLE_WITHIN`. A debt already recorded
         // (an acquire dropped while it readied the connection, a use the caller could not
         // see) covers any other.
-        let owed = if let Some(owed) = self.owed {
-            Some(owed)
-        } else if self.dirty || K::in_transaction(&conn) {
-            Some(Check::Rollback)
-        } else if self.settled {
-            None
-        } else {
-            // Its user did not say how it ended (a statement not seen to end, a raw use of
-            // the pool's connection): whatever it may have left is undone, in the one round
-            // trip a ping would take when the session is idle.
-            Some(Check::Abandoned)
-        };
+        let owed = self.owed.or_else(|| {
+            if self.dirty || K::in_transaction(&conn) {
+                Some(Check::Rollback)
+            } else if self.settled {
+                None
+            } else {
+                // Its user did not say how it ended (a statement not seen to end, a raw use
+                // of the pool's connection): whatever it may have left is undone, in the one
+                // round trip a ping would take when the session is idle.
+                Some(Check::Abandoned)
+            }
+        });
         self.pool.put_back(conn, permit, born, owed, self.read_only);
     }
 }

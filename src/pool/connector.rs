@@ -63,6 +63,14 @@ pub(super) enum Check {
     Abandoned,
 }
 
+impl Check {
+    /// Whether it leaves the session not read-only (`default_transaction_read_only` at its
+    /// default), whatever it was before.
+    pub(super) fn resets_read_only(self) -> bool {
+        matches!(self, Check::Reset | Check::Abandoned)
+    }
+}
+
 /// What makes a returned connection the session it was when opened, in the one round trip
 /// that also checks it: the next request may be another tenant's (the shared pool serves
 /// them all), so nothing a handler left may survive: an open transaction, cursors, settings
@@ -156,9 +164,7 @@ impl Connector for PgConnectOptions {
             First::Check | First::Read => {
                 if let Some(check) = owed {
                     Self::check(conn, check).await?;
-                    if matches!(check, Check::Reset | Check::Abandoned) {
-                        *read_only = false;
-                    }
+                    *read_only &= !check.resets_read_only();
                 }
                 let reads = matches!(first, First::Read);
                 if *read_only != reads {
@@ -174,20 +180,22 @@ impl Connector for PgConnectOptions {
             }
             First::Begin(statement) => statement,
         };
-        if let Some(check @ (Check::Reset | Check::Abandoned)) = owed {
+        // A ping, and the rollback of a transaction sqlx counts (queued `ROLLBACK`s), go out
+        // in one write with the `BEGIN`: one round trip for both, and it checks the
+        // connection. Any other debt takes round trips of its own first.
+        let with_begin = match owed {
+            None | Some(Check::Ping) => true,
+            Some(Check::Rollback) => PgTransactionManager::get_transaction_depth(conn) > 0,
+            Some(Check::Reset | Check::Abandoned) => false,
+        };
+        if let Some(check) = owed
+            && !with_begin
+        {
             Self::check(conn, check).await?;
-            *read_only = false;
+            *read_only &= !check.resets_read_only();
         }
-        // A transaction sqlx counts is rolled back by queued `ROLLBACK`s, which go out in one
-        // write with the `BEGIN`: one round trip for both, and it checks the connection.
-        let untracked =
-            owed == Some(Check::Rollback) && PgTransactionManager::get_transaction_depth(conn) == 0;
         while PgTransactionManager::get_transaction_depth(conn) > 0 {
             PgTransactionManager::start_rollback(conn);
-        }
-        if untracked {
-            // A transaction sqlx does not know of (a raw `BEGIN`), if one is open.
-            end_untracked(conn, "SELECT 1").await?;
         }
         // A session that served reads makes transactions read-only by default: this one is
         // begun `READ WRITE` (the setting cannot change in the same message: it would apply

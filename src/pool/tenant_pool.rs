@@ -324,8 +324,7 @@ impl<K: Connector> Pool<K> {
                         tokio::time::timeout(Duration::from_secs(5), K::check(&mut conn, check))
                             .await;
                     if matches!(checked, Ok(Ok(()))) {
-                        // An abandoned use's check leaves the session not read-only.
-                        let read_only = read_only && check != Check::Abandoned;
+                        let read_only = read_only && !check.resets_read_only();
                         pool.put_back(conn, permit, born, None, read_only);
                     } else {
                         pool.discard(conn, permit);

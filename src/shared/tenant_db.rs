@@ -127,10 +127,10 @@ struct Health {
     busy: bool,
     /// Used through `DerefMut`, where its statements cannot be seen.
     untracked: bool,
-    /// Outside a transaction of ours, it ran a statement that may have begun one of its own
-    /// or changed the session's read-only setting (see [`may_change_state`]): sqlx counts
-    /// neither, so before reuse any transaction is rolled back and the setting made again.
-    may_open: bool,
+    /// It ran a statement that may have begun a transaction of its own or changed the
+    /// session's read-only setting (see [`may_change_state`]): sqlx counts neither, so
+    /// before reuse any transaction is rolled back and the setting made again.
+    may_change: bool,
     /// A statement failed on the connection itself.
     broken: bool,
 }
@@ -178,7 +178,7 @@ impl Drop for TenantConn {
     fn drop(&mut self) {
         if self.health.broken {
             self.conn.broken();
-        } else if self.health.untracked || self.health.may_open {
+        } else if self.health.untracked || self.health.may_change {
             // A transaction sqlx does not count may be open (a raw `BEGIN`, ended or not),
             // or the read-only setting changed, even in a transaction (a setting made for
             // the session outlives its commit): the next user's acquire undoes both.
@@ -242,8 +242,8 @@ impl DerefMut for TenantConn {
     }
 }
 
-/// A statement whose text was looked at before it went out, for whether it may begin a
-/// transaction sqlx does not count (see [`Health::may_open`]); otherwise what it was.
+/// A statement whose text was looked at before it went out, for whether it may change the
+/// session's state unseen (see [`Health::may_change`]); otherwise what it was.
 struct Seen {
     sql: SqlStr,
     statement: Option<PgStatement>,
@@ -258,7 +258,7 @@ impl Seen {
         let arguments = Some(query.take_arguments());
         let sql = query.sql();
         if may_change_state(sql.as_str()) {
-            health.may_open = true;
+            health.may_change = true;
         }
         Self {
             sql,

@@ -4,50 +4,15 @@
 
 use std::time::Duration;
 
-use sqlx::{Connection, PgConnection};
+use sqlx::Connection;
 use tenant_router::middleware::CurrentTenant;
-use tenant_router::shared::{TenantConn, TenantDb};
+use tenant_router::shared::TenantConn;
 
 use crate::harness::TestApp;
+use crate::reads::{contents, insert, pid, user_id};
 
 const T1: &str = "tenant-1.test.com";
 const T2: &str = "tenant-2.test.com";
-
-async fn pid(conn: &mut TenantConn) -> i32 {
-    sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(conn)
-        .await
-        .unwrap()
-}
-
-async fn user_id(db: &TenantDb<'_>) -> i64 {
-    let mut conn = db.read().await.unwrap();
-    sqlx::query_scalar("SELECT id FROM users ORDER BY id LIMIT 1")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap()
-}
-
-async fn contents(db: &TenantDb<'_>) -> Vec<String> {
-    let mut conn = db.read().await.unwrap();
-    sqlx::query_scalar("SELECT content FROM notes ORDER BY id")
-        .fetch_all(&mut conn)
-        .await
-        .unwrap()
-}
-
-async fn admin(app: &TestApp, tenant: &str) -> PgConnection {
-    let url = app
-        .control
-        .get_tenant(&tenant.parse().unwrap())
-        .await
-        .unwrap()
-        .unwrap()
-        .database;
-    PgConnection::connect_with(&url.connect_options())
-        .await
-        .unwrap()
-}
 
 /// Leaves the connection `conn` busy on the server for `secs` (a request whose client went
 /// away mid-query), then returns it to the pool.
@@ -62,15 +27,6 @@ async fn abandon_mid_query(mut conn: TenantConn, secs: f64) {
     drop(conn);
 }
 
-async fn insert(conn: &mut TenantConn, user: i64, content: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO notes (user_id, content) VALUES ($1, $2)")
-        .bind(user)
-        .bind(content)
-        .execute(conn)
-        .await
-        .map(drop)
-}
-
 // ---------------------------------------------------------------------------------------
 // F1: an acquire cancelled during its prepare round trip (client gone, a timeout layer, a
 // `select!`) loses what the connection owed, and leaves its own `BEGIN` open untracked.
@@ -83,7 +39,7 @@ async fn attack_cancelled_conn_acquire_leaves_a_read_write_transaction_under_lat
     let tenant = CurrentTenant::new(app.registry.resolve(T1).unwrap());
     let db = tenant.db();
     let user = user_id(&db).await;
-    let mut admin = admin(&app, "tenant-1").await;
+    let mut admin = app.tenant_connection("tenant-1").await;
 
     // A: a read whose client went away mid-query (its query still runs on the server).
     let mut a = db.read().await.unwrap();
@@ -310,7 +266,7 @@ async fn attack_a_backend_killed_while_idle_fails_at_most_one_read() {
     let mut conn = db.read().await.unwrap();
     let victim = pid(&mut conn).await;
     drop(conn);
-    let mut admin = admin(&app, "tenant-1").await;
+    let mut admin = app.tenant_connection("tenant-1").await;
     let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
         .bind(victim)
         .fetch_one(&mut admin)

@@ -71,16 +71,7 @@ async fn a_request_past_its_deadline_is_a_503_and_frees_its_connection() {
     let app = app_with(|s| s.http.request_timeout = Duration::from_secs(1)).await;
     let token = app.user_token("tenant-1.test.com", "waiter").await;
     // Someone holds the tenant's notes table: the list waits on the lock.
-    let db = app
-        .control
-        .get_tenant(&"tenant-1".parse().unwrap())
-        .await
-        .unwrap()
-        .unwrap()
-        .database;
-    let mut holder = PgConnection::connect_with(&db.connect_options())
-        .await
-        .unwrap();
+    let mut holder = app.tenant_connection("tenant-1").await;
     sqlx::raw_sql("BEGIN; LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
         .execute(&mut holder)
         .await
@@ -351,16 +342,7 @@ async fn tenant_connections_carry_timeouts_a_name_and_a_lifetime() {
     assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
     app.reload().await;
     assert_eq!(show(&app, "tenant-1", "statement_timeout").await, "300ms");
-    let db = app
-        .control
-        .get_tenant(&"tenant-1".parse().unwrap())
-        .await
-        .unwrap()
-        .unwrap()
-        .database;
-    let mut holder = PgConnection::connect_with(&db.connect_options())
-        .await
-        .unwrap();
+    let mut holder = app.tenant_connection("tenant-1").await;
     sqlx::raw_sql("BEGIN; LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
         .execute(&mut holder)
         .await

@@ -426,6 +426,21 @@ impl TestApp {
         .await
     }
 
+    /// A connection of its own to tenant `id`'s database, outside the router (an operator's,
+    /// or a second client's).
+    pub async fn tenant_connection(&self, id: &str) -> sqlx::PgConnection {
+        let url = self
+            .control
+            .get_tenant(&id.parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .database;
+        <sqlx::PgConnection as sqlx::Connection>::connect_with(&url.connect_options())
+            .await
+            .unwrap()
+    }
+
     /// Registers a user and logs in, returning the token.
     pub async fn user_token(&self, host: &str, username: &str) -> String {
         let email = format!("{username}@example.com");

@@ -3,21 +3,22 @@
 //! uncommitted write took, a backend that died) never reaches the next request's data.
 
 use futures_util::TryStreamExt;
-use sqlx::{Connection, PgConnection};
+use sqlx::Connection;
 use tenant_router::middleware::CurrentTenant;
+use tenant_router::shared::{TenantConn, TenantDb};
 
 use crate::harness::TestApp;
 
 const T1: &str = "tenant-1.test.com";
 
-async fn pid(conn: &mut tenant_router::shared::TenantConn) -> i32 {
+pub(crate) async fn pid(conn: &mut TenantConn) -> i32 {
     sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(conn)
         .await
         .unwrap()
 }
 
-async fn user_id(db: &tenant_router::shared::TenantDb<'_>) -> i64 {
+pub(crate) async fn user_id(db: &TenantDb<'_>) -> i64 {
     let mut conn = db.read().await.unwrap();
     sqlx::query_scalar("SELECT id FROM users ORDER BY id LIMIT 1")
         .fetch_one(&mut conn)
@@ -25,12 +26,25 @@ async fn user_id(db: &tenant_router::shared::TenantDb<'_>) -> i64 {
         .unwrap()
 }
 
-async fn contents(db: &tenant_router::shared::TenantDb<'_>) -> Vec<String> {
+pub(crate) async fn contents(db: &TenantDb<'_>) -> Vec<String> {
     let mut conn = db.read().await.unwrap();
     sqlx::query_scalar("SELECT content FROM notes ORDER BY id")
         .fetch_all(&mut conn)
         .await
         .unwrap()
+}
+
+pub(crate) async fn insert(
+    conn: &mut TenantConn,
+    user: i64,
+    content: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO notes (user_id, content) VALUES ($1, $2)")
+        .bind(user)
+        .bind(content)
+        .execute(conn)
+        .await
+        .map(drop)
 }
 
 #[tokio::test]
@@ -210,16 +224,7 @@ async fn a_lock_an_uncommitted_write_took_is_released_without_another_request() 
         .unwrap();
     drop(conn); // Not committed: the row stays locked until the pool rolls it back.
     // Nobody uses the pool again; someone else waits for the row, at most 5 s.
-    let url = app
-        .control
-        .get_tenant(&"tenant-1".parse().unwrap())
-        .await
-        .unwrap()
-        .unwrap()
-        .database;
-    let mut other = PgConnection::connect_with(&url.connect_options())
-        .await
-        .unwrap();
+    let mut other = app.tenant_connection("tenant-1").await;
     let updated = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "SET lock_timeout = '5s'; UPDATE users SET username = 'after' WHERE id = {user}"
     )))
@@ -240,16 +245,7 @@ async fn a_backend_killed_while_idle_never_fails_the_next_request() {
     let mut conn = db.read().await.unwrap();
     let victim = pid(&mut conn).await;
     drop(conn);
-    let url = app
-        .control
-        .get_tenant(&"tenant-1".parse().unwrap())
-        .await
-        .unwrap()
-        .unwrap()
-        .database;
-    let mut admin = PgConnection::connect_with(&url.connect_options())
-        .await
-        .unwrap();
+    let mut admin = app.tenant_connection("tenant-1").await;
     let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
         .bind(victim)
         .fetch_one(&mut admin)
@@ -274,16 +270,7 @@ async fn a_connection_broken_mid_request_never_reaches_the_next_request() {
     let app = TestApp::with_demo_tenants().await;
     let tenant = CurrentTenant::new(app.registry.resolve(T1).unwrap());
     let db = tenant.db();
-    let url = app
-        .control
-        .get_tenant(&"tenant-1".parse().unwrap())
-        .await
-        .unwrap()
-        .unwrap()
-        .database;
-    let mut admin = PgConnection::connect_with(&url.connect_options())
-        .await
-        .unwrap();
+    let mut admin = app.tenant_connection("tenant-1").await;
     for (read, through_deref) in [(true, false), (true, true), (false, false), (false, true)] {
         let mut conn = if read {
             db.read().await.unwrap()
