@@ -27,6 +27,8 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(16);
+    // As the server does: the latency histogram is recorded for every request.
+    tenant_router_server::telemetry::prometheus();
     if std::env::var_os("BENCH_LOG").is_some() {
         tracing_subscriber::fmt().with_env_filter("warn").init();
     }

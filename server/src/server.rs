@@ -82,8 +82,12 @@ pub fn with_common_layers(router: Router, max_body_bytes: usize) -> Router {
                 "this route does not take that method",
             )
         })
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(axum::middleware::from_fn(crate::telemetry::access_log))
+        // One layer of routing for both: each `Router::layer` boxes every route once more.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::middleware::from_fn(crate::telemetry::access_log))
+                .layer(DefaultBodyLimit::max(max_body_bytes)),
+        )
 }
 
 async fn healthz() -> Response {

@@ -3,7 +3,8 @@
 //! logged while serving it names its tenant), and the request-latency histogram. The
 //! Prometheus recorder behind `/metrics` is installed here, once per process.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
@@ -48,6 +49,8 @@ pub fn prometheus() -> &'static PrometheusHandle {
             .build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_ok() {
+            // Ours is the global recorder from now on, for good: its handles can be kept.
+            let _ = LATENCY.set(LatencyHandles::default());
             tenant_router::telemetry::describe();
             metrics::describe_histogram!(
                 HTTP_REQUEST_DURATION,
@@ -69,6 +72,42 @@ pub fn prometheus() -> &'static PrometheusHandle {
         }
         handle
     })
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The latency histograms by route and status class, once our recorder is the global one:
+/// building a key and finding it in the recorder cost more than recording the sample, so
+/// each handle is looked up once. Routes are the app's patterns, a bounded set.
+static LATENCY: OnceLock<LatencyHandles> = OnceLock::new();
+
+#[derive(Default)]
+struct LatencyHandles {
+    routes: RwLock<HashMap<Box<str>, Arc<[OnceLock<metrics::Histogram>; 5]>>>,
+}
+
+impl LatencyHandles {
+    fn get(&self, route: &str, class: usize) -> metrics::Histogram {
+        let known = self
+            .routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(route)
+            .cloned();
+        let classes = known.unwrap_or_else(|| {
+            let mut routes = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(routes.entry(route.into()).or_default())
+        });
+        classes[class]
+            .get_or_init(|| {
+                metrics::histogram!(
+                    HTTP_REQUEST_DURATION,
+                    "route" => route.to_string(),
+                    "status" => STATUS_CLASSES[class]
+                )
+            })
+            .clone()
+    }
 }
 
 /// The access log and latency histogram, as a middleware (`axum::middleware::from_fn`).
@@ -95,17 +134,20 @@ pub async fn access_log(req: Request, next: Next) -> Response {
         );
     });
     let class = match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     };
-    metrics::histogram!(
-        HTTP_REQUEST_DURATION,
-        "route" => route.map_or_else(|| "(no route)".to_string(), |r| r.as_str().to_string()),
-        "status" => class
-    )
-    .record(latency);
+    match LATENCY.get() {
+        Some(handles) => handles.get(route_str, class).record(latency),
+        None => metrics::histogram!(
+            HTTP_REQUEST_DURATION,
+            "route" => route_str.to_string(),
+            "status" => STATUS_CLASSES[class]
+        )
+        .record(latency),
+    }
     response
 }

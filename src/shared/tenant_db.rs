@@ -279,14 +279,20 @@ impl Seen {
 fn may_change_state(sql: &str) -> bool {
     // `set` covers `RESET`, `set_config` and `SET SESSION CHARACTERISTICS`; `execute` a
     // statement prepared earlier with any of them; `u&` an identifier spelled in escapes.
-    const WORDS: [&[u8]; 6] = [b"begin", b"start", b"set", b"discard", b"execute", b"u&"];
+    // Each position is compared only with the words its letter can start: this runs on
+    // every statement, on the hot path.
     let sql = sql.as_bytes();
-    (0..sql.len()).any(|i| {
-        matches!(sql[i] | 0x20, b'b' | b's' | b'd' | b'e' | b'u')
-            && WORDS.iter().any(|w| {
-                sql.get(i..i + w.len())
-                    .is_some_and(|s| s.eq_ignore_ascii_case(w))
-            })
+    let at = |i: usize, word: &[u8]| {
+        sql.get(i + 1..i + word.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(&word[1..]))
+    };
+    (0..sql.len()).any(|i| match sql[i] | 0x20 {
+        b's' => at(i, b"set") || at(i, b"start"),
+        b'b' => at(i, b"begin"),
+        b'd' => at(i, b"discard"),
+        b'e' => at(i, b"execute"),
+        b'u' => sql.get(i + 1) == Some(&b'&'),
+        _ => false,
     })
 }
 
@@ -405,5 +411,55 @@ impl<'c> sqlx::Executor<'c> for &'c mut TenantConn {
             health.ended(&result);
             result
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_change_state;
+
+    /// The plain definition: any of the words, anywhere, in any case.
+    fn spelled(sql: &str) -> bool {
+        let lower = sql.to_ascii_lowercase();
+        ["begin", "start", "set", "discard", "execute", "u&"]
+            .iter()
+            .any(|w| lower.contains(w))
+    }
+
+    #[test]
+    fn flags_every_spelling_and_nothing_else() {
+        for sql in [
+            "SELECT 1",
+            "select id from notes where user_id = $1",
+            "SET default_transaction_read_only = off",
+            "reset ALL",
+            "SELECT set_config('default_transaction_read_only', 'off', false)",
+            "START TRANSACTION",
+            "BeGiN",
+            "DISCARD ALL",
+            "EXECUTE p",
+            "SELECT U&\"\\0073et_config\"('a', 'b', false)",
+            "SELECT u",
+            "SELECT id FROM notes OFFSET 2",
+            "se",
+            "s",
+            "u",
+            "",
+            "SELECT 'é' || 'sét'",
+        ] {
+            assert_eq!(may_change_state(sql), spelled(sql), "{sql:?}");
+        }
+        // Every short string over an alphabet that can spell (or nearly spell) the words.
+        let alphabet = ['s', 'E', 't', 'u', '&', 'x', 'b', 'D'];
+        let mut words = vec![String::new()];
+        for _ in 0..5 {
+            words = words
+                .iter()
+                .flat_map(|w| alphabet.iter().map(move |c| format!("{w}{c}")))
+                .collect();
+            for w in &words {
+                assert_eq!(may_change_state(w), spelled(w), "{w:?}");
+            }
+        }
     }
 }

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use futures_util::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
 
 use super::AppConfig;
@@ -122,7 +123,7 @@ pub(super) async fn list(
     };
     let db = tenant.db();
     let mut conn = db.read().await?;
-    let rows: Vec<SessionNote> = sqlx::query_as(
+    let mut rows = sqlx::query_as::<_, SessionNote>(
         "SELECT n.id, n.content, n.created_at, n.updated_at
          FROM sessions s
          LEFT JOIN LATERAL (
@@ -137,23 +138,28 @@ pub(super) async fn list(
     .bind(token.hash())
     .bind(before)
     .bind(limit + 1)
-    .fetch_all(&mut conn)
-    .await?;
+    .fetch(&mut conn);
+    // Straight into the page, sized for it: no list of rows in between.
+    let mut session = false;
+    let mut notes = Vec::with_capacity(limit as usize + 1);
+    while let Some((id, content, created_at, updated_at)) = rows.try_next().await? {
+        session = true;
+        if let (Some(id), Some(content), Some(created_at), Some(updated_at)) =
+            (id, content, created_at, updated_at)
+        {
+            notes.push(Note {
+                id,
+                content,
+                created_at,
+                updated_at,
+            });
+        }
+    }
+    drop(rows);
     drop(conn);
-    if rows.is_empty() {
+    if !session {
         return Err(ApiError::Unauthorized);
     }
-    let mut notes: Vec<Note> = rows
-        .into_iter()
-        .filter_map(|(id, content, created_at, updated_at)| {
-            Some(Note {
-                id: id?,
-                content: content?,
-                created_at: created_at?,
-                updated_at: updated_at?,
-            })
-        })
-        .collect();
     let next_cursor = if notes.len() as i64 > limit {
         notes.truncate(limit as usize);
         notes.last().map(|n| n.id.to_string())
