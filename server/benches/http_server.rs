@@ -2,7 +2,11 @@
 //! once through the router (port A) and once with one fixed pool and no routing (port B),
 //! over the same PostgreSQL, so the two figures differ only by what the router adds.
 //!
-//! Prints `READY <routed url> <fixed url> <host> <token>` and serves until stdin closes.
+//! A third port serves the same query and JSON with none of tenant-router: a plain
+//! `sqlx::PgPool` of the same size, the floor for axum and sqlx on this machine.
+//!
+//! Prints `READY <routed url> <fixed url> <host> <token> <postgres port> <plain url>` and
+//! serves until stdin closes.
 
 use std::sync::Arc;
 
@@ -73,16 +77,26 @@ async fn main() -> anyhow::Result<()> {
 
     let routed = TcpListener::bind("127.0.0.1:0").await?;
     let fixed = TcpListener::bind("127.0.0.1:0").await?;
+    let plain = TcpListener::bind("127.0.0.1:0").await?;
+    let plain_url = format!("http://{}", plain.local_addr()?);
     let routed_url = format!("http://{}", routed.local_addr()?);
     let fixed_url = format!("http://{}", fixed.local_addr()?);
     let entry = registry.resolve(HOST).expect("tenant-1 is registered");
     // The same routes and common layers; only the tenant layer is swapped for a fixed tenant.
     let fixed_app = with_common_layers(
-        app::router(AppConfig::default()).layer(Extension(CurrentTenant::new(entry))),
+        app::router(AppConfig::default()).layer(Extension(CurrentTenant::new(Arc::clone(&entry)))),
         65536,
     );
     tokio::spawn(async move { axum::serve(routed, app(state, AppConfig::default(), 65536)).await });
     tokio::spawn(async move { axum::serve(fixed, fixed_app).await });
+    let plain_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(pool_size)
+        .connect_with(entry.tenant().database.connect_options())
+        .await?;
+    let plain_app = axum::Router::new()
+        .route("/api/notes", axum::routing::get(plain::list))
+        .with_state(plain_pool);
+    tokio::spawn(async move { axum::serve(plain, plain_app).await });
 
     // One user with 100 notes; the benchmark reads the newest 20.
     let client = reqwest::Client::new();
@@ -118,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
     // For `pgbench -S` on the same PostgreSQL, the machine's ceiling for one lookup.
     pg.create_database("pgbench").await?;
     println!(
-        "READY {routed_url} {fixed_url} {HOST} {token} {}",
+        "READY {routed_url} {fixed_url} {HOST} {token} {} {plain_url}",
         pg.port()
     );
 
@@ -126,4 +140,83 @@ async fn main() -> anyhow::Result<()> {
     let _ = tokio::io::stdin().read_to_end(&mut sink).await;
     drop(pg);
     Ok(())
+}
+
+/// `GET /api/notes` as an app without tenant-router would write it: the same query, the same
+/// JSON, on a plain `sqlx::PgPool` (no routing, no read-only sessions, no access log).
+mod plain {
+    use axum::Json;
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    use serde::Serialize;
+    use sqlx::PgPool;
+    use tenant_router_server::app::auth::BearerToken;
+    use tenant_router_server::app::timestamp::Timestamp;
+
+    #[derive(Serialize)]
+    pub(crate) struct Note {
+        id: i64,
+        content: String,
+        created_at: Timestamp,
+        updated_at: Timestamp,
+    }
+
+    #[derive(Serialize)]
+    pub(crate) struct Page {
+        notes: Vec<Note>,
+        next_cursor: Option<String>,
+    }
+
+    type Row = (
+        Option<i64>,
+        Option<String>,
+        Option<Timestamp>,
+        Option<Timestamp>,
+    );
+
+    pub(crate) async fn list(
+        State(pool): State<PgPool>,
+        token: BearerToken,
+    ) -> Result<Json<Page>, StatusCode> {
+        let limit = 20;
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT n.id, n.content, n.created_at, n.updated_at
+             FROM sessions s
+             LEFT JOIN LATERAL (
+                 SELECT id, content, created_at, updated_at FROM notes
+                 WHERE tenant_id = $1 AND user_id = s.user_id AND id < $3
+                 ORDER BY id DESC LIMIT $4
+             ) n ON true
+             WHERE s.tenant_id = $1 AND s.token_hash = $2 AND s.expires_at > now()
+             ORDER BY n.id DESC",
+        )
+        .bind("") // a dedicated tenant's scope
+        .bind(token.hash())
+        .bind(i64::MAX)
+        .bind(limit + 1)
+        .fetch_all(&pool)
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+        if rows.is_empty() {
+            return Err(StatusCode::UNAUTHORIZED);
+        }
+        let mut notes: Vec<Note> = rows
+            .into_iter()
+            .filter_map(|(id, content, created_at, updated_at)| {
+                Some(Note {
+                    id: id?,
+                    content: content?,
+                    created_at: created_at?,
+                    updated_at: updated_at?,
+                })
+            })
+            .collect();
+        let next_cursor = if notes.len() as i64 > limit {
+            notes.truncate(limit as usize);
+            notes.last().map(|n| n.id.to_string())
+        } else {
+            None
+        };
+        Ok(Json(Page { notes, next_cursor }))
+    }
 }
