@@ -40,14 +40,19 @@ impl Timestamp {
         if !(0..=9999).contains(&year) {
             return None;
         }
-        let secs = in_day / 1_000_000;
-        let micros = in_day % 1_000_000;
-        put(out, 0, year, 4);
-        put(out, 5, month, 2);
-        put(out, 8, day, 2);
-        put(out, 11, secs / 3600, 2);
-        put(out, 14, secs / 60 % 60, 2);
-        put(out, 17, secs % 60, 2);
+        // In range now: small enough for u32 arithmetic, and two digits at a time.
+        let (year, secs, micros) = (
+            year as u32,
+            (in_day / 1_000_000) as u32,
+            (in_day % 1_000_000) as u32,
+        );
+        put2(out, 0, year / 100);
+        put2(out, 2, year % 100);
+        put2(out, 5, month as u32);
+        put2(out, 8, day as u32);
+        put2(out, 11, secs / 3600);
+        put2(out, 14, secs / 60 % 60);
+        put2(out, 17, secs % 60);
         out[4] = b'-';
         out[7] = b'-';
         out[10] = b'T';
@@ -56,11 +61,13 @@ impl Timestamp {
         let mut len = 19;
         if micros != 0 {
             out[19] = b'.';
-            if micros % 1000 == 0 {
-                put(out, 20, micros / 1000, 3);
-                len = 23;
-            } else {
-                put(out, 20, micros, 6);
+            let millis = micros / 1000;
+            out[20] = b'0' + (millis / 100) as u8;
+            put2(out, 21, millis % 100);
+            len = 23;
+            if micros % 1000 != 0 {
+                out[23] = b'0' + (micros % 1000 / 100) as u8;
+                put2(out, 24, micros % 100);
                 len = 26;
             }
         }
@@ -69,13 +76,17 @@ impl Timestamp {
     }
 }
 
-/// Writes `value` (not negative) as `digits` decimal digits at `out[at..]`.
-fn put(out: &mut [u8; 27], at: usize, value: i64, digits: usize) {
-    let mut v = value;
-    for i in (0..digits).rev() {
-        out[at + i] = b'0' + (v % 10) as u8;
-        v /= 10;
-    }
+/// "00" to "99", for writing two digits at once.
+const DIGIT_PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+/// Writes `value` (below 100) as two decimal digits at `out[at..]`.
+fn put2(out: &mut [u8; 27], at: usize, value: u32) {
+    let i = value as usize * 2;
+    out[at..at + 2].copy_from_slice(&DIGIT_PAIRS[i..i + 2]);
 }
 
 /// The proleptic Gregorian date of a day counted from 1970-01-01 (Howard Hinnant's
