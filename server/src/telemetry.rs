@@ -81,9 +81,12 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// each handle is looked up once. Routes are the app's patterns, a bounded set.
 static LATENCY: OnceLock<LatencyHandles> = OnceLock::new();
 
+/// One route's histograms, by status class, each registered at its first sample.
+type ByClass = Arc<[OnceLock<metrics::Histogram>; 5]>;
+
 #[derive(Default)]
 struct LatencyHandles {
-    routes: RwLock<HashMap<Box<str>, Arc<[OnceLock<metrics::Histogram>; 5]>>>,
+    routes: RwLock<HashMap<Box<str>, ByClass>>,
 }
 
 impl LatencyHandles {
