@@ -274,7 +274,8 @@ impl Seen {
 /// default_transaction_read_only`, `RESET`, `SET SESSION CHARACTERISTICS`, `set_config`,
 /// `DISCARD`): each way spells one of these words (keywords are never escaped; a function
 /// name may be, as `U&"…"`, so that is flagged too, and so is `EXECUTE` of a statement
-/// prepared earlier). A false alarm (a column `started_at`, an `OFFSET`) only costs a check
+/// prepared earlier, and any backslash: a `DO` body in an `E'…'` string may escape its
+/// letters). A false alarm (a column `started_at`, an `OFFSET`) only costs a check
 /// before reuse. A function of the app's own that changes the setting is not seen.
 fn may_change_state(sql: &str) -> bool {
     // `set` covers `RESET`, `set_config` and `SET SESSION CHARACTERISTICS`; `execute` a
@@ -292,7 +293,9 @@ fn may_change_state(sql: &str) -> bool {
         b'd' => at(i, b"discard"),
         b'e' => at(i, b"execute"),
         b'u' => sql.get(i + 1) == Some(&b'&'),
-        _ => false,
+        // `E'…'` spells any letter as an escape (`\x73et_config`), and a `DO` body is
+        // such a string. The byte itself: `| 0x20` would fold `|` onto it.
+        _ => sql[i] == b'\\',
     })
 }
 
@@ -418,10 +421,10 @@ impl<'c> sqlx::Executor<'c> for &'c mut TenantConn {
 mod tests {
     use super::may_change_state;
 
-    /// The plain definition: any of the words, anywhere, in any case.
+    /// The plain definition: any of the words, anywhere, in any case, or a backslash.
     fn spelled(sql: &str) -> bool {
         let lower = sql.to_ascii_lowercase();
-        ["begin", "start", "set", "discard", "execute", "u&"]
+        ["begin", "start", "set", "discard", "execute", "u&", "\\"]
             .iter()
             .any(|w| lower.contains(w))
     }
@@ -446,11 +449,13 @@ mod tests {
             "u",
             "",
             "SELECT 'é' || 'sét'",
+            "SELECT a || b, c | d",
+            r"DO E'\x42EGIN PERFORM \x73et_config(''default_transaction_read_only'', ''off'', false); END'",
         ] {
             assert_eq!(may_change_state(sql), spelled(sql), "{sql:?}");
         }
         // Every short string over an alphabet that can spell (or nearly spell) the words.
-        let alphabet = ['s', 'E', 't', 'u', '&', 'x', 'b', 'D'];
+        let alphabet = ['s', 'E', 't', 'u', '&', 'x', '\\', '|'];
         let mut words = vec![String::new()];
         for _ in 0..5 {
             words = words

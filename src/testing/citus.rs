@@ -54,15 +54,43 @@ const CITUS_SETTINGS: &[(&str, &str)] = &[
     ("citus.stat_tenants_track", "all"),
 ];
 
+/// The defaults plus Citus, where the server has the setting (see [`knows_setting`]).
+const OUTPUT_PLUGINS: (&str, &str) = ("output_plugin_libraries", "pgoutput, test_decoding, citus");
+
+/// Whether the PostgreSQL we run has setting `name` (`postgres --describe-config`).
+fn knows_setting(name: &str) -> bool {
+    postgres_bin_dir()
+        .ok()
+        .and_then(|bin| {
+            Command::new(bin.join("postgres"))
+                .arg("--describe-config")
+                .output()
+                .ok()
+        })
+        .filter(|o| o.status.success())
+        .is_some_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|line| line.split('\t').next() == Some(name))
+        })
+}
+
 impl LocalCitus {
     /// Starts a coordinator and two workers on free ports. Fails, saying why, when Citus is
     /// not installed ([`citus_library`]).
     pub async fn start_ephemeral() -> anyhow::Result<Self> {
         citus_library().map_err(anyhow::Error::msg)?;
+        let mut settings = CITUS_SETTINGS.to_vec();
+        // PostgreSQL 15.20 and later name the libraries allowed as logical decoding output
+        // plugins, and Citus's own (tenant isolation, shard moves) is not among the
+        // defaults. An older server refuses to start with a setting it does not know.
+        if knows_setting(OUTPUT_PLUGINS.0) {
+            settings.push(OUTPUT_PLUGINS);
+        }
         let (coordinator, w1, w2) = tokio::try_join!(
-            LocalPostgres::start_ephemeral_with(CITUS_SETTINGS),
-            LocalPostgres::start_ephemeral_with(CITUS_SETTINGS),
-            LocalPostgres::start_ephemeral_with(CITUS_SETTINGS),
+            LocalPostgres::start_ephemeral_with(&settings),
+            LocalPostgres::start_ephemeral_with(&settings),
+            LocalPostgres::start_ephemeral_with(&settings),
         )?;
         let citus = Self {
             coordinator,

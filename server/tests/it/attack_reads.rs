@@ -1,6 +1,7 @@
 //! Attacks on the pool's deferred release and `TenantDb::read`, from the review of that
 //! change: each test states a property the change claims. The `attack_` ones each failed
-//! before their fix (findings F1 to F3); the `defended_` ones passed from the start.
+//! before their fix (findings F1 to F3, and the later reviews' below); the `defended_` ones
+//! passed from the start.
 
 use std::time::Duration;
 
@@ -507,4 +508,89 @@ async fn attack_a_raw_pool_connection_left_in_a_transaction_never_carries_over()
         t.commit().await.unwrap();
     }
     assert_eq!(contents(&db).await, ["mine", "mine"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Third review: a `DO` body written as an `E'…'` string spells its words in escapes
+// (`\x42EGIN`, `\x73et_config`), so the text check saw none of them.
+// ---------------------------------------------------------------------------------------
+
+/// `DO E'…'` that turns `default_transaction_read_only` off for the session.
+fn escaped_do_block(read_only: &str) -> String {
+    format!(
+        r"DO E'\x42EGIN PERFORM \x73et_config(''default_transaction_read_only'', ''{read_only}'', false); END'"
+    )
+}
+
+#[tokio::test]
+async fn attack_an_escaped_do_block_in_a_read_never_makes_the_next_read_writable() {
+    let app = TestApp::with_demo_tenants().await;
+    app.user_token(T1, "writer").await;
+    let tenant = CurrentTenant::new(app.registry.resolve(T1).unwrap());
+    let db = tenant.db();
+    let user = user_id(&db).await;
+
+    let mut a = db.read().await.unwrap();
+    let victim = pid(&mut a).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(escaped_do_block("off")))
+        .execute(&mut a)
+        .await
+        .unwrap();
+    drop(a);
+
+    let mut b = db.read().await.unwrap();
+    assert_eq!(
+        pid(&mut b).await,
+        victim,
+        "not the same connection: inconclusive"
+    );
+    let wrote = insert(&mut b, user, "written by a later read").await;
+    drop(b);
+    assert!(
+        wrote.is_err(),
+        "a later read() wrote and committed: {:?}",
+        contents(&db).await
+    );
+}
+
+#[tokio::test]
+async fn attack_an_escaped_do_block_in_a_write_never_makes_the_next_write_read_only() {
+    let app = TestApp::with_demo_tenants().await;
+    app.user_token(T1, "writer").await;
+    let tenant = CurrentTenant::new(app.registry.resolve(T1).unwrap());
+    let db = tenant.db();
+    let user = user_id(&db).await;
+    // A write whose text is flagged, so its connection's setting is made again after it:
+    // the next `conn()` on it then begins with a plain `BEGIN`.
+    let mut first = db.conn().await.unwrap();
+    let victim = pid(&mut first).await;
+    sqlx::query("SELECT 'reset'")
+        .execute(&mut first)
+        .await
+        .unwrap();
+    first.commit().await.unwrap();
+
+    let mut a = db.conn().await.unwrap();
+    assert_eq!(
+        pid(&mut a).await,
+        victim,
+        "not the same connection: inconclusive"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(escaped_do_block("on")))
+        .execute(&mut a)
+        .await
+        .unwrap();
+    a.commit().await.unwrap();
+
+    let mut b = db.conn().await.unwrap();
+    assert_eq!(
+        pid(&mut b).await,
+        victim,
+        "not the same connection: inconclusive"
+    );
+    let wrote = insert(&mut b, user, "by the next write").await;
+    assert!(
+        wrote.is_ok(),
+        "the next write request was refused: {wrote:?}"
+    );
 }
