@@ -19,6 +19,7 @@ use tenant_router::registry::{Registry, RegistryOptions};
 use tenant_router::tenant::{PoolSettings, TenantHost, TenantId, TenantState};
 use tenant_router::testing::LocalPostgres;
 use tenant_router_server::app::{self, AppConfig};
+use tenant_router_server::listener::{self, HttpLimits};
 use tenant_router_server::server::{ServerState, app, with_common_layers};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
@@ -87,8 +88,13 @@ async fn main() -> anyhow::Result<()> {
         app::router(AppConfig::default()).layer(Extension(CurrentTenant::new(Arc::clone(&entry)))),
         65536,
     );
-    tokio::spawn(async move { axum::serve(routed, app(state, AppConfig::default(), 65536)).await });
-    tokio::spawn(async move { axum::serve(fixed, fixed_app).await });
+    // Served as the server serves them: its own listener, with its default limits (HTTP/1,
+    // the head and request deadlines, the connection cap).
+    let (_serving, stop) = tokio::sync::watch::channel(false);
+    let limits = HttpLimits::default();
+    let routed_app = app(state, AppConfig::default(), 65536);
+    tokio::spawn(listener::serve(routed, routed_app, limits, stop.clone()));
+    tokio::spawn(listener::serve(fixed, fixed_app, limits, stop));
     let plain_pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(pool_size)
         .connect_with(entry.tenant().database.connect_options())
