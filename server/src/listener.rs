@@ -2,17 +2,16 @@
 //! request head (which also closes idle keep-alive connections), a deadline for the whole
 //! request, a cap on open connections, and a shutdown that drains within a deadline.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
+use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::response::Response;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt as _;
@@ -45,26 +44,21 @@ impl Default for HttpLimits {
     }
 }
 
-/// Answers 503 (with `Retry-After`) for a request not answered within the deadline; what
-/// it was doing is dropped, which returns its database connection to its pool.
-async fn request_deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::warn!(timeout_secs = limit.as_secs_f64(), "request timed out");
-            let mut response = problem_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "the request was not answered within {} s",
-                    limit.as_secs_f64()
-                ),
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            response
-        }
-    }
+/// The 503 (with `Retry-After`) for a request not answered within the deadline; what it was
+/// doing has been dropped, which returned its database connection to its pool.
+fn timed_out(limit: Duration) -> Response {
+    tracing::warn!(timeout_secs = limit.as_secs_f64(), "request timed out");
+    let mut response = problem_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "the request was not answered within {} s",
+            limit.as_secs_f64()
+        ),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 /// Serves `router` on `listener` under `limits` until `shutdown` turns true, then stops
@@ -75,10 +69,6 @@ pub async fn serve(
     limits: HttpLimits,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let router = router.layer(axum::middleware::from_fn_with_state(
-        limits.request_timeout,
-        request_deadline,
-    ));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
@@ -108,14 +98,23 @@ pub async fn serve(
             () = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        // The client's address, for handlers that ration by it (the admin token check).
-        let service = TowerToHyperService::new(router.clone().map_request(
-            move |mut req: axum::extract::Request<hyper::body::Incoming>| {
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                req
-            },
-        ));
+        // Around the whole router, once, rather than as a layer on each of its routes: the
+        // client's address, for handlers that ration by it (the admin token check), and the
+        // request deadline.
+        let router = router.clone();
+        let limit = limits.request_timeout;
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            let answer = router.clone().oneshot(req);
+            async move {
+                Ok::<_, Infallible>(match tokio::time::timeout(limit, answer).await {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(never)) => match never {},
+                    Err(_) => timed_out(limit),
+                })
+            }
+        });
         let stream = WriteDeadline::new(stream, limits.header_timeout);
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
