@@ -148,8 +148,9 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `GET /api/notes` as an app without tenant-router would write it: the same query, the same
-/// JSON, on a plain `sqlx::PgPool` (no routing, no read-only sessions, no access log).
+/// `GET /api/notes` as an app without tenant-router would write it: the same query (the
+/// app's own `NOTES_PAGE_SQL`) and the same JSON, on a plain `sqlx::PgPool` (no routing, no
+/// read-only sessions, no access log).
 mod plain {
     use axum::Json;
     use axum::extract::State;
@@ -185,24 +186,14 @@ mod plain {
         token: BearerToken,
     ) -> Result<Json<Page>, StatusCode> {
         let limit = 20;
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT n.id, n.content, n.created_at, n.updated_at
-             FROM sessions s
-             LEFT JOIN LATERAL (
-                 SELECT id, content, created_at, updated_at FROM notes
-                 WHERE tenant_id = $1 AND user_id = s.user_id AND id < $3
-                 ORDER BY id DESC LIMIT $4
-             ) n ON true
-             WHERE s.tenant_id = $1 AND s.token_hash = $2 AND s.expires_at > now()
-             ORDER BY n.id DESC",
-        )
-        .bind("") // a dedicated tenant's scope
-        .bind(token.hash())
-        .bind(i64::MAX)
-        .bind(limit + 1)
-        .fetch_all(&pool)
-        .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+        let rows: Vec<Row> = sqlx::query_as(tenant_router_server::app::NOTES_PAGE_SQL)
+            .bind("") // a dedicated tenant's scope
+            .bind(token.hash())
+            .bind(i64::MAX)
+            .bind(limit + 1)
+            .fetch_all(&pool)
+            .await
+            .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
         if rows.is_empty() {
             return Err(StatusCode::UNAUTHORIZED);
         }

@@ -15,6 +15,7 @@ pub mod apex;
 pub mod auth;
 pub(crate) mod jobs;
 mod notes;
+pub use notes::PAGE_SQL as NOTES_PAGE_SQL;
 pub mod timestamp;
 mod users;
 

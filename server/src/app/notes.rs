@@ -90,6 +90,19 @@ fn not_found() -> ApiError {
     ApiError::NotFound("no such note".into())
 }
 
+/// `GET /api/notes` in one round trip: binds the scope ($1), the token's hash ($2), the id
+/// to start below ($3) and how many notes to read ($4). Public for the benchmark's plain
+/// sqlx server, which runs the same query.
+pub const PAGE_SQL: &str = "SELECT n.id, n.content, n.created_at, n.updated_at
+         FROM sessions s
+         LEFT JOIN LATERAL (
+             SELECT id, content, created_at, updated_at FROM notes
+             WHERE tenant_id = $1 AND user_id = s.user_id AND id < $3
+             ORDER BY id DESC LIMIT $4
+         ) n ON true
+         WHERE s.tenant_id = $1 AND s.token_hash = $2 AND s.expires_at > now()
+         ORDER BY n.id DESC";
+
 /// One row of the list query: the session's user, and one of its notes (or none): id,
 /// content, created and updated. A tuple, decoded by position, not by column name.
 type SessionNote = (
@@ -123,22 +136,12 @@ pub(super) async fn list(
     };
     let db = tenant.db();
     let mut conn = db.read().await?;
-    let mut rows = sqlx::query_as::<_, SessionNote>(
-        "SELECT n.id, n.content, n.created_at, n.updated_at
-         FROM sessions s
-         LEFT JOIN LATERAL (
-             SELECT id, content, created_at, updated_at FROM notes
-             WHERE tenant_id = $1 AND user_id = s.user_id AND id < $3
-             ORDER BY id DESC LIMIT $4
-         ) n ON true
-         WHERE s.tenant_id = $1 AND s.token_hash = $2 AND s.expires_at > now()
-         ORDER BY n.id DESC",
-    )
-    .bind(db.scope())
-    .bind(token.hash())
-    .bind(before)
-    .bind(limit + 1)
-    .fetch(&mut conn);
+    let mut rows = sqlx::query_as::<_, SessionNote>(PAGE_SQL)
+        .bind(db.scope())
+        .bind(token.hash())
+        .bind(before)
+        .bind(limit + 1)
+        .fetch(&mut conn);
     // Straight into the page, sized for it: no list of rows in between.
     let mut session = false;
     let mut notes = Vec::with_capacity(limit as usize + 1);
