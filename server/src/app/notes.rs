@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
+use sqlx::Row as _;
 
 use super::AppConfig;
 use super::auth::{AuthUser, BearerToken};
@@ -15,7 +16,7 @@ use tenant_router::problem::{ApiError, ApiJson, ApiPath, ApiQuery};
 
 const MAX_CONTENT_CHARS: usize = 10_000;
 
-#[derive(Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub(super) struct Note {
     id: i64,
     content: String,
@@ -25,28 +26,72 @@ pub(super) struct Note {
     updated_at: Timestamp,
 }
 
-/// A page as JSON, serialized into a buffer sized for it: axum's `Json` starts at 128 bytes
-/// and grows by copying.
-pub(super) struct PageJson(NotePage);
+/// A page of notes written as JSON while its rows arrive: each note's content is escaped
+/// straight from the row's buffer, with no `String`, no `Note` and no serde walk in between.
+/// The bytes are those serde writes for [`NotePage`] (a test holds the two equal).
+struct PageWriter {
+    body: Vec<u8>,
+    limit: usize,
+    written: usize,
+    last_id: i64,
+    more: bool,
+}
 
-impl IntoResponse for PageJson {
-    fn into_response(self) -> Response {
-        let size = 64
-            + self
-                .0
-                .notes
-                .iter()
-                .map(|n| 128 + n.content.len())
-                .sum::<usize>();
-        let mut body = Vec::with_capacity(size);
-        match serde_json::to_writer(&mut body, &self.0) {
-            Ok(()) => (
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                body,
-            )
-                .into_response(),
-            Err(e) => ApiError::Internal(e.into()).into_response(),
+impl PageWriter {
+    fn new(limit: usize) -> Self {
+        // Room for a page of short notes; a long one grows it once.
+        let mut body = Vec::with_capacity(64 + limit * 192);
+        body.extend_from_slice(b"{\"notes\":[");
+        Self {
+            body,
+            limit,
+            written: 0,
+            last_id: 0,
+            more: false,
         }
+    }
+
+    /// Adds a note, or past `limit` notes only records that there are more.
+    fn push(&mut self, id: i64, content: &str, created_at: Timestamp, updated_at: Timestamp) {
+        if self.written == self.limit {
+            self.more = true;
+            return;
+        }
+        if self.written > 0 {
+            self.body.push(b',');
+        }
+        self.body.extend_from_slice(b"{\"id\":");
+        self.json(&id);
+        self.body.extend_from_slice(b",\"content\":");
+        self.json(content);
+        self.body.extend_from_slice(b",\"created_at\":");
+        self.json(&created_at);
+        self.body.extend_from_slice(b",\"updated_at\":");
+        self.json(&updated_at);
+        self.body.push(b'}');
+        self.written += 1;
+        self.last_id = id;
+    }
+
+    fn json<T: Serialize + ?Sized>(&mut self, value: &T) {
+        // Into a Vec, a string or a timestamp: nothing here can fail.
+        serde_json::to_writer(&mut self.body, value).expect("JSON into a Vec");
+    }
+
+    /// The page, with `next_cursor` (the last note's id) when there were more notes.
+    fn finish(mut self) -> Vec<u8> {
+        self.body.extend_from_slice(b"],\"next_cursor\":");
+        if self.more {
+            // A string: a client may keep it as one, whatever its number type.
+            self.body.push(b'"');
+            let last_id = self.last_id;
+            self.json(&last_id);
+            self.body.push(b'"');
+        } else {
+            self.body.extend_from_slice(b"null");
+        }
+        self.body.push(b'}');
+        self.body
     }
 }
 
@@ -57,7 +102,9 @@ pub(super) struct ListQuery {
     cursor: Option<String>,
 }
 
+/// The page's schema, and what [`PageWriter`] writes by hand.
 #[derive(Serialize, utoipa::ToSchema)]
+#[cfg_attr(not(test), allow(dead_code))]
 pub(super) struct NotePage {
     notes: Vec<Note>,
     /// Pass as `cursor` to get the next page; absent on the last page.
@@ -103,15 +150,6 @@ pub const PAGE_SQL: &str = "SELECT n.id, n.content, n.created_at, n.updated_at
          WHERE s.tenant_id = $1 AND s.token_hash = $2 AND s.expires_at > now()
          ORDER BY n.id DESC";
 
-/// One row of the list query: the session's user, and one of its notes (or none): id,
-/// content, created and updated. A tuple, decoded by position, not by column name.
-type SessionNote = (
-    Option<i64>,
-    Option<String>,
-    Option<Timestamp>,
-    Option<Timestamp>,
-);
-
 #[utoipa::path(get, path = "/api/notes", tag = "notes", params(ListQuery), security(("bearer" = [])),
     responses((status = 200, description = "The user's notes, newest first", body = NotePage), (status = 401, description = "No valid bearer token", body = tenant_router::problem::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid fields, each named", body = tenant_router::problem::Problem, content_type = "application/problem+json"), crate::openapi::TenantProblems))]
 /// The hottest route, so it checks the token and reads the page in one round trip: no row
@@ -121,7 +159,7 @@ pub(super) async fn list(
     tenant: CurrentTenant,
     token: BearerToken,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<PageJson, ApiError> {
+) -> Result<Response, ApiError> {
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::invalid("limit", "must be between 1 and 100"));
@@ -136,26 +174,25 @@ pub(super) async fn list(
     };
     let db = tenant.db();
     let mut conn = db.read().await?;
-    let mut rows = sqlx::query_as::<_, SessionNote>(PAGE_SQL)
+    let mut rows = sqlx::query(PAGE_SQL)
         .bind(db.scope())
         .bind(token.hash())
         .bind(before)
         .bind(limit + 1)
         .fetch(&mut conn);
-    // Straight into the page, sized for it: no list of rows in between.
+    // Each row is the session's user and one of its notes, or no note (an empty page):
+    // decoded by position, written as it arrives.
     let mut session = false;
-    let mut notes = Vec::with_capacity(limit as usize + 1);
-    while let Some((id, content, created_at, updated_at)) = rows.try_next().await? {
+    let mut page = PageWriter::new(limit as usize);
+    while let Some(row) = rows.try_next().await? {
         session = true;
-        if let (Some(id), Some(content), Some(created_at), Some(updated_at)) =
-            (id, content, created_at, updated_at)
-        {
-            notes.push(Note {
+        if let Some(id) = row.try_get::<Option<i64>, _>(0)? {
+            page.push(
                 id,
-                content,
-                created_at,
-                updated_at,
-            });
+                row.try_get::<&str, _>(1)?,
+                row.try_get::<Timestamp, _>(2)?,
+                row.try_get::<Timestamp, _>(3)?,
+            );
         }
     }
     drop(rows);
@@ -163,13 +200,11 @@ pub(super) async fn list(
     if !session {
         return Err(ApiError::Unauthorized);
     }
-    let next_cursor = if notes.len() as i64 > limit {
-        notes.truncate(limit as usize);
-        notes.last().map(|n| n.id.to_string())
-    } else {
-        None
-    };
-    Ok(PageJson(NotePage { notes, next_cursor }))
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        page.finish(),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize, Default, utoipa::IntoParams)]
@@ -285,5 +320,83 @@ pub(super) async fn remove(
         Err(not_found())
     } else {
         Ok(StatusCode::NO_CONTENT)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(id: i64, content: &str, micros: i64) -> Note {
+        Note {
+            id,
+            content: content.to_string(),
+            created_at: Timestamp::from_unix_micros(micros),
+            updated_at: Timestamp::from_unix_micros(micros + 1_500),
+        }
+    }
+
+    /// What the handler writes for `rows` (as the query returns them, `limit` + 1 at most)
+    /// against what serde writes for the page they make.
+    fn assert_as_serde(rows: &[Note], limit: usize) {
+        let mut page = PageWriter::new(limit);
+        for n in rows {
+            page.push(n.id, &n.content, n.created_at, n.updated_at);
+        }
+        let written = page.finish();
+        let shown = rows.len().min(limit);
+        let expected = NotePage {
+            notes: rows[..shown].to_vec(),
+            next_cursor: (rows.len() > limit).then(|| rows[shown - 1].id.to_string()),
+        };
+        assert_eq!(
+            String::from_utf8(written).unwrap(),
+            serde_json::to_string(&expected).unwrap()
+        );
+    }
+
+    #[test]
+    fn an_empty_page_is_written_as_serde_writes_it() {
+        assert_as_serde(&[], 20);
+    }
+
+    /// Quotes, backslashes, control characters, markup, and text beyond ASCII: escaped
+    /// exactly as serde escapes them, so a note can never break out of its string.
+    #[test]
+    fn notes_that_need_escaping_are_written_as_serde_writes_them() {
+        let rows = [
+            note(9, "plain", 0),
+            note(8, "\"quoted\" and \\ back", 1_700_000_000_123_456),
+            note(7, "\u{1}\u{1f}\n\t\r\u{7f}", -1),
+            note(6, "</script><script>alert(1)</script>", 946_684_800_000_000),
+            note(
+                5,
+                "caf\u{e9} \u{1f600} \u{2028}\u{2029}",
+                253_402_300_799_999_999,
+            ),
+            note(i64::MAX, "largest id", 1),
+        ];
+        assert_as_serde(&rows, 20);
+    }
+
+    /// One row past the limit: that note is left out and the cursor is the last one shown;
+    /// exactly the limit: no cursor.
+    #[test]
+    fn the_row_past_the_limit_only_sets_the_cursor() {
+        let rows: Vec<Note> = (1..=4).rev().map(|id| note(id, "n", id * 1_000)).collect();
+        assert_as_serde(&rows, 3);
+        assert_as_serde(&rows[..3], 3);
+        assert_as_serde(&rows[..1], 1);
+        assert_as_serde(&rows[..2], 1);
+    }
+
+    /// Timestamps outside four-digit years take serde's fallback path: still the same text.
+    #[test]
+    fn timestamps_outside_rfc3339_years_are_written_as_serde_writes_them() {
+        let rows = [
+            note(2, "far", i64::MAX - 10_000),
+            note(1, "past", -70_000_000_000_000_000),
+        ];
+        assert_as_serde(&rows, 5);
     }
 }

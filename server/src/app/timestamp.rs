@@ -26,6 +26,13 @@ pub struct Timestamp {
 }
 
 impl Timestamp {
+    /// The instant `micros` microseconds after 1970-01-01 UTC.
+    pub const fn from_unix_micros(micros: i64) -> Self {
+        Self {
+            unix_micros: micros,
+        }
+    }
+
     /// The same instant as chrono's type.
     pub fn to_chrono(self) -> Option<DateTime<Utc>> {
         DateTime::from_timestamp_micros(self.unix_micros)
