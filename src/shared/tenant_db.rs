@@ -257,7 +257,7 @@ impl Seen {
         let persistent = query.persistent();
         let arguments = Some(query.take_arguments());
         let sql = query.sql();
-        if may_change_state(sql.as_str()) {
+        if may_change_state_seen(sql.as_str()) {
             health.may_change = true;
         }
         Self {
@@ -267,6 +267,43 @@ impl Seen {
             persistent,
         }
     }
+}
+
+/// [`may_change_state`], remembered for the texts this thread sent last: an app sends the
+/// same few statements over and over, and comparing a text with a remembered one costs far
+/// less than reading it letter by letter. Keyed by the whole text, so a verdict is only
+/// ever reused for the very same statement.
+fn may_change_state_seen(sql: &str) -> bool {
+    /// Texts remembered per thread, and the longest one remembered.
+    const KEPT: usize = 32;
+    const LONGEST: usize = 4096;
+    /// The texts with their verdicts, and where the next one goes once all places are taken.
+    struct Remembered {
+        texts: Vec<(Box<str>, bool)>,
+        next: usize,
+    }
+    thread_local! {
+        static SEEN: std::cell::RefCell<Remembered> = const {
+            std::cell::RefCell::new(Remembered { texts: Vec::new(), next: 0 })
+        };
+    }
+    SEEN.with_borrow_mut(|Remembered { texts: seen, next }| {
+        if let Some((_, verdict)) = seen.iter().find(|(text, _)| **text == *sql) {
+            return *verdict;
+        }
+        let verdict = may_change_state(sql);
+        if sql.len() <= LONGEST {
+            let entry = (Box::from(sql), verdict);
+            if seen.len() < KEPT {
+                seen.push(entry);
+            } else {
+                // Round robin: a text sent once is gone after KEPT others.
+                seen[*next] = entry;
+                *next = (*next + 1) % KEPT;
+            }
+        }
+        verdict
+    })
 }
 
 /// Whether a statement's text may begin a transaction (`BEGIN`, `START TRANSACTION`, a `DO`
@@ -419,7 +456,7 @@ impl<'c> sqlx::Executor<'c> for &'c mut TenantConn {
 
 #[cfg(test)]
 mod tests {
-    use super::may_change_state;
+    use super::{may_change_state, may_change_state_seen};
 
     /// The plain definition: any of the words, anywhere, in any case, or a backslash.
     fn spelled(sql: &str) -> bool {
@@ -466,5 +503,28 @@ mod tests {
                 assert_eq!(may_change_state(w), spelled(w), "{w:?}");
             }
         }
+    }
+
+    /// Remembered verdicts are those of the texts themselves: texts of one length with
+    /// different verdicts, each asked again while it is remembered and after it was dropped.
+    #[test]
+    fn a_remembered_verdict_is_the_texts_own() {
+        let texts: Vec<String> = (0..100)
+            .map(|i| {
+                let word = if i % 3 == 0 { "BEGIN" } else { "SELCT" };
+                format!("{word} {i:03}")
+            })
+            .collect();
+        for _ in 0..3 {
+            for (i, text) in texts.iter().enumerate() {
+                assert_eq!(may_change_state_seen(text), i % 3 == 0, "{text:?}");
+                // The one before it, still remembered.
+                let before = &texts[i.saturating_sub(1)];
+                assert_eq!(may_change_state_seen(before), spelled(before), "{before:?}");
+            }
+        }
+        let long = format!("SELECT {}", "x".repeat(5000));
+        assert!(!may_change_state_seen(&long));
+        assert!(may_change_state_seen(&format!("{long} BEGIN")));
     }
 }

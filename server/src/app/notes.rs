@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
 use sqlx::Row as _;
+use sqlx::postgres::{PgRow, Postgres};
 
 use super::AppConfig;
 use super::auth::{AuthUser, BearerToken};
@@ -183,16 +184,13 @@ pub(super) async fn list(
     // Each row is the session's user and one of its notes, or no note (an empty page):
     // decoded by position, written as it arrives.
     let mut session = false;
+    let mut checked = false;
     let mut page = PageWriter::new(limit as usize);
     while let Some(row) = rows.try_next().await? {
         session = true;
-        if let Some(id) = row.try_get::<Option<i64>, _>(0)? {
-            page.push(
-                id,
-                row.try_get::<&str, _>(1)?,
-                row.try_get::<Timestamp, _>(2)?,
-                row.try_get::<Timestamp, _>(3)?,
-            );
+        if let Some((id, content, created_at, updated_at)) = row_note(&row, !checked)? {
+            checked = true;
+            page.push(id, content, created_at, updated_at);
         }
     }
     drop(rows);
@@ -205,6 +203,34 @@ pub(super) async fn list(
         page.finish(),
     )
         .into_response())
+}
+
+/// A row of the page query's note: id, content, created and updated; `None` for the row of a
+/// session with no notes. With `check`, each column's type is also checked against its Rust
+/// type: every row of a statement has the statement's columns, so once is enough.
+fn row_note(
+    row: &PgRow,
+    check: bool,
+) -> Result<Option<(i64, &str, Timestamp, Timestamp)>, sqlx::Error> {
+    fn get<'r, T>(row: &'r PgRow, index: usize, check: bool) -> Result<T, sqlx::Error>
+    where
+        T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+    {
+        if check {
+            row.try_get(index)
+        } else {
+            row.try_get_unchecked(index)
+        }
+    }
+    let Some(id) = get::<Option<i64>>(row, 0, check)? else {
+        return Ok(None);
+    };
+    Ok(Some((
+        id,
+        get(row, 1, check)?,
+        get(row, 2, check)?,
+        get(row, 3, check)?,
+    )))
 }
 
 #[derive(Deserialize, Default, utoipa::IntoParams)]
