@@ -3,7 +3,8 @@
 //! request, a cap on open connections, and a shutdown that drains within a deadline.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
@@ -14,6 +15,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio::time::{Instant, Sleep};
 use tower::ServiceExt as _;
 
 use tenant_router::problem::problem_response;
@@ -103,16 +105,34 @@ pub async fn serve(
         // request deadline.
         let router = router.clone();
         let limit = limits.request_timeout;
+        // One deadline timer per connection (its requests come one after another), moved
+        // forward for each request: moving a registered timer later is one atomic store,
+        // where a timer per request is put into the timer wheel and taken out under its lock.
+        let timer: Arc<Mutex<Option<Pin<Box<Sleep>>>>> = Arc::default();
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
             let answer = router.clone().oneshot(req);
+            let timer = Arc::clone(&timer);
             async move {
-                Ok::<_, Infallible>(match tokio::time::timeout(limit, answer).await {
-                    Ok(Ok(response)) => response,
-                    Ok(Err(never)) => match never {},
-                    Err(_) => timed_out(limit),
-                })
+                let taken = timer.lock().unwrap_or_else(PoisonError::into_inner).take();
+                let mut deadline = match taken {
+                    Some(mut sleep) => {
+                        sleep.as_mut().reset(Instant::now() + limit);
+                        sleep
+                    }
+                    None => Box::pin(tokio::time::sleep(limit)),
+                };
+                let response = tokio::select! {
+                    biased;
+                    answered = answer => match answered {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    },
+                    () = deadline.as_mut() => timed_out(limit),
+                };
+                *timer.lock().unwrap_or_else(PoisonError::into_inner) = Some(deadline);
+                Ok::<_, Infallible>(response)
             }
         });
         let stream = WriteDeadline::new(stream, limits.header_timeout);

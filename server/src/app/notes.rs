@@ -66,9 +66,9 @@ impl PageWriter {
         self.body.extend_from_slice(b",\"content\":");
         self.json(content);
         self.body.extend_from_slice(b",\"created_at\":");
-        self.json(&created_at);
+        created_at.write_json(&mut self.body);
         self.body.extend_from_slice(b",\"updated_at\":");
-        self.json(&updated_at);
+        updated_at.write_json(&mut self.body);
         self.body.push(b'}');
         self.written += 1;
         self.last_id = id;

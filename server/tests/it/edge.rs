@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use sqlx::{Connection as _, PgConnection};
+use sqlx::Connection as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
@@ -93,6 +93,75 @@ async fn a_request_past_its_deadline_is_a_503_and_frees_its_connection() {
         .get("tenant-1.test.com", "/api/notes", Some(&token))
         .await;
     assert_eq!(r.status(), StatusCode::OK);
+}
+
+/// Sends `GET /api/notes` on a kept-alive connection; the answer's status code.
+async fn notes_on(stream: &mut TcpStream, token: &str) -> u16 {
+    let request = format!(
+        "GET /api/notes HTTP/1.1\r\nHost: tenant-1.test.com\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the connection closed");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        let Some(head_end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let length: usize = text[..head_end]
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .expect("a content-length");
+        if got.len() >= head_end + 4 + length {
+            return text[9..12].parse().unwrap();
+        }
+    }
+}
+
+/// Holds the tenant's notes table for `hold`, from now: a list waits on it that long.
+async fn hold_notes(app: &TestApp, hold: Duration) -> tokio::task::JoinHandle<()> {
+    let mut holder = app.tenant_connection("tenant-1").await;
+    sqlx::raw_sql("BEGIN; LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        tokio::time::sleep(hold).await;
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+    })
+}
+
+/// Each request on a kept-alive connection gets the whole deadline from when it began: a
+/// later request is not cut short by an earlier one's deadline, one past its own is still
+/// a 503, and the request after that 503 again gets its whole deadline.
+#[tokio::test]
+async fn each_request_on_a_connection_gets_its_own_deadline() {
+    let limit = Duration::from_secs(4);
+    let app = app_with(|s| s.http.request_timeout = limit).await;
+    let token = app.user_token("tenant-1.test.com", "keeper").await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    assert_eq!(notes_on(&mut stream, &token).await, 200);
+    // Past the first request's deadline before this one is answered, within its own.
+    tokio::time::sleep(limit * 5 / 8).await;
+    let held = hold_notes(&app, limit / 2).await;
+    assert_eq!(notes_on(&mut stream, &token).await, 200);
+    held.await.unwrap();
+    let held = hold_notes(&app, limit * 5 / 4).await;
+    assert_eq!(notes_on(&mut stream, &token).await, 503);
+    held.await.unwrap();
+    let held = hold_notes(&app, limit / 2).await;
+    assert_eq!(notes_on(&mut stream, &token).await, 200);
+    held.await.unwrap();
 }
 
 #[tokio::test]
@@ -275,12 +344,13 @@ async fn show(app: &TestApp, tenant: &str, setting: &str) -> String {
         .unwrap()
 }
 
+/// The router's backends on tenant-1's database: every test's first tenant has the same
+/// name (and so the same application name) on the shared PostgreSQL.
 async fn backends(app: &TestApp, application: &str) -> Vec<i32> {
-    let mut conn = PgConnection::connect_with(&app.control_url.connect_options())
-        .await
-        .unwrap();
+    let mut conn = app.tenant_connection("tenant-1").await;
     let pids = sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid",
+        "SELECT pid FROM pg_stat_activity
+         WHERE application_name = $1 AND datname = current_database() ORDER BY pid",
     )
     .bind(application)
     .fetch_all(&mut conn)
