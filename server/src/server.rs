@@ -85,7 +85,7 @@ pub fn with_common_layers(router: Router, max_body_bytes: usize) -> Router {
         // One layer of routing for both: each `Router::layer` boxes every route once more.
         .layer(
             tower::ServiceBuilder::new()
-                .layer(axum::middleware::from_fn(crate::telemetry::access_log))
+                .layer(crate::telemetry::AccessLogLayer)
                 .layer(DefaultBodyLimit::max(max_body_bytes)),
         )
 }

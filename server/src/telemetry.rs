@@ -7,10 +7,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Instant;
 
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
 use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
 use axum::response::Response;
+use futures_util::future::BoxFuture;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tower::{Layer, Service};
 use tracing::Instrument as _;
 
 /// Request latency by route (the matched pattern, never the raw path) and status class.
@@ -113,19 +117,64 @@ impl LatencyHandles {
     }
 }
 
-/// The access log and latency histogram, as a middleware (`axum::middleware::from_fn`).
-pub async fn access_log(req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let route_str = route.as_ref().map_or("(no route)", MatchedPath::as_str);
-    let span = tracing::info_span!(
-        "request",
-        method = %method,
-        route = route_str,
-        tenant.id = tracing::field::Empty,
-    );
-    let response = next.run(req).instrument(span.clone()).await;
+/// The access log and latency histogram, as a layer around each route (where its matched
+/// pattern is known). A service of its own rather than `axum::middleware::from_fn`, which
+/// clones the route and boxes it, and the request's future, on every request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AccessLogLayer;
+
+impl<S> Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+
+    fn layer(&self, inner: S) -> AccessLog<S> {
+        AccessLog { inner }
+    }
+}
+
+/// See [`AccessLogLayer`].
+#[derive(Clone, Debug)]
+pub struct AccessLog<S> {
+    inner: S,
+}
+
+impl<S> Service<Request> for AccessLog<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let started = Instant::now();
+        let route = req.extensions().get::<MatchedPath>().cloned();
+        let route_str = route.as_ref().map_or("(no route)", MatchedPath::as_str);
+        let span = tracing::info_span!(
+            "request",
+            method = %req.method(),
+            route = route_str,
+            tenant.id = tracing::field::Empty,
+        );
+        let answer = self.inner.call(req).instrument(span.clone());
+        Box::pin(async move {
+            let response = match answer.await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            let route_str = route.as_ref().map_or("(no route)", MatchedPath::as_str);
+            record(&span, route_str, started, &response);
+            Ok(response)
+        })
+    }
+}
+
+/// The access line, in the request's span, and the latency sample.
+fn record(span: &tracing::Span, route: &str, started: Instant, response: &Response) {
     let latency = started.elapsed();
     let status = response.status();
     span.in_scope(|| {
@@ -144,13 +193,12 @@ pub async fn access_log(req: Request, next: Next) -> Response {
         _ => 4,
     };
     match LATENCY.get() {
-        Some(handles) => handles.get(route_str, class).record(latency),
+        Some(handles) => handles.get(route, class).record(latency),
         None => metrics::histogram!(
             HTTP_REQUEST_DURATION,
-            "route" => route_str.to_string(),
+            "route" => route.to_string(),
             "status" => STATUS_CLASSES[class]
         )
         .record(latency),
     }
-    response
 }
