@@ -20,6 +20,9 @@ use tower::ServiceExt as _;
 
 use tenant_router::problem::problem_response;
 
+/// Beyond any deadline a listener is given (settings cap them at a day).
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
+
 /// The limits of one listener.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
@@ -118,7 +121,10 @@ pub async fn serve(
                 let taken = timer.lock().unwrap_or_else(PoisonError::into_inner).take();
                 let mut deadline = match taken {
                     Some(mut sleep) => {
-                        sleep.as_mut().reset(Instant::now() + limit);
+                        // A limit too far out for an `Instant`: a year is as good as never.
+                        let now = Instant::now();
+                        let end = now.checked_add(limit).unwrap_or(now + FAR_FUTURE);
+                        sleep.as_mut().reset(end);
                         sleep
                     }
                     None => Box::pin(tokio::time::sleep(limit)),

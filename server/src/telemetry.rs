@@ -160,7 +160,11 @@ where
             route = route_str,
             tenant.id = tracing::field::Empty,
         );
-        let answer = self.inner.call(req).instrument(span.clone());
+        // Called inside the span too: a layer below that records on the current span
+        // (the tenant layer's `tenant.id`) may do so before its future is first polled.
+        let answer = span
+            .in_scope(|| self.inner.call(req))
+            .instrument(span.clone());
         Box::pin(async move {
             let response = match answer.await {
                 Ok(response) => response,

@@ -4,6 +4,7 @@
 
 mod admin;
 mod app_schema;
+mod attack_perf;
 mod attack_reads;
 mod budget;
 mod citus;
