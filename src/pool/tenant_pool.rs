@@ -116,9 +116,7 @@ impl TenantPool {
     async fn timed(&self, first: &First) -> Result<PooledConn, sqlx::Error> {
         let started = std::time::Instant::now();
         let result = self.pool.acquire_ready(first).await.map(PooledConn);
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        metrics::histogram!(crate::telemetry::POOL_ACQUIRE_WAIT, "outcome" => outcome)
-            .record(started.elapsed());
+        record_acquire_wait(result.is_ok(), started.elapsed());
         result
     }
 
@@ -134,6 +132,37 @@ impl TenantPool {
     pub fn reset_sessions_on_return(&self) {
         self.pool.reset_sessions.store(true, Ordering::Relaxed);
     }
+}
+
+/// Records how long an acquire waited, by outcome. The two histograms' handles are kept per
+/// thread with the recorder that made them (a recorder installed later, or a thread's local
+/// one, gets handles of its own): building the metric's key and finding it in the recorder
+/// cost more than the sample itself, on every acquire.
+fn record_acquire_wait(ok: bool, waited: Duration) {
+    struct Handles {
+        recorder: *const (),
+        ok: metrics::Histogram,
+        error: metrics::Histogram,
+    }
+    thread_local! {
+        static HANDLES: std::cell::RefCell<Option<Handles>> = const { std::cell::RefCell::new(None) };
+    }
+    let recorder = metrics::with_recorder(|r| std::ptr::from_ref(r).cast::<()>());
+    HANDLES.with_borrow_mut(|kept| {
+        let handles = match kept {
+            Some(handles) if handles.recorder == recorder => handles,
+            _ => kept.insert(Handles {
+                recorder,
+                ok: metrics::histogram!(crate::telemetry::POOL_ACQUIRE_WAIT, "outcome" => "ok"),
+                error: metrics::histogram!(crate::telemetry::POOL_ACQUIRE_WAIT, "outcome" => "error"),
+            }),
+        };
+        if ok {
+            handles.ok.record(waited);
+        } else {
+            handles.error.record(waited);
+        }
+    });
 }
 
 /// A connection waiting in its pool for the next request.
@@ -419,5 +448,85 @@ impl<K: Connector> Member for Pool<K> {
         for i in expired {
             self.budget_close(i.conn, i.permit);
         }
+    }
+}
+
+#[cfg(test)]
+mod acquire_wait_tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use metrics::{
+        Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString,
+        Unit,
+    };
+
+    use super::record_acquire_wait;
+
+    /// A recorder that counts the samples of each outcome.
+    #[derive(Default)]
+    struct Counting {
+        ok: Arc<Samples>,
+        error: Arc<Samples>,
+    }
+
+    #[derive(Default)]
+    struct Samples(AtomicUsize);
+
+    impl HistogramFn for Samples {
+        fn record(&self, _: f64) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    impl Counting {
+        fn counts(&self) -> (usize, usize) {
+            (
+                self.ok.0.load(Ordering::Relaxed),
+                self.error.0.load(Ordering::Relaxed),
+            )
+        }
+    }
+
+    impl Recorder for Counting {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::noop()
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            assert_eq!(key.name(), crate::telemetry::POOL_ACQUIRE_WAIT);
+            let outcome = key.labels().find(|l| l.key() == "outcome").unwrap();
+            match outcome.value() {
+                "ok" => Histogram::from_arc(Arc::clone(&self.ok)),
+                "error" => Histogram::from_arc(Arc::clone(&self.error)),
+                other => panic!("outcome {other}"),
+            }
+        }
+    }
+
+    /// Kept handles go to the recorder in force: one installed after the first samples,
+    /// and another after that, each get theirs, by outcome, and none of the others'.
+    #[test]
+    fn samples_reach_the_recorder_in_force() {
+        let waited = Duration::from_micros(5);
+        record_acquire_wait(true, waited);
+        let (first, second) = (Counting::default(), Counting::default());
+        metrics::with_local_recorder(&first, || {
+            record_acquire_wait(true, waited);
+            record_acquire_wait(true, waited);
+            record_acquire_wait(false, waited);
+        });
+        assert_eq!(first.counts(), (2, 1));
+        metrics::with_local_recorder(&second, || record_acquire_wait(false, waited));
+        assert_eq!(second.counts(), (0, 1));
+        metrics::with_local_recorder(&first, || record_acquire_wait(true, waited));
+        assert_eq!(first.counts(), (3, 1));
+        assert_eq!(second.counts(), (0, 1));
     }
 }
