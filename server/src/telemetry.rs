@@ -4,11 +4,10 @@
 //! Prometheus recorder behind `/metrics` is installed here, once per process.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
-use std::time::Instant;
-
 use std::convert::Infallible;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::response::Response;

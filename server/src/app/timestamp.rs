@@ -38,6 +38,21 @@ impl Timestamp {
         DateTime::from_timestamp_micros(self.unix_micros)
     }
 
+    /// Appends the JSON string [`Serialize`] writes: RFC 3339 needs no escaping, so it goes
+    /// in as it is written, without a serializer or a UTF-8 check in between.
+    pub fn write_json(self, out: &mut Vec<u8>) {
+        let mut buf = [0u8; 27];
+        match self.write_rfc3339(&mut buf) {
+            Some(len) => {
+                out.reserve(len + 2);
+                out.push(b'"');
+                out.extend_from_slice(&buf[..len]);
+                out.push(b'"');
+            }
+            None => serde_json::to_writer(out, &self).expect("JSON into a Vec"),
+        }
+    }
+
     /// RFC 3339 in UTC with `Z`, and 0, 3 or 6 fraction digits: as few as the value needs.
     /// `None` outside years 0000 to 9999, which RFC 3339 cannot write in four digits.
     fn write_rfc3339(self, out: &mut [u8; 27]) -> Option<usize> {
@@ -80,23 +95,6 @@ impl Timestamp {
         }
         out[len] = b'Z';
         Some(len + 1)
-    }
-}
-
-impl Timestamp {
-    /// Appends the JSON string [`Serialize`] writes: RFC 3339 needs no escaping, so it goes
-    /// in as it is written, without a serializer or a UTF-8 check in between.
-    pub fn write_json(self, out: &mut Vec<u8>) {
-        let mut buf = [0u8; 27];
-        match self.write_rfc3339(&mut buf) {
-            Some(len) => {
-                out.reserve(len + 2);
-                out.push(b'"');
-                out.extend_from_slice(&buf[..len]);
-                out.push(b'"');
-            }
-            None => serde_json::to_writer(out, &self).expect("JSON into a Vec"),
-        }
     }
 }
 

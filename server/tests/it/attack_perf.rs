@@ -308,7 +308,7 @@ async fn access_log_without_apex_names_the_tenant() {
 #[tokio::test]
 async fn pipelined_requests_each_get_their_own_deadline() {
     use std::time::{Duration, Instant};
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncWriteExt as _;
 
     let pg = shared_postgres().await;
     let db = crate::harness::tenant_database(pg, "apf").await;
@@ -318,18 +318,7 @@ async fn pipelined_requests_each_get_their_own_deadline() {
     .await;
     let token = app.user_token(T1, "piper").await;
     app.create_note(T1, &token, "mine").await;
-    let mut holder = app.tenant_connection("tenant-1").await;
-    sqlx::raw_sql("BEGIN; LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut holder)
-        .await
-        .unwrap();
-    let release = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        sqlx::raw_sql("ROLLBACK")
-            .execute(&mut holder)
-            .await
-            .unwrap();
-    });
+    let release = crate::edge::hold_notes(&app, Duration::from_secs(3)).await;
     let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     let one = |limit: u32| {
         format!(
@@ -343,32 +332,9 @@ async fn pipelined_requests_each_get_their_own_deadline() {
         .unwrap();
     let mut got = Vec::new();
     let mut answers = Vec::new();
-    let mut buf = [0u8; 8192];
-    while answers.len() < 3 {
-        let text = String::from_utf8_lossy(&got).to_string();
-        if let Some(head_end) = text.find("\r\n\r\n") {
-            let length: usize = text[..head_end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .expect("a content-length");
-            if got.len() >= head_end + 4 + length {
-                let status: u16 = text[9..12].parse().unwrap();
-                let body = text[head_end + 4..head_end + 4 + length].to_string();
-                answers.push((status, body, started.elapsed()));
-                got.drain(..head_end + 4 + length);
-                continue;
-            }
-        }
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
-            .await
-            .expect("an answer within 10 s")
-            .unwrap();
-        assert!(n > 0, "closed after {answers:?}");
-        got.extend_from_slice(&buf[..n]);
+    for _ in 0..3 {
+        let (status, body) = crate::edge::read_answer(&mut stream, &mut got).await;
+        answers.push((status, body, started.elapsed()));
     }
     release.await.unwrap();
     assert_eq!(answers[0].0, 503, "{answers:?}");

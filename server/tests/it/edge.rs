@@ -95,38 +95,49 @@ async fn a_request_past_its_deadline_is_a_503_and_frees_its_connection() {
     assert_eq!(r.status(), StatusCode::OK);
 }
 
+/// Reads one whole answer from `stream`, after the bytes already in `got` (what an earlier
+/// read brought of later answers, with pipelined requests): its status and body. Fails
+/// after 10 s, or when the connection closes first.
+pub(crate) async fn read_answer(stream: &mut TcpStream, got: &mut Vec<u8>) -> (u16, String) {
+    let mut buf = [0u8; 8192];
+    loop {
+        let text = String::from_utf8_lossy(got).into_owned();
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let length: usize = text[..head_end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a content-length");
+            let end = head_end + 4 + length;
+            if got.len() >= end {
+                let answer = (text[9..12].parse().unwrap(), text[head_end + 4..end].into());
+                got.drain(..end);
+                return answer;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        assert!(n > 0, "the connection closed");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// Sends `GET /api/notes` on a kept-alive connection; the answer's status code.
 async fn notes_on(stream: &mut TcpStream, token: &str) -> u16 {
     let request = format!(
         "GET /api/notes HTTP/1.1\r\nHost: tenant-1.test.com\r\nAuthorization: Bearer {token}\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut buf).await.unwrap();
-        assert!(n > 0, "the connection closed");
-        got.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&got);
-        let Some(head_end) = text.find("\r\n\r\n") else {
-            continue;
-        };
-        let length: usize = text[..head_end]
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length:")
-                    .map(|v| v.trim().parse().unwrap())
-            })
-            .expect("a content-length");
-        if got.len() >= head_end + 4 + length {
-            return text[9..12].parse().unwrap();
-        }
-    }
+    read_answer(stream, &mut Vec::new()).await.0
 }
 
 /// Holds the tenant's notes table for `hold`, from now: a list waits on it that long.
-async fn hold_notes(app: &TestApp, hold: Duration) -> tokio::task::JoinHandle<()> {
+pub(crate) async fn hold_notes(app: &TestApp, hold: Duration) -> tokio::task::JoinHandle<()> {
     let mut holder = app.tenant_connection("tenant-1").await;
     sqlx::raw_sql("BEGIN; LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
         .execute(&mut holder)
