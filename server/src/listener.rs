@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -74,9 +75,10 @@ pub async fn serve(
     limits: HttpLimits,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    // The head deadline is the connection's own (see [`EdgeStream`]), not hyper's: hyper's
+    // puts a new timer into the timer wheel for every request head and takes it out again.
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+    http.timer(TokioTimer::new()).header_read_timeout(None);
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let stopped = |rx: &mut watch::Receiver<bool>| {
@@ -108,40 +110,47 @@ pub async fn serve(
         // request deadline.
         let router = router.clone();
         let limit = limits.request_timeout;
-        // One deadline timer per connection (its requests come one after another), moved
-        // forward for each request: moving a registered timer later is one atomic store,
-        // where a timer per request is put into the timer wheel and taken out under its lock.
-        let timer: Arc<Mutex<Option<Pin<Box<Sleep>>>>> = Arc::default();
-        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut()
-                .insert(axum::extract::ConnectInfo(peer));
-            let answer = router.clone().oneshot(req);
-            let timer = Arc::clone(&timer);
-            async move {
-                let taken = timer.lock().unwrap_or_else(PoisonError::into_inner).take();
-                let mut deadline = match taken {
-                    Some(mut sleep) => {
-                        // A limit too far out for an `Instant`: a year is as good as never.
-                        let now = Instant::now();
-                        let end = now.checked_add(limit).unwrap_or(now + FAR_FUTURE);
-                        sleep.as_mut().reset(end);
-                        sleep
-                    }
-                    None => Box::pin(tokio::time::sleep(limit)),
-                };
-                let response = tokio::select! {
-                    biased;
-                    answered = answer => match answered {
-                        Ok(response) => response,
-                        Err(never) => match never {},
-                    },
-                    () = deadline.as_mut() => timed_out(limit),
-                };
-                *timer.lock().unwrap_or_else(PoisonError::into_inner) = Some(deadline);
-                Ok::<_, Infallible>(response)
-            }
-        });
-        let stream = WriteDeadline::new(stream, limits.header_timeout);
+        let shared = Arc::new(Shared::new(limits.header_timeout));
+        let service = {
+            let shared = Arc::clone(&shared);
+            hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                let answer = router.clone().oneshot(req);
+                shared.heads.fetch_add(1, Ordering::Relaxed);
+                let shared = Arc::clone(&shared);
+                async move {
+                    let mut deadline = match shared.timers().request.take() {
+                        Some(mut sleep) => {
+                            sleep.as_mut().reset(after(limit));
+                            sleep
+                        }
+                        None => Box::pin(tokio::time::sleep_until(after(limit))),
+                    };
+                    let response = tokio::select! {
+                        biased;
+                        answered = answer => match answered {
+                            Ok(response) => response,
+                            Err(never) => match never {},
+                        },
+                        () = deadline.as_mut() => timed_out(limit),
+                    };
+                    let mut deadline = Some(deadline);
+                    std::future::poll_fn(|cx| {
+                        shared.answered(cx, deadline.take());
+                        std::task::Poll::Ready(())
+                    })
+                    .await;
+                    Ok::<_, Infallible>(response)
+                }
+            })
+        };
+        let stream = EdgeStream {
+            inner: stream,
+            limit: limits.header_timeout,
+            shared,
+            stalled: None,
+        };
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -161,29 +170,101 @@ pub async fn serve(
     Ok(())
 }
 
-/// A connection whose writes must make progress: a write that stays blocked for `limit` (the
-/// client reads nothing, its window stays full) fails, and the connection closes. Without it
-/// a client that pipelines requests and never reads their answers holds its connection, and
-/// its place under the cap, forever.
-struct WriteDeadline {
-    inner: tokio::net::TcpStream,
-    limit: Duration,
-    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+/// `limit` from now; a limit too far out for an `Instant` is as good as never.
+fn after(limit: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(limit).unwrap_or(now + FAR_FUTURE)
 }
 
-impl WriteDeadline {
-    fn new(inner: tokio::net::TcpStream, limit: Duration) -> Self {
+/// What a connection's stream and its requests share, for the connection's life: a request
+/// costs no timer of its own. Moving a registered timer later is one atomic store, where a
+/// timer per request goes into the timer wheel and out again under its lock.
+struct Shared {
+    /// Request heads received and requests answered, together: odd while a request is
+    /// being answered, even while the connection waits for its next head.
+    heads: AtomicU64,
+    /// The head deadline: how long the connection waits for its next head.
+    header_timeout: Duration,
+    timers: Mutex<Timers>,
+}
+
+struct Timers {
+    /// The request deadline, moved forward for each request (and held by it meanwhile).
+    request: Option<Pin<Box<Sleep>>>,
+    /// When the wait for the next head ends: `header_timeout` after the connection opened,
+    /// or after its last request was answered.
+    head: Pin<Box<Sleep>>,
+}
+
+impl Shared {
+    fn new(header_timeout: Duration) -> Self {
         Self {
-            inner,
-            limit,
-            stalled: None,
+            heads: AtomicU64::new(0),
+            header_timeout,
+            timers: Mutex::new(Timers {
+                request: None,
+                head: Box::pin(tokio::time::sleep_until(after(header_timeout))),
+            }),
         }
     }
 
-    /// After a write that could not go ahead: fails once it has waited `limit`.
-    /// What a write returned, with the deadline applied: a write still pending after
+    fn timers(&self) -> std::sync::MutexGuard<'_, Timers> {
+        self.timers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A request has been answered (its deadline's timer is back): the wait for the next
+    /// head begins. Its timer is polled here, from the connection's task, so that it wakes
+    /// the connection when it ends even if nothing polls the stream before then (hyper
+    /// reads again only when the socket says so).
+    fn answered(&self, cx: &mut std::task::Context<'_>, request: Option<Pin<Box<Sleep>>>) {
+        let mut timers = self.timers();
+        timers.request = request;
+        timers.head.as_mut().reset(after(self.header_timeout));
+        let _ = timers.head.as_mut().poll(cx);
+        self.heads.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A client connection with the edge's two stream deadlines:
+/// - **Head**: between requests, the next request head must arrive within `limit` of when
+///   the connection began waiting for it, or reads fail and the connection closes. This
+///   closes idle keep-alive connections too, and a head sent a byte at a time.
+/// - **Write**: a write that stays blocked for `limit` (the client reads nothing, its window
+///   stays full) fails, and the connection closes. Without it a client that pipelines
+///   requests and never reads their answers holds its connection, and its place under the
+///   cap, forever.
+///
+/// A request's body is read under the request's own deadline instead.
+struct EdgeStream {
+    inner: tokio::net::TcpStream,
+    limit: Duration,
+    shared: Arc<Shared>,
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl EdgeStream {
+    /// What a read returned, with the head deadline applied between requests.
+    fn watch_head(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        read: std::task::Poll<std::io::Result<()>>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        // Between requests (an even count), a read with nothing to give waits for a head.
+        if read.is_ready() || self.shared.heads.load(Ordering::Relaxed) % 2 == 1 {
+            return read;
+        }
+        if self.shared.timers().head.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no whole request head within the header timeout",
+            )));
+        }
+        std::task::Poll::Pending
+    }
+
+    /// What a write returned, with the write deadline applied: a write still pending after
     /// `limit` fails; one that made progress resets the clock.
-    fn watch(
+    fn watch_write(
         &mut self,
         cx: &mut std::task::Context<'_>,
         written: std::task::Poll<std::io::Result<usize>>,
@@ -206,24 +287,25 @@ impl WriteDeadline {
     }
 }
 
-impl tokio::io::AsyncRead for WriteDeadline {
+impl tokio::io::AsyncRead for EdgeStream {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        let read = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.watch_head(cx, read)
     }
 }
 
-impl tokio::io::AsyncWrite for WriteDeadline {
+impl tokio::io::AsyncWrite for EdgeStream {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         let written = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.watch(cx, written)
+        self.watch_write(cx, written)
     }
 
     fn poll_flush(
@@ -246,7 +328,7 @@ impl tokio::io::AsyncWrite for WriteDeadline {
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
         let written = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.watch(cx, written)
+        self.watch_write(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -25,7 +25,7 @@ use super::budget::Budget;
 use super::conn::Pooled;
 use super::connector::{Check, Connector, First};
 use super::rules::{History, Plan, QueueCounts};
-use super::tenant_pool::{CHECK_AFTER_IDLE, Pool, REUSE_WAIT};
+use super::tenant_pool::{CHECK_AFTER_IDLE, Conns, Pool, REUSE_WAIT};
 
 /// Finishes, off the request's path, whatever a connection was busy with when its next user
 /// gave up waiting (a query its last request abandoned), rolls back, and gives it back; or
@@ -104,7 +104,7 @@ struct Acquire<'a, 'w, K: Connector> {
     pool: &'a Arc<Pool<K>>,
     deadline: Instant,
     history: History,
-    /// Rung when a connection comes back to the pool. Armed before each look, like
+    /// Rung when a connection comes back to the pool. Armed before a look that may wait, like
     /// `released`, so that what happens between the look and the wait still wakes it.
     returned: Pin<&'w mut Notified<'a>>,
     /// Rung when a permit comes back to the budget.
@@ -266,8 +266,31 @@ impl<'a, K: Connector> Acquire<'a, '_, K> {
         }
     }
 
+    /// An idle connection, if the pool has one.
+    fn take_idle(&self, c: &mut Conns<K::Conn>) -> Option<Pooled<K>> {
+        let idle = c.idle.pop()?;
+        c.in_use += 1;
+        Some(Pooled::reused(
+            self.pool,
+            idle.conn,
+            idle.permit,
+            idle.born,
+            // Idle long enough for the server to have gone away meanwhile (a restart, a
+            // failover, an idle-session timeout): checked first.
+            idle.owed
+                .or((idle.since.elapsed() >= CHECK_AFTER_IDLE).then_some(Check::Ping)),
+            idle.read_only,
+        ))
+    }
+
     fn look(&mut self, place: Option<Place<'a>>) -> ControlFlow<Outcome<K>, State<'a>> {
         let pool: &'a Arc<Pool<K>> = self.pool;
+        // An idle connection needs no wake-ups: taken before arming any.
+        if let Some(conn) = self.take_idle(&mut pool.lock()) {
+            return ControlFlow::Break(Ok(conn));
+        }
+        // Armed before the look that decides to wait, so that a connection or a permit
+        // coming back between that look and the wait still wakes it.
         self.returned.set(pool.returned.notified());
         self.returned.as_mut().enable();
         self.released.set(pool.budget.released.notified());
@@ -275,19 +298,8 @@ impl<'a, K: Connector> Acquire<'a, '_, K> {
 
         let plan = {
             let mut c = pool.lock();
-            if let Some(idle) = c.idle.pop() {
-                c.in_use += 1;
-                return ControlFlow::Break(Ok(Pooled::reused(
-                    pool,
-                    idle.conn,
-                    idle.permit,
-                    idle.born,
-                    // Idle long enough for the server to have gone away meanwhile (a
-                    // restart, a failover, an idle-session timeout): checked first.
-                    idle.owed
-                        .or((idle.since.elapsed() >= CHECK_AFTER_IDLE).then_some(Check::Ping)),
-                    idle.read_only,
-                )));
+            if let Some(conn) = self.take_idle(&mut c) {
+                return ControlFlow::Break(Ok(conn));
             }
             Plan::of(c.open, pool.cap)
         };

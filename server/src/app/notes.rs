@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
+use sqlx::Either;
 use sqlx::Row as _;
 use sqlx::postgres::{PgRow, Postgres};
 
@@ -175,18 +176,21 @@ pub(super) async fn list(
     };
     let db = tenant.db();
     let mut conn = db.read().await?;
-    let mut rows = sqlx::query(PAGE_SQL)
+    let query = sqlx::query(PAGE_SQL)
         .bind(db.scope())
         .bind(token.hash())
         .bind(before)
-        .bind(limit + 1)
-        .fetch(&mut conn);
+        .bind(limit + 1);
+    // The statement's rows and its result, as they come: what `fetch` gives, without its
+    // second stream and a future per row to filter the result out.
+    let mut rows = sqlx::Executor::fetch_many(&mut conn, query);
     // Each row is the session's user and one of its notes, or no note (an empty page):
     // decoded by position, written as it arrives.
     let mut session = false;
     let mut checked = false;
     let mut page = PageWriter::new(limit as usize);
-    while let Some(row) = rows.try_next().await? {
+    while let Some(step) = rows.try_next().await? {
+        let Either::Right(row) = step else { continue };
         session = true;
         if let Some((id, content, created_at, updated_at)) = row_note(&row, !checked)? {
             checked = true;

@@ -175,6 +175,81 @@ async fn each_request_on_a_connection_gets_its_own_deadline() {
     held.await.unwrap();
 }
 
+/// The wait for a head begins again after each answer: a connection idle after a request
+/// that took longer than the head deadline is still closed one head deadline later, and
+/// the next head sent a byte at a time is cut off like the first one would be.
+#[tokio::test]
+async fn the_head_deadline_starts_again_after_each_answer() {
+    let head = Duration::from_secs(1);
+    let app = app_with(|s| s.http.header_timeout = head).await;
+    let token = app.user_token("tenant-1.test.com", "idler").await;
+
+    // Longer than the head deadline, within the request deadline: answered, then closed
+    // once idle for the head deadline.
+    let mut idle = TcpStream::connect(app.addr).await.unwrap();
+    let held = hold_notes(&app, head * 2).await;
+    assert_eq!(notes_on(&mut idle, &token).await, 200);
+    held.await.unwrap();
+    let answered = Instant::now();
+    let got = read_until_closed(&mut idle, head * 5).await;
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    assert!(
+        answered.elapsed() >= head * 3 / 4,
+        "closed before the head deadline"
+    );
+
+    // A second head a byte every 300 ms: closed before it is whole.
+    let mut slow = TcpStream::connect(app.addr).await.unwrap();
+    assert_eq!(notes_on(&mut slow, &token).await, 200);
+    let request = b"GET /healthz HTTP/1.1\r\nHost: tenant-1.test.com\r\n\r\n";
+    let mut closed = false;
+    for byte in request {
+        if slow.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let got = if closed {
+        Vec::new()
+    } else {
+        read_until_closed(&mut slow, head * 5).await
+    };
+    assert!(
+        !String::from_utf8_lossy(&got).contains("200 OK"),
+        "a head that took {:?} was answered",
+        Duration::from_millis(300) * request.len() as u32
+    );
+}
+
+/// A request's body is under the request deadline, not the head deadline: a body that
+/// takes longer than the head deadline to arrive is still read and answered.
+#[tokio::test]
+async fn a_slow_body_is_under_the_request_deadline() {
+    let head = Duration::from_secs(1);
+    let app = app_with(|s| {
+        s.http.header_timeout = head;
+        s.http.request_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let token = app.user_token("tenant-1.test.com", "slowpoke").await;
+    let body = br#"{"content":"written slowly"}"#;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let head_text = format!(
+        "POST /api/notes HTTP/1.1\r\nHost: tenant-1.test.com\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head_text.as_bytes()).await.unwrap();
+    for part in body.chunks(body.len() / 3 + 1) {
+        tokio::time::sleep(head * 3 / 4).await;
+        stream.write_all(part).await.unwrap();
+    }
+    let (status, answer) = read_answer(&mut stream, &mut Vec::new()).await;
+    assert_eq!(status, 201, "{answer}");
+    assert!(answer.contains("written slowly"), "{answer}");
+}
+
 #[tokio::test]
 async fn connections_beyond_the_cap_wait_for_one_to_close() {
     let app = app_with(|s| s.http.max_connections = 3).await;
