@@ -67,9 +67,16 @@ impl PageWriter {
         self.body.extend_from_slice(b",\"content\":");
         self.json(content);
         self.body.extend_from_slice(b",\"created_at\":");
+        let created = self.body.len();
         created_at.write_json(&mut self.body);
+        let created = created..self.body.len();
         self.body.extend_from_slice(b",\"updated_at\":");
-        updated_at.write_json(&mut self.body);
+        if updated_at == created_at {
+            // A note never edited: the same text again.
+            self.body.extend_from_within(created);
+        } else {
+            updated_at.write_json(&mut self.body);
+        }
         self.body.push(b'}');
         self.written += 1;
         self.last_id = id;
@@ -428,5 +435,24 @@ mod tests {
             note(1, "past", -70_000_000_000_000_000),
         ];
         assert_as_serde(&rows, 5);
+    }
+
+    /// A note never edited (updated when created) has its creation's text written again:
+    /// still each note's own, in every form a timestamp takes.
+    #[test]
+    fn unedited_notes_are_written_as_serde_writes_them() {
+        let unedited = |id, micros| Note {
+            updated_at: Timestamp::from_unix_micros(micros),
+            ..note(id, "same", micros)
+        };
+        let rows = [
+            unedited(6, 1_700_000_000_123_456),
+            note(5, "edited", 1_700_000_000_123_456),
+            unedited(4, 1_700_000_000_000_000),
+            unedited(3, i64::MAX - 10_000),
+            unedited(2, -70_000_000_000_000_000),
+            unedited(1, 0),
+        ];
+        assert_as_serde(&rows, 10);
     }
 }
