@@ -3,11 +3,11 @@
 //! logged while serving it names its tenant), and the request-latency histogram. The
 //! Prometheus recorder behind `/metrics` is installed here, once per process.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
 use std::convert::Infallible;
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
@@ -53,7 +53,7 @@ pub fn prometheus() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_ok() {
             // Ours is the global recorder from now on, for good: its handles can be kept.
-            let _ = LATENCY.set(LatencyHandles::default());
+            let _ = OURS.set(());
             tenant_router::telemetry::describe();
             metrics::describe_histogram!(
                 HTTP_REQUEST_DURATION,
@@ -79,41 +79,46 @@ pub fn prometheus() -> &'static PrometheusHandle {
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// The latency histograms by route and status class, once our recorder is the global one:
-/// building a key and finding it in the recorder cost more than recording the sample, so
-/// each handle is looked up once. Routes are the app's patterns, a bounded set.
-static LATENCY: OnceLock<LatencyHandles> = OnceLock::new();
+/// Set once our recorder is the global one, which it then stays: its handles can be kept.
+static OURS: OnceLock<()> = OnceLock::new();
 
-/// One route's histograms, by status class, each registered at its first sample.
-type ByClass = Arc<[OnceLock<metrics::Histogram>; 5]>;
+/// A route's pattern and its histograms by status class.
+type RouteHistograms = (Box<str>, [Option<metrics::Histogram>; 5]);
 
-#[derive(Default)]
-struct LatencyHandles {
-    routes: RwLock<HashMap<Box<str>, ByClass>>,
+thread_local! {
+    /// The latency histograms this thread recorded to, by route and status class, each
+    /// registered at its first sample: building a key and finding it in the recorder cost
+    /// more than recording the sample. Per thread, so that no lock or shared count is
+    /// touched per request. Routes are the app's patterns (short, and a bounded set).
+    static LATENCY: RefCell<Vec<RouteHistograms>> =
+        const { RefCell::new(Vec::new()) };
 }
 
-impl LatencyHandles {
-    fn get(&self, route: &str, class: usize) -> metrics::Histogram {
-        let known = self
-            .routes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(route)
-            .cloned();
-        let classes = known.unwrap_or_else(|| {
-            let mut routes = self.routes.write().unwrap_or_else(PoisonError::into_inner);
-            Arc::clone(routes.entry(route.into()).or_default())
-        });
-        classes[class]
-            .get_or_init(|| {
-                metrics::histogram!(
-                    HTTP_REQUEST_DURATION,
-                    "route" => route.to_string(),
-                    "status" => STATUS_CLASSES[class]
-                )
-            })
-            .clone()
+/// Records a request's latency under its route and status class.
+fn record_latency(route: &str, class: usize, latency: Duration) {
+    let histogram = || {
+        metrics::histogram!(
+            HTTP_REQUEST_DURATION,
+            "route" => route.to_string(),
+            "status" => STATUS_CLASSES[class]
+        )
+    };
+    if OURS.get().is_none() {
+        histogram().record(latency);
+        return;
     }
+    LATENCY.with_borrow_mut(|routes| {
+        let at = match routes.iter().position(|(known, _)| **known == *route) {
+            Some(at) => at,
+            None => {
+                routes.push((route.into(), Default::default()));
+                routes.len() - 1
+            }
+        };
+        routes[at].1[class]
+            .get_or_insert_with(histogram)
+            .record(latency);
+    });
 }
 
 /// The access log and latency histogram, as a layer around each route (where its matched
@@ -195,13 +200,5 @@ fn record(span: &tracing::Span, route: &str, started: Instant, response: &Respon
         400..=499 => 3,
         _ => 4,
     };
-    match LATENCY.get() {
-        Some(handles) => handles.get(route, class).record(latency),
-        None => metrics::histogram!(
-            HTTP_REQUEST_DURATION,
-            "route" => route.to_string(),
-            "status" => STATUS_CLASSES[class]
-        )
-        .record(latency),
-    }
+    record_latency(route, class, latency);
 }

@@ -114,7 +114,7 @@ pub(super) async fn submit_as(
         (status = 409, description = "No such job kind", body = tenant_router::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields, each named", body = tenant_router::problem::Problem, content_type = "application/problem+json"), crate::openapi::TenantProblems))]
 pub(super) async fn submit(
-    State(config): State<AppConfig>,
+    State(config): State<std::sync::Arc<AppConfig>>,
     tenant: CurrentTenant,
     user: AuthUser,
     ApiJson(body): ApiJson<SubmitBody>,
@@ -154,7 +154,7 @@ fn parse_run_at(text: &str) -> Result<i64, ApiError> {
 /// A job's status; 404 for a job of another tenant (it is not in this tenant's namespace)
 /// or of another user.
 pub(super) async fn status(
-    State(config): State<AppConfig>,
+    State(config): State<std::sync::Arc<AppConfig>>,
     tenant: CurrentTenant,
     user: AuthUser,
     ApiPath(id): ApiPath<String>,

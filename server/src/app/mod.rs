@@ -69,5 +69,6 @@ pub fn router(config: AppConfig) -> Router {
             "/api/notes/{id}",
             get(notes::show).put(notes::update).delete(notes::remove),
         )
-        .with_state(config)
+        // Shared: axum clones a route's state for every request.
+        .with_state(std::sync::Arc::new(config))
 }

@@ -257,7 +257,7 @@ pub(super) struct CreateQuery {
     responses((status = 201, description = "Created", body = Note), (status = 202, description = "With ?async=true: queued as a job", body = crate::app::jobs::Submitted), (status = 401, description = "No valid bearer token", body = tenant_router::problem::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid fields, each named", body = tenant_router::problem::Problem, content_type = "application/problem+json"), crate::openapi::TenantProblems))]
 #[tracing::instrument(level = "debug", skip_all, fields(tenant.id = %tenant.id(), user.id = user.user_id))]
 pub(super) async fn create(
-    State(config): State<AppConfig>,
+    State(config): State<std::sync::Arc<AppConfig>>,
     tenant: CurrentTenant,
     user: AuthUser,
     ApiQuery(q): ApiQuery<CreateQuery>,

@@ -80,7 +80,7 @@ fn is_email(s: &str) -> bool {
         crate::openapi::TenantProblems))]
 #[tracing::instrument(level = "debug", skip_all, fields(tenant.id = %tenant.id()))]
 pub(super) async fn register(
-    State(config): State<AppConfig>,
+    State(config): State<std::sync::Arc<AppConfig>>,
     tenant: CurrentTenant,
     ApiJson(body): ApiJson<RegisterBody>,
 ) -> Result<(StatusCode, Json<UserBody>), ApiError> {
@@ -137,7 +137,7 @@ pub(super) struct TokenBody {
         crate::openapi::TenantProblems))]
 #[tracing::instrument(level = "debug", skip_all, fields(tenant.id = %tenant.id()))]
 pub(super) async fn login(
-    State(config): State<AppConfig>,
+    State(config): State<std::sync::Arc<AppConfig>>,
     tenant: CurrentTenant,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Json<TokenBody>, ApiError> {
