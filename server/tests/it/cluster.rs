@@ -144,8 +144,19 @@ impl Cluster {
         cmd
     }
 
-    /// Starts `serve` and waits until it is ready.
+    /// Starts `serve` and waits until it is ready. A port picked as free can be taken by
+    /// another test before the server binds it: then it starts again on other ports.
     pub async fn start(&self, name: &str) -> Instance {
+        for _ in 0..4 {
+            if let Some(instance) = self.try_start(name).await {
+                return instance;
+            }
+        }
+        panic!("{name}: every port picked was taken before the server bound it");
+    }
+
+    /// [`Self::start`], once: `None` when a port was taken before the server bound it.
+    async fn try_start(&self, name: &str) -> Option<Instance> {
         let port = free_port().unwrap();
         let admin_port = free_port().unwrap();
         let log = self.logs.path().join(format!("{name}.log"));
@@ -160,7 +171,7 @@ impl Cluster {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let instance = Instance {
+        let mut instance = Instance {
             name: name.to_string(),
             child,
             port,
@@ -178,6 +189,11 @@ impl Cluster {
             if ready {
                 break;
             }
+            if let Ok(Some(_)) = instance.child.try_wait()
+                && instance.log().contains("Address already in use")
+            {
+                return None;
+            }
             assert!(
                 Instant::now() < deadline,
                 "{name} did not become ready:\n{}",
@@ -185,7 +201,7 @@ impl Cluster {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        instance
+        Some(instance)
     }
 
     /// Starts `tenant-router worker` with extra environment; returns once it logged that
