@@ -150,6 +150,7 @@ pub async fn serve(
             limit: limits.header_timeout,
             shared,
             stalled: None,
+            wrote_at: None,
         };
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -227,8 +228,9 @@ impl Shared {
 
 /// A client connection with the edge's two stream deadlines:
 /// - **Head**: between requests, the next request head must arrive within `limit` of when
-///   the connection began waiting for it, or reads fail and the connection closes. This
-///   closes idle keep-alive connections too, and a head sent a byte at a time.
+///   the connection began waiting for it (once the last answer was written), or reads fail
+///   and the connection closes. This closes idle keep-alive connections too, and a head
+///   sent a byte at a time.
 /// - **Write**: a write that stays blocked for `limit` (the client reads nothing, its window
 ///   stays full) fails, and the connection closes. Without it a client that pipelines
 ///   requests and never reads their answers holds its connection, and its place under the
@@ -240,6 +242,8 @@ struct EdgeStream {
     limit: Duration,
     shared: Arc<Shared>,
     stalled: Option<Pin<Box<Sleep>>>,
+    /// When a write last made progress: the head deadline counts from then at the latest.
+    wrote_at: Option<Instant>,
 }
 
 impl EdgeStream {
@@ -253,13 +257,25 @@ impl EdgeStream {
         if read.is_ready() || self.shared.heads.load(Ordering::Relaxed) % 2 == 1 {
             return read;
         }
-        if self.shared.timers().head.as_mut().poll(cx).is_ready() {
-            return std::task::Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "no whole request head within the header timeout",
-            )));
+        let mut timers = self.shared.timers();
+        if timers.head.as_mut().poll(cx).is_pending() {
+            return std::task::Poll::Pending;
         }
-        std::task::Poll::Pending
+        // The answer may have been going out for a while after it was ready (a big one, to
+        // a slow reader): the wait for the next head begins with its last write.
+        if let Some(wrote) = self.wrote_at {
+            let ends = wrote.checked_add(self.limit).unwrap_or(wrote + FAR_FUTURE);
+            if ends > Instant::now() {
+                timers.head.as_mut().reset(ends);
+                if timers.head.as_mut().poll(cx).is_pending() {
+                    return std::task::Poll::Pending;
+                }
+            }
+        }
+        std::task::Poll::Ready(Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no whole request head within the header timeout",
+        )))
     }
 
     /// What a write returned, with the write deadline applied: a write still pending after
@@ -271,6 +287,9 @@ impl EdgeStream {
     ) -> std::task::Poll<std::io::Result<usize>> {
         if written.is_ready() {
             self.stalled = None;
+            if matches!(written, std::task::Poll::Ready(Ok(n)) if n > 0) {
+                self.wrote_at = Some(Instant::now());
+            }
             return written;
         }
         let limit = self.limit;

@@ -222,6 +222,64 @@ async fn the_head_deadline_starts_again_after_each_answer() {
     );
 }
 
+/// An answer that takes longer than the head deadline to go out (a big page, a slow reader)
+/// is written whole: the wait for the next head begins with its last write, not when it
+/// was ready (hyper reads while it writes, to see the client go away).
+#[tokio::test]
+async fn a_slow_reader_gets_the_whole_answer() {
+    let head = Duration::from_secs(1);
+    let app = app_with(|s| {
+        s.http.header_timeout = head;
+        // A note's 10,000 characters, each sent escaped in 6 bytes.
+        s.max_body_bytes = 128 * 1024;
+    })
+    .await;
+    let token = app.user_token("tenant-1.test.com", "slowreader").await;
+    // 100 notes that JSON escapes to 60 KB each: a 6 MB page, more than a socket buffers.
+    let content = "\u{1}".repeat(10_000);
+    for _ in 0..100 {
+        let r = app
+            .post(
+                "tenant-1.test.com",
+                "/api/notes",
+                json!({ "content": content }),
+                Some(&token),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let request = format!(
+        "GET /api/notes?limit=100 HTTP/1.1\r\nHost: tenant-1.test.com\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // About 2 MB a second: three head deadlines and more to read it all.
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let (start, end) = loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("the answer stalled")
+            .unwrap();
+        assert!(n > 0, "closed after {} bytes", got.len());
+        got.extend_from_slice(&buf[..n]);
+        if let Some(head_end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let text = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+            let length: usize = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .expect("a content-length");
+            if got.len() >= head_end + 4 + length {
+                break (head_end + 4, head_end + 4 + length);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    };
+    let page: serde_json::Value = serde_json::from_slice(&got[start..end]).unwrap();
+    assert_eq!(page["notes"].as_array().unwrap().len(), 100);
+}
+
 /// A request's body is under the request deadline, not the head deadline: a body that
 /// takes longer than the head deadline to arrive is still read and answered.
 #[tokio::test]
