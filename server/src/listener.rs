@@ -193,7 +193,8 @@ struct Timers {
     /// The request deadline, moved forward for each request (and held by it meanwhile).
     request: Option<Pin<Box<Sleep>>>,
     /// When the wait for the next head ends: `header_timeout` after the connection opened,
-    /// or after its last request was answered.
+    /// or after its last request was answered; when it fires, moved on to `header_timeout`
+    /// after the answer's last write if that is later (see [`EdgeStream`]).
     head: Pin<Box<Sleep>>,
 }
 
@@ -214,7 +215,7 @@ impl Shared {
     }
 
     /// A request has been answered (its deadline's timer is back): the wait for the next
-    /// head begins. Its timer is polled here, from the connection's task, so that it wakes
+    /// head begins, no earlier than the answer's last write. Its timer is polled here, from the connection's task, so that it wakes
     /// the connection when it ends even if nothing polls the stream before then (hyper
     /// reads again only when the socket says so).
     fn answered(&self, cx: &mut std::task::Context<'_>, request: Option<Pin<Box<Sleep>>>) {
@@ -228,7 +229,8 @@ impl Shared {
 
 /// A client connection with the edge's two stream deadlines:
 /// - **Head**: between requests, the next request head must arrive within `limit` of when
-///   the connection began waiting for it (once the last answer was written), or reads fail
+///   the connection began waiting for it (the later of the answer being ready and its last
+///   write that made progress, handed to the kernel), or reads fail
 ///   and the connection closes. This closes idle keep-alive connections too, and a head
 ///   sent a byte at a time.
 /// - **Write**: a write that stays blocked for `limit` (the client reads nothing, its window
@@ -242,7 +244,7 @@ struct EdgeStream {
     limit: Duration,
     shared: Arc<Shared>,
     stalled: Option<Pin<Box<Sleep>>>,
-    /// When a write last made progress: the head deadline counts from then at the latest.
+    /// When a write last made progress: the head deadline counts from no earlier than then.
     wrote_at: Option<Instant>,
 }
 

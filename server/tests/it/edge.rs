@@ -278,6 +278,9 @@ async fn a_slow_reader_gets_the_whole_answer() {
     };
     let page: serde_json::Value = serde_json::from_slice(&got[start..end]).unwrap();
     assert_eq!(page["notes"].as_array().unwrap().len(), 100);
+    // Read whole, then idle: still closed within a head deadline of the last write.
+    let rest = read_until_closed(&mut stream, head * 5).await;
+    assert!(rest.is_empty(), "{} more bytes", rest.len());
 }
 
 /// A request's body is under the request deadline, not the head deadline: a body that
