@@ -171,10 +171,14 @@ pub async fn serve(
     Ok(())
 }
 
-/// `limit` from now; a limit too far out for an `Instant` is as good as never.
+/// `limit` from now; see [`later`].
 fn after(limit: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(limit).unwrap_or(now + FAR_FUTURE)
+    later(Instant::now(), limit)
+}
+
+/// `limit` after `from`; a limit too far out for an `Instant` is as good as never.
+fn later(from: Instant, limit: Duration) -> Instant {
+    from.checked_add(limit).unwrap_or(from + FAR_FUTURE)
 }
 
 /// What a connection's stream and its requests share, for the connection's life: a request
@@ -215,9 +219,9 @@ impl Shared {
     }
 
     /// A request has been answered (its deadline's timer is back): the wait for the next
-    /// head begins, no earlier than the answer's last write. Its timer is polled here, from the connection's task, so that it wakes
-    /// the connection when it ends even if nothing polls the stream before then (hyper
-    /// reads again only when the socket says so).
+    /// head begins, no earlier than the answer's last write. Its timer is polled here, from
+    /// the connection's task, so that it wakes the connection when it ends even if nothing
+    /// polls the stream before then (hyper reads again only when the socket says so).
     fn answered(&self, cx: &mut std::task::Context<'_>, request: Option<Pin<Box<Sleep>>>) {
         let mut timers = self.timers();
         timers.request = request;
@@ -230,9 +234,8 @@ impl Shared {
 /// A client connection with the edge's two stream deadlines:
 /// - **Head**: between requests, the next request head must arrive within `limit` of when
 ///   the connection began waiting for it (the later of the answer being ready and its last
-///   write that made progress, handed to the kernel), or reads fail
-///   and the connection closes. This closes idle keep-alive connections too, and a head
-///   sent a byte at a time.
+///   write that made progress, handed to the kernel), or reads fail and the connection
+///   closes. This closes idle keep-alive connections too, and a head sent a byte at a time.
 /// - **Write**: a write that stays blocked for `limit` (the client reads nothing, its window
 ///   stays full) fails, and the connection closes. Without it a client that pipelines
 ///   requests and never reads their answers holds its connection, and its place under the
@@ -266,7 +269,7 @@ impl EdgeStream {
         // The answer may have been going out for a while after it was ready (a big one, to
         // a slow reader): the wait for the next head begins with its last write.
         if let Some(wrote) = self.wrote_at {
-            let ends = wrote.checked_add(self.limit).unwrap_or(wrote + FAR_FUTURE);
+            let ends = later(wrote, self.limit);
             if ends > Instant::now() {
                 timers.head.as_mut().reset(ends);
                 if timers.head.as_mut().poll(cx).is_pending() {
