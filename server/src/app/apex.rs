@@ -122,7 +122,8 @@ async fn login(
     State(apex): State<ApexState>,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Response, ApiError> {
-    if body.password.chars().count() > 128 || body.email.len() > 254 {
+    // An email too long, or with a NUL (PostgreSQL's text cannot hold one): nobody has it.
+    if body.password.chars().count() > 128 || body.email.len() > 254 || body.email.contains('\0') {
         return Err(ApiError::Unauthorized);
     }
     // A place for the first password check before the lookup: a login refused for a full

@@ -148,7 +148,11 @@ pub(super) async fn login(
     // database work.
     let check = config.passwords.admit(tenant.id().as_str())?;
     let db = tenant.db();
-    let user: Option<(i64, String)> = {
+    // PostgreSQL's text cannot hold NUL, so no user has such an email: not looked up (the
+    // query would fail), and refused like any unknown email, after the same check.
+    let user: Option<(i64, String)> = if body.email.contains('\0') {
+        None
+    } else {
         let mut conn = db.read().await?;
         sqlx::query_as(
             "SELECT id, password_hash FROM users WHERE tenant_id = $1 AND lower(email) = lower($2)",

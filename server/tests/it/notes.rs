@@ -60,6 +60,14 @@ async fn login_does_not_reveal_which_part_was_wrong(app: TestApp) {
     )
     .await;
     assert_eq!(wrong_password, unknown_email);
+    // An email no database text can hold (NUL): the same 401, not a 500 (found by the
+    // API fuzzer).
+    let unstorable = problem(
+        app.login(T1, "kay\u{0}@example.com", "correct horse").await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert_eq!(unstorable, unknown_email);
     problem(
         app.get(T1, "/api/notes", None).await,
         StatusCode::UNAUTHORIZED,

@@ -340,6 +340,10 @@ async fn apex_login_finds_the_tenant_and_never_guesses(backend: Backend) {
     )
     .await;
 
+    // An email with a NUL, which no database text can hold: refused, not a 500.
+    let r = apex("solo\u{0}@example.com", "correct horse").await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
     // The same email and password in two tenants: 300 with both, no token, no guess.
     let r = apex("twin@example.com", "correct horse").await;
     assert_eq!(r.status(), StatusCode::MULTIPLE_CHOICES);
